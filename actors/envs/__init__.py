@@ -1,0 +1,1 @@
+"""Simulated environments: PettingZoo ParallelEnvs over MuJoCo."""

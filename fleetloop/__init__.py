@@ -1,0 +1,1 @@
+"""fleetloop: continual actor-learner training of VLA models on robot fleets."""
