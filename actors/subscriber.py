@@ -1,0 +1,293 @@
+"""WeightSubscriber: keeps an actor's weights current from the learner's WeightService.
+
+A daemon thread watches for new versions, pulls each newer one in full, checks every tensor's
+length and sha256 and the manifest checksum, and only then hands the tensors to ``on_version``;
+a version that arrives cut off or corrupt is discarded and counted, never partly applied. After
+``on_version`` returns, the subscriber reports the applied version to the publisher. When the
+server is unreachable or a stream breaks, it reconnects with exponential backoff.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import grpc
+import torch
+from prometheus_client import Counter
+
+from fleetloop.protos import codec, weights_pb2, weights_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+REJECTED = Counter(
+    "fleetloop_weights_rejected_total",
+    "Pulled weight versions discarded before application, by reason.",
+    ["reason"],
+)
+
+_MAX_REQUEST_BYTES = 1 << 20
+_CHANNEL_KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+OnVersion = Callable[[int, dict[str, torch.Tensor]], None]
+"""Called as ``on_version(version, tensors)`` with a complete, verified state dict."""
+
+
+class RejectedVersion(Exception):
+    """A pulled version was incomplete or corrupt; ``reason`` labels the rejection metric."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class WeightSubscriber:
+    """Watches a WeightService and applies each newer weight version exactly once, whole.
+
+    Args:
+        target: Server address, e.g. ``"127.0.0.1:50051"``.
+        subscriber_id: Stable name of this subscriber (e.g. the actor id).
+        on_version: Receives each verified version; runs on the subscriber thread.
+        known_version: Version the caller already has; only newer ones are pulled.
+        timeout_s: Deadline of unary calls (ReportApplied).
+        pull_timeout_s: Deadline of one whole PullVersion stream.
+        max_message_bytes: Largest message accepted; must exceed the publisher's chunk size.
+        backoff_initial_s: First reconnect delay; doubles per failure up to ``backoff_max_s``.
+        backoff_max_s: Longest reconnect delay.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        subscriber_id: str,
+        on_version: OnVersion,
+        known_version: int = 0,
+        timeout_s: float = 10.0,
+        pull_timeout_s: float = 300.0,
+        max_message_bytes: int = 16 << 20,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+    ):
+        if not subscriber_id:
+            raise ValueError("subscriber_id must be non-empty")
+        if known_version < 0:
+            raise ValueError(f"known_version must be >= 0, got {known_version}")
+        if timeout_s <= 0 or pull_timeout_s <= 0:
+            raise ValueError(f"timeouts must be > 0, got timeout_s={timeout_s}, pull_timeout_s={pull_timeout_s}")
+        if not 0 < backoff_initial_s <= backoff_max_s:
+            raise ValueError(
+                f"need 0 < backoff_initial_s <= backoff_max_s, got {backoff_initial_s}, {backoff_max_s}"
+            )
+        self.target = target
+        self.subscriber_id = subscriber_id
+        self.timeout_s = timeout_s
+        self.pull_timeout_s = pull_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._on_version = on_version
+        self._applied = known_version
+        self._announced = known_version
+        self._applied_cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def applied_version(self) -> int:
+        """Newest version passed to ``on_version`` (or ``known_version`` before that)."""
+        return self._applied
+
+    @property
+    def latest_announced(self) -> int:
+        """Newest version the server has announced (applied or not); ``latest_announced - applied_version``
+        is how far behind this subscriber is."""
+        return self._announced
+
+    def start(self) -> None:
+        """Connect and start the watch thread.
+
+        Raises:
+            RuntimeError: already started.
+        """
+        if self._thread is not None:
+            raise RuntimeError("WeightSubscriber already started")
+        self._stop.clear()
+        reconnect_ms = int(self.backoff_initial_s * 1000)
+        self._channel = grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", _MAX_REQUEST_BYTES),
+                ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
+                ("grpc.min_reconnect_backoff_ms", reconnect_ms),
+                ("grpc.max_reconnect_backoff_ms", int(self.backoff_max_s * 1000)),
+                *_CHANNEL_KEEPALIVE_OPTIONS,
+            ],
+        )
+        self._thread = threading.Thread(
+            target=self._run, args=(weights_pb2_grpc.WeightServiceStub(self._channel),),
+            name=f"weight-subscriber-{self.subscriber_id}", daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel open streams and wait up to ``timeout`` seconds for the thread to end."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._channel.close()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("weight subscriber %r did not stop within %.1fs", self.subscriber_id, timeout)
+        self._thread = None
+        self._channel = None
+
+    def wait_for_version(self, version: int, timeout: float | None = None) -> bool:
+        """Block until ``applied_version >= version``; False if ``timeout`` seconds pass first."""
+        with self._applied_cond:
+            return self._applied_cond.wait_for(lambda: self._applied >= version, timeout)
+
+    # ---- subscriber thread -------------------------------------------------------------------
+
+    def _run(self, stub: weights_pb2_grpc.WeightServiceStub) -> None:
+        backoff = self.backoff_initial_s
+        while not self._stop.is_set():
+            try:
+                request = weights_pb2.WatchRequest(subscriber_id=self.subscriber_id, known_version=self._applied)
+                for notice in stub.WatchVersions(request):
+                    backoff = self.backoff_initial_s
+                    self._announced = max(self._announced, notice.version)
+                    if notice.version > self._applied:
+                        self._pull_and_apply(stub, notice)
+                reason = "watch stream ended"
+            except grpc.RpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except RejectedVersion as exc:
+                if not self._stop.is_set():
+                    REJECTED.labels(reason=exc.reason).inc()
+                reason = f"discarded a version ({exc.reason}): {exc}"
+            if self._stop.is_set():
+                break
+            delay = backoff * random.uniform(0.5, 1.0)
+            logger.warning("weight subscriber %r: %s; retrying in %.2fs", self.subscriber_id, reason, delay)
+            self._stop.wait(delay)
+            backoff = min(backoff * 2, self.backoff_max_s)
+
+    def _pull_and_apply(self, stub: weights_pb2_grpc.WeightServiceStub, notice: weights_pb2.VersionNotice) -> None:
+        """Pull ``notice.version``, verify it, apply it and report it.
+
+        Raises:
+            RejectedVersion: the version arrived incomplete or corrupt (nothing was applied).
+            grpc.RpcError: the pull failed before any data arrived.
+        """
+        version = notice.version
+        request = weights_pb2.PullRequest(subscriber_id=self.subscriber_id, version=version)
+        call = stub.PullVersion(request, timeout=self.pull_timeout_s)
+        try:
+            tensors = _assemble(call, notice)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            logger.info("weight subscriber %r: version %d already evicted, waiting for a newer one",
+                        self.subscriber_id, version)
+            return
+        finally:
+            call.cancel()
+        try:
+            self._on_version(version, tensors)
+        except Exception:
+            logger.exception("weight subscriber %r: on_version(%d) failed; keeping version %d",
+                             self.subscriber_id, version, self._applied)
+            return
+        with self._applied_cond:
+            self._applied = version
+            self._applied_cond.notify_all()
+        logger.info("weight subscriber %r applied version %d", self.subscriber_id, version)
+        self._report(stub, version)
+
+    def _report(self, stub: weights_pb2_grpc.WeightServiceStub, version: int) -> None:
+        report = weights_pb2.AppliedReport(
+            subscriber_id=self.subscriber_id, version=version, applied_unix_ms=time.time_ns() // 1_000_000
+        )
+        try:
+            stub.ReportApplied(report, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            logger.warning("weight subscriber %r: report of version %d failed: %s",
+                           self.subscriber_id, version, exc.code().name)
+
+
+def _assemble(
+    stream: Iterable[weights_pb2.WeightChunk], notice: weights_pb2.VersionNotice
+) -> dict[str, torch.Tensor]:
+    """Collect one PullVersion stream into tensors, verifying it against its manifest and ``notice``.
+
+    Raises:
+        RejectedVersion: anything is missing, out of order, mis-sized or fails a checksum, or the
+            stream broke off after the manifest.
+        grpc.RpcError: the stream failed before the manifest arrived.
+    """
+    version = notice.version
+    messages = iter(stream)
+    first = next(messages, None)
+    if first is None or first.WhichOneof("kind") != "manifest":
+        raise RejectedVersion("malformed", f"version {version}: stream did not start with a manifest")
+    manifest = first.manifest
+    metas = list(manifest.tensors)
+    if manifest.version != version:
+        raise RejectedVersion("malformed", f"asked for version {version}, got a manifest of {manifest.version}")
+    if len({meta.name for meta in metas}) != len(metas):
+        raise RejectedVersion("malformed", f"version {version}: manifest repeats a tensor name")
+    try:
+        sizes = [codec.expected_nbytes(meta) for meta in metas]
+    except codec.CodecError as exc:
+        raise RejectedVersion("malformed", f"version {version}: {exc}") from exc
+    if sum(sizes) != manifest.total_bytes:
+        raise RejectedVersion("size", f"version {version}: tensor sizes do not add up to total_bytes")
+
+    buffers = [bytearray(size) for size in sizes]
+    filled = [0] * len(metas)
+    trailer = None
+    try:
+        for message in messages:
+            kind = message.WhichOneof("kind")
+            if trailer is not None or kind == "manifest":
+                raise RejectedVersion("malformed", f"version {version}: unexpected {kind} message")
+            if kind == "trailer":
+                trailer = message.trailer
+                continue
+            chunk = message.tensor_chunk
+            if chunk.tensor_index >= len(metas):
+                raise RejectedVersion("malformed", f"version {version}: chunk for unknown tensor {chunk.tensor_index}")
+            index, end = chunk.tensor_index, chunk.offset + len(chunk.data)
+            name = metas[index].name
+            if chunk.offset != filled[index]:
+                raise RejectedVersion("size", f"tensor {name!r}: chunk at byte {chunk.offset}, expected {filled[index]}")
+            if end > sizes[index]:
+                raise RejectedVersion("size", f"tensor {name!r}: chunk ends at byte {end}, past nbytes {sizes[index]}")
+            buffers[index][chunk.offset : end] = chunk.data
+            filled[index] = end
+    except grpc.RpcError as exc:
+        raise RejectedVersion("truncated", f"version {version}: stream broke off ({exc.code().name})") from exc
+    if trailer is None:
+        raise RejectedVersion("truncated", f"version {version}: stream ended without a trailer")
+    for meta, size, got in zip(metas, sizes, filled):
+        if got != size:
+            raise RejectedVersion("truncated", f"tensor {meta.name!r}: got {got} of {size} bytes")
+
+    digest = codec.manifest_sha256(manifest.version, metas)
+    if trailer.version != version or not digest == trailer.manifest_sha256 == notice.manifest_sha256:
+        raise RejectedVersion("checksum", f"version {version}: manifest sha256 {digest} does not match trailer/notice")
+    tensors = {}
+    for meta, buffer in zip(metas, buffers):
+        try:
+            tensors[meta.name] = codec.decode_tensor(meta, buffer)
+        except codec.CodecError as exc:
+            raise RejectedVersion("checksum", str(exc)) from exc
+    return tensors

@@ -1,0 +1,366 @@
+"""WeightPublisher: serves versioned weights to subscribers over the gRPC WeightService.
+
+The learner calls ``publish(state_dict)``; the publisher snapshots the tensors into a
+*PublishedVersion* (metadata, raw bytes, manifest checksum), keeps the newest few, and wakes
+the watch streams. Serving, chunking and slow subscribers never hold up ``publish``: it only
+swaps in the new version under a lock and notifies. Subscribers report the version they
+applied, which feeds the subscriber count and the propagation histogram.
+"""
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import torch
+from prometheus_client import Counter, Gauge, Histogram
+
+from fleetloop.protos import codec, weights_pb2, weights_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+VERSION_PUBLISHED = Gauge("fleetloop_weights_version_published", "Latest published weights version.")
+PUBLISH_SECONDS = Histogram(
+    "fleetloop_weights_publish_seconds", "Time to snapshot and swap in a weights version.",
+    buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BYTES_SENT = Counter("fleetloop_weights_bytes_sent_total", "Tensor bytes streamed to subscribers.")
+SUBSCRIBERS = Gauge(
+    "fleetloop_weights_subscribers", "Subscribers that reported an applied version within the activity window."
+)
+PROPAGATION_SECONDS = Histogram(
+    "fleetloop_weights_propagation_seconds",
+    "Time from publish to a subscriber's applied report, measured on the publisher's clock.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+SUBSCRIBER_ACTIVE_SECONDS = 60.0
+"""A subscriber counts as active if it reported within this window."""
+
+_MAX_REQUEST_BYTES = 1 << 20
+_MESSAGE_OVERHEAD_BYTES = 1 << 16
+_SERVER_KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+]
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """One immutable published state dict."""
+
+    version: int
+    tensors: list[weights_pb2.TensorMeta]
+    blobs: list[bytes]
+    total_bytes: int
+    manifest_sha256: str
+    published_unix_ms: int
+    published_monotonic: float
+
+    def notice(self) -> weights_pb2.VersionNotice:
+        return weights_pb2.VersionNotice(
+            version=self.version,
+            num_tensors=len(self.tensors),
+            total_bytes=self.total_bytes,
+            manifest_sha256=self.manifest_sha256,
+            published_unix_ms=self.published_unix_ms,
+        )
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
+    """gRPC handlers of WeightService, reading versions from a WeightPublisher."""
+
+    def __init__(self, publisher: "WeightPublisher"):
+        self._publisher = publisher
+
+    def WatchVersions(self, request: weights_pb2.WatchRequest, context: grpc.ServicerContext):
+        pub = self._publisher
+        if not pub._acquire_watch_slot():
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"watch limit of {pub.max_watchers} concurrent streams reached; retry later",
+            )
+        try:
+            context.add_callback(pub._wake_watchers)
+            known = request.known_version
+            logger.debug("subscriber %r watching from version %d", request.subscriber_id, known)
+            while True:
+                snapshot = pub._wait_newer_than(known, context)
+                if snapshot is None:
+                    return
+                known = snapshot.version
+                yield snapshot.notice()
+        finally:
+            pub._release_watch_slot()
+
+    def PullVersion(self, request: weights_pb2.PullRequest, context: grpc.ServicerContext):
+        snapshot = self._publisher._lookup(request.version)
+        if snapshot is None:
+            held = self._publisher.held_versions()
+            what = "latest version" if request.version == 0 else f"version {request.version}"
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"{what} is not held by the weight publisher (held versions: {held or 'none'})",
+            )
+        logger.debug("subscriber %r pulling version %d", request.subscriber_id, snapshot.version)
+        yield from _chunks(snapshot, self._publisher.chunk_bytes)
+
+    def ReportApplied(self, request: weights_pb2.AppliedReport, context: grpc.ServicerContext):
+        if not request.subscriber_id or request.version == 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "subscriber_id and a version >= 1 are required")
+        self._publisher._record_applied(request.subscriber_id, request.version)
+        return weights_pb2.Ack()
+
+
+def _chunks(snapshot: PublishedVersion, chunk_bytes: int) -> Iterator[weights_pb2.WeightChunk]:
+    """Manifest, then each tensor's bytes in slices of at most ``chunk_bytes``, then the trailer."""
+    yield weights_pb2.WeightChunk(
+        manifest=weights_pb2.Manifest(
+            version=snapshot.version, tensors=snapshot.tensors, total_bytes=snapshot.total_bytes
+        )
+    )
+    for index, blob in enumerate(snapshot.blobs):
+        view = memoryview(blob)
+        for offset in range(0, len(blob), chunk_bytes):
+            data = bytes(view[offset : offset + chunk_bytes])
+            yield weights_pb2.WeightChunk(
+                tensor_chunk=weights_pb2.TensorChunk(tensor_index=index, offset=offset, data=data)
+            )
+            BYTES_SENT.inc(len(data))
+    yield weights_pb2.WeightChunk(
+        trailer=weights_pb2.Trailer(version=snapshot.version, manifest_sha256=snapshot.manifest_sha256)
+    )
+
+
+class WeightPublisher:
+    """Holds the newest published weight versions and serves them over gRPC.
+
+    Args:
+        host: Interface to bind.
+        port: Port to bind; 0 picks a free one (see ``start``'s return value).
+        chunk_bytes: Largest tensor slice per streamed message.
+        keep_versions: Versions held for pulling; older ones answer NOT_FOUND.
+        max_message_bytes: Largest message the server sends; must exceed ``chunk_bytes``.
+        max_watchers: Concurrent watch streams served; each holds one worker thread.
+        pull_workers: Extra worker threads for pulls and reports, so watchers cannot starve them.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        chunk_bytes: int = 1 << 20,
+        keep_versions: int = 2,
+        max_message_bytes: int = 4 << 20,
+        max_watchers: int = 64,
+        pull_workers: int = 16,
+    ):
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        if max_message_bytes < chunk_bytes + _MESSAGE_OVERHEAD_BYTES:
+            raise ValueError(
+                f"max_message_bytes ({max_message_bytes}) must be at least chunk_bytes ({chunk_bytes}) "
+                f"+ {_MESSAGE_OVERHEAD_BYTES} bytes of overhead"
+            )
+        if max_watchers < 1 or pull_workers < 1:
+            raise ValueError(f"max_watchers and pull_workers must be >= 1, got {max_watchers}, {pull_workers}")
+        self.host = host
+        self.port = port
+        self.chunk_bytes = chunk_bytes
+        self.keep_versions = keep_versions
+        self.max_message_bytes = max_message_bytes
+        self.max_watchers = max_watchers
+        self.pull_workers = pull_workers
+        self._cond = threading.Condition()
+        self._versions: OrderedDict[int, PublishedVersion] = OrderedDict()
+        self._latest: PublishedVersion | None = None
+        self._watchers = 0
+        self._stopping = False
+        self._applied: dict[str, tuple[int, float]] = {}
+        self._server: grpc.Server | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Start serving and return the bound port.
+
+        Raises:
+            OSError: the address cannot be bound (e.g. the port is in use).
+            RuntimeError: already started.
+        """
+        if self._server is not None:
+            raise RuntimeError("WeightPublisher already started")
+        workers = self.max_watchers + self.pull_workers
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weight-service"),
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.max_receive_message_length", _MAX_REQUEST_BYTES),
+                *_SERVER_KEEPALIVE_OPTIONS,
+            ],
+            maximum_concurrent_rpcs=workers,
+        )
+        weights_pb2_grpc.add_WeightServiceServicer_to_server(WeightServicer(self), server)
+        address = _address(self.host, self.port)
+        failure = f"weight service cannot bind {address}: port in use or address unavailable"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            server.stop(None)
+            raise OSError(failure) from exc
+        if bound == 0:
+            server.stop(None)
+            raise OSError(failure)
+        with self._cond:
+            self._stopping = False
+        server.start()
+        self._server = server
+        self.port = bound
+        SUBSCRIBERS.set_function(self.active_subscribers)
+        logger.info("weight service listening on %s", _address(self.host, bound))
+        return bound
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """End watch streams, stop serving (in-flight pulls get ``grace`` seconds) and wait."""
+        if self._server is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._server.stop(grace).wait()
+        self._server = None
+        logger.info("weight service on %s stopped", _address(self.host, self.port))
+
+    # ---- publishing ------------------------------------------------------------------------
+
+    def publish(self, state_dict: Mapping[str, torch.Tensor], version: int | None = None) -> int:
+        """Snapshot ``state_dict`` as a new version and notify watchers.
+
+        Args:
+            state_dict: Tensors by name; copied to CPU bytes now, so later changes do not leak in.
+            version: Explicit version number; default latest + 1 (the first is 1).
+
+        Returns:
+            The published version.
+
+        Raises:
+            ValueError: ``version`` is below 1 or not above the latest published version.
+            fleetloop.protos.codec.CodecError: a tensor cannot be encoded.
+        """
+        started = time.perf_counter()
+        self._check_version(version)
+        tensors, blobs = codec.encode_state_dict(state_dict)
+        with self._cond:
+            self._check_version(version)
+            number = version if version is not None else self.latest_version + 1
+            snapshot = PublishedVersion(
+                version=number,
+                tensors=tensors,
+                blobs=blobs,
+                total_bytes=sum(len(b) for b in blobs),
+                manifest_sha256=codec.manifest_sha256(number, tensors),
+                published_unix_ms=time.time_ns() // 1_000_000,
+                published_monotonic=time.monotonic(),
+            )
+            self._versions[number] = snapshot
+            while len(self._versions) > self.keep_versions:
+                self._versions.popitem(last=False)
+            self._latest = snapshot
+            self._cond.notify_all()
+        VERSION_PUBLISHED.set(number)
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        logger.info(
+            "published weights version %d (%d tensors, %d bytes)", number, len(tensors), snapshot.total_bytes
+        )
+        return number
+
+    def _check_version(self, version: int | None) -> None:
+        if version is None:
+            return
+        if version < 1:
+            raise ValueError(f"version must be >= 1, got {version}")
+        latest = self.latest_version
+        if version <= latest:
+            raise ValueError(f"version must increase: got {version}, latest published is {latest}")
+
+    @property
+    def latest_version(self) -> int:
+        """Newest published version; 0 before the first publish."""
+        snapshot = self._latest
+        return snapshot.version if snapshot is not None else 0
+
+    def held_versions(self) -> list[int]:
+        """Versions that can still be pulled, oldest first."""
+        with self._cond:
+            return list(self._versions)
+
+    # ---- subscriber reports ----------------------------------------------------------------
+
+    def applied_versions(self) -> dict[str, int]:
+        """Last version each subscriber reported as applied."""
+        with self._cond:
+            return {subscriber: version for subscriber, (version, _) in self._applied.items()}
+
+    def active_subscribers(self) -> int:
+        """Subscribers that reported within ``SUBSCRIBER_ACTIVE_SECONDS``."""
+        cutoff = time.monotonic() - SUBSCRIBER_ACTIVE_SECONDS
+        with self._cond:
+            return sum(1 for _, seen in self._applied.values() if seen >= cutoff)
+
+    def _record_applied(self, subscriber_id: str, version: int) -> None:
+        now = time.monotonic()
+        with self._cond:
+            previous = self._applied.get(subscriber_id, (0, 0.0))[0]
+            self._applied[subscriber_id] = (max(previous, version), now)
+            snapshot = self._versions.get(version)
+        if snapshot is not None and version > previous:
+            PROPAGATION_SECONDS.observe(now - snapshot.published_monotonic)
+        logger.debug("subscriber %r applied version %d", subscriber_id, version)
+
+    # ---- used by WeightServicer ------------------------------------------------------------
+
+    def _lookup(self, version: int) -> PublishedVersion | None:
+        with self._cond:
+            return self._latest if version == 0 else self._versions.get(version)
+
+    def _wait_newer_than(self, known: int, context: grpc.ServicerContext) -> PublishedVersion | None:
+        """Block until a version above ``known`` exists; None once the stream or server ends."""
+
+        def ready() -> bool:
+            return self._stopping or not context.is_active() or self.latest_version > known
+
+        with self._cond:
+            self._cond.wait_for(ready)
+            if self._stopping or not context.is_active():
+                return None
+            return self._latest
+
+    def _wake_watchers(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _acquire_watch_slot(self) -> bool:
+        with self._cond:
+            if self._watchers >= self.max_watchers:
+                return False
+            self._watchers += 1
+            return True
+
+    def _release_watch_slot(self) -> None:
+        with self._cond:
+            self._watchers -= 1
