@@ -1,0 +1,150 @@
+"""Episode: the item stored in a replay table, and EpisodeInfo, its stored summary."""
+
+import uuid
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import numpy as np
+
+from .errors import InvalidEpisodeError
+from .keys import EPISODE_ID_RE
+
+
+def _new_episode_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Episode:
+    """One trajectory of one actor, stored as one replay item.
+
+    Camera renders are sparse (e.g. once per action chunk), so ``frames`` maps the steps
+    that have a frame to that frame; step 0 always has one.
+    """
+
+    states: np.ndarray
+    """float32 (T, S) proprioceptive state per step."""
+    actions: np.ndarray
+    """float32 (T, A) action applied at each step."""
+    frames: dict[int, np.ndarray]
+    """step -> uint8 (h, w, 3) RGB frame; all frames of an episode share one shape."""
+    instruction: str
+    """Language instruction the episode was collected under (may be empty)."""
+    embodiment: str
+    """Embodiment tag selecting the state/action heads, e.g. ``"so100"``."""
+    source: str
+    """Who produced the actions, e.g. ``"expert_demo"``, ``"policy"``, ``"dagger_expert"``."""
+    policy_version: int
+    """weights_version of the policy that acted; 0 when no learned policy did."""
+    actor_id: str
+    """Id of the actor that wrote the episode (may be empty for imported data)."""
+    intervened: np.ndarray
+    """bool (T,) whether an operator/expert overrode the policy at each step."""
+    rewards: np.ndarray
+    """float32 (T,) reward per step."""
+    success: bool
+    """Whether the episode reached its goal."""
+    episode_id: str = field(default_factory=_new_episode_id)
+    """Unique id; ``[A-Za-z0-9_.-]{1,128}``. Reusing an id makes a write a no-op retry."""
+
+    @property
+    def length(self) -> int:
+        """Number of steps T."""
+        return int(np.shape(self.states)[0]) if np.ndim(self.states) else 0
+
+    def validate(self) -> None:
+        """Check types, shapes, dtypes and values.
+
+        Raises:
+            InvalidEpisodeError: naming the first offending field and the problem.
+        """
+        _check_array("states", self.states, np.float32, ndim=2)
+        length, _ = self.states.shape
+        _check_array("actions", self.actions, np.float32, ndim=2)
+        if self.actions.shape[0] != length:
+            _fail("actions", f"has {self.actions.shape[0]} steps, states has {length}")
+        _check_array("intervened", self.intervened, np.bool_, ndim=1)
+        _check_array("rewards", self.rewards, np.float32, ndim=1)
+        for name, arr in (("intervened", self.intervened), ("rewards", self.rewards)):
+            if arr.shape[0] != length:
+                _fail(name, f"has {arr.shape[0]} steps, states has {length}")
+        self._validate_frames(length)
+        for name in ("instruction", "embodiment", "source", "actor_id", "episode_id"):
+            if not isinstance(getattr(self, name), str):
+                _fail(name, f"must be str, got {type(getattr(self, name)).__name__}")
+        for name in ("embodiment", "source"):
+            if not getattr(self, name):
+                _fail(name, "is empty")
+        if not EPISODE_ID_RE.fullmatch(self.episode_id):
+            _fail("episode_id", f"{self.episode_id!r} does not match {EPISODE_ID_RE.pattern}")
+        if isinstance(self.policy_version, bool) or not isinstance(
+            self.policy_version, (int, np.integer)
+        ):
+            _fail("policy_version", f"must be int, got {type(self.policy_version).__name__}")
+        if self.policy_version < 0:
+            _fail("policy_version", f"must be >= 0, got {self.policy_version}")
+        if not isinstance(self.success, (bool, np.bool_)):
+            _fail("success", f"must be bool, got {type(self.success).__name__}")
+
+    def _validate_frames(self, length: int) -> None:
+        if not isinstance(self.frames, dict) or not self.frames:
+            _fail("frames", "is empty: at least the frame at step 0 is required")
+        for step in self.frames:
+            if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+                _fail("frames", f"step {step!r} is not an int")
+            if not 0 <= step < length:
+                _fail("frames", f"step {step} out of range [0, {length})")
+        shape = None
+        for step, frame in sorted(self.frames.items()):
+            name = f"frames[{step}]"
+            _check_array(name, frame, np.uint8, ndim=3)
+            if frame.shape[2] != 3 or frame.shape[0] == 0 or frame.shape[1] == 0:
+                _fail(name, f"shape {frame.shape} is not (h, w, 3) RGB")
+            if shape is None:
+                shape = frame.shape
+            elif frame.shape != shape:
+                _fail(name, f"shape {frame.shape} differs from the episode's {shape}")
+        if 0 not in self.frames:
+            _fail("frames", "missing the frame at step 0")
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    """What the replay knows about a stored episode without reading its arrays."""
+
+    episode_id: str
+    table: str
+    seq: int
+    """Insertion sequence number within the table (1-based, never reused)."""
+    length: int
+    state_dim: int
+    action_dim: int
+    frame_steps: tuple[int, ...]
+    """Sorted steps that have a stored camera frame."""
+    frame_shape: tuple[int, int, int]
+    instruction: str
+    embodiment: str
+    source: str
+    policy_version: int
+    actor_id: str
+    success: bool
+    nbytes: int
+    """Payload bytes written for the episode (arrays plus encoded frames)."""
+
+
+def _fail(name: str, problem: str) -> NoReturn:
+    raise InvalidEpisodeError(f"episode field {name}: {problem}")
+
+
+def _check_array(name: str, value, dtype, ndim: int) -> None:
+    if not isinstance(value, np.ndarray):
+        _fail(name, f"must be a numpy array, got {type(value).__name__}")
+    if value.dtype != dtype:
+        _fail(name, f"dtype is {value.dtype}, expected {np.dtype(dtype)}")
+    if value.ndim != ndim:
+        _fail(name, f"has shape {value.shape}, expected {ndim} dimensions")
+    if value.size == 0:
+        _fail(name, f"is empty (shape {value.shape})")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        bad = np.argwhere(~np.isfinite(value))[0]
+        _fail(name, f"has a non-finite value (NaN/inf) at index {tuple(int(i) for i in bad)}")

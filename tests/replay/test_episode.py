@@ -1,0 +1,75 @@
+"""Episode.validate: each invalid case names the field at fault."""
+
+import re
+
+import numpy as np
+import pytest
+
+from fleetloop.replay import InvalidEpisodeError
+
+
+def test_valid_episode_passes(make_episode):
+    make_episode(frame_steps=(0, 2, 5)).validate()
+
+
+def test_default_episode_ids_are_unique(make_episode):
+    assert make_episode().episode_id != make_episode().episode_id
+
+
+def _nan_states(ep):
+    ep.states[1, 0] = np.nan
+
+
+def _inf_rewards(ep):
+    ep.rewards[0] = np.inf
+
+
+def _set(name, value_of):
+    """Mutation setting field ``name`` to ``value_of(episode)``."""
+    return lambda ep: setattr(ep, name, value_of(ep))
+
+
+def _frame(step, value_of):
+    """Mutation setting frame ``step`` to ``value_of(episode)``."""
+    return lambda ep: ep.frames.update({step: value_of(ep)})
+
+
+INVALID_CASES = [
+    ("actions_short", "actions", _set("actions", lambda ep: ep.actions[:-1])),
+    ("rewards_short", "rewards", _set("rewards", lambda ep: ep.rewards[:-1])),
+    ("intervened_short", "intervened", _set("intervened", lambda ep: ep.intervened[:-1])),
+    ("nan_state", "states", _nan_states),
+    ("inf_reward", "rewards", _inf_rewards),
+    ("empty_states", "states", _set("states", lambda ep: np.zeros((0, 3), np.float32))),
+    ("states_float64", "states", _set("states", lambda ep: ep.states.astype(np.float64))),
+    ("actions_1d", "actions", _set("actions", lambda ep: ep.actions[:, 0])),
+    ("intervened_uint8", "intervened", _set("intervened", lambda ep: ep.intervened.astype(np.uint8))),
+    ("no_frames", "frames", _set("frames", lambda ep: {})),
+    ("frame_step_out_of_range", "frames", _frame(6, lambda ep: ep.frames[0])),
+    ("frame_step_negative", "frames", _frame(-1, lambda ep: ep.frames[0])),
+    ("frame_step_not_int", "frames", _frame("a", lambda ep: ep.frames[0])),
+    ("no_frame_at_step_0", "frames", _set("frames", lambda ep: {1: ep.frames[0]})),
+    ("frame_float", "frames[0]", _frame(0, lambda ep: ep.frames[0].astype(np.float32))),
+    ("frame_one_channel", "frames[0]", _frame(0, lambda ep: ep.frames[0][..., :1])),
+    ("frame_shape_differs", "frames[2]", _frame(2, lambda ep: ep.frames[0][:4])),
+    ("empty_embodiment", "embodiment", _set("embodiment", lambda ep: "")),
+    ("episode_id_hash_tag", "episode_id", _set("episode_id", lambda ep: "a{b}")),
+    ("negative_policy_version", "policy_version", _set("policy_version", lambda ep: -1)),
+    ("success_not_bool", "success", _set("success", lambda ep: 1)),
+]
+
+
+@pytest.mark.parametrize(
+    "field, mutate", [c[1:] for c in INVALID_CASES], ids=[c[0] for c in INVALID_CASES]
+)
+def test_invalid_episode_names_field(make_episode, mutate, field):
+    ep = make_episode()
+    mutate(ep)
+    with pytest.raises(InvalidEpisodeError, match=f"field {re.escape(field)}:"):
+        ep.validate()
+
+
+def test_invalid_episode_error_is_value_error(make_episode):
+    ep = make_episode(policy_version=-3)
+    with pytest.raises(ValueError, match="-3"):
+        ep.validate()

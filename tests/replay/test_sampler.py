@@ -1,0 +1,151 @@
+"""WindowSampler against a real Valkey: mixture proportions, windows, padding, refresh."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from fleetloop.replay import EmptyReplayError, WindowSampler
+
+
+def _fill(client, make_episode, table, n, **kwargs):
+    eps = [make_episode(**kwargs) for _ in range(n)]
+    for ep in eps:
+        client.write_episode(table, ep)
+    return {ep.episode_id: ep for ep in eps}
+
+
+def _fractions(windows):
+    counts = Counter(w["table"] for w in windows)
+    return {t: c / len(windows) for t, c in counts.items()}
+
+
+def test_mixture_proportions_match_weights(client, make_episode):
+    for table in ("pretrain", "rollouts", "corrections"):
+        _fill(client, make_episode, table, 3, frame_shape=(4, 4))
+    sampler = WindowSampler(
+        client, {"pretrain": 0.5, "rollouts": 0.3, "corrections": 0.2}, horizon=2, seed=1
+    )
+    windows = [w for _ in range(10) for w in sampler.sample(200)]
+    got = _fractions(windows)
+    for table, want in {"pretrain": 0.5, "rollouts": 0.3, "corrections": 0.2}.items():
+        assert abs(got[table] - want) < 0.04, (table, got)
+
+
+def test_empty_tables_are_renormalised(client, make_episode):
+    _fill(client, make_episode, "pretrain", 2, frame_shape=(4, 4))
+    _fill(client, make_episode, "rollouts", 2, frame_shape=(4, 4))
+    sampler = WindowSampler(
+        client, {"pretrain": 0.5, "rollouts": 0.25, "corrections": 0.25}, horizon=1, seed=2
+    )
+    assert sampler.probabilities() == {}
+    windows = sampler.sample(2000)
+    assert sampler.probabilities() == pytest.approx({"pretrain": 2 / 3, "rollouts": 1 / 3})
+    got = _fractions(windows)
+    assert set(got) == {"pretrain", "rollouts"}
+    assert abs(got["pretrain"] - 2 / 3) < 0.04
+
+
+def test_window_contents_and_padding_at_episode_end(client, make_episode):
+    ep = make_episode(length=5, frame_steps=(0, 3, 4), instruction="stack", policy_version=9)
+    client.write_episode("rollouts", ep)
+    sampler = WindowSampler(client, {"rollouts": 1.0}, horizon=4, seed=3)
+    by_step = {w["step"]: w for w in sampler.sample(60)}
+    assert set(by_step) == {0, 3, 4}
+    np.testing.assert_array_equal(by_step[0]["action"], ep.actions[0:4])
+    np.testing.assert_array_equal(by_step[3]["action"], ep.actions[[3, 4, 4, 4]])
+    np.testing.assert_array_equal(by_step[4]["action"], ep.actions[[4, 4, 4, 4]])
+    w = by_step[3]
+    assert w["action"].dtype == np.float32 and w["action"].shape == (4, 2)
+    assert w["state"].dtype == np.float32
+    np.testing.assert_array_equal(w["state"], ep.states[3])
+    np.testing.assert_array_equal(w["image"], ep.frames[3])
+    meta = ("instruction", "embodiment", "table", "episode_id", "policy_version")
+    assert [w[k] for k in meta] == ["stack", "so100", "rollouts", ep.episode_id, 9]
+
+
+def test_sampled_steps_always_have_frames(client, make_episode):
+    eps = _fill(client, make_episode, "pretrain", 4, length=20, frame_steps=(0, 4, 8, 12, 16))
+    sampler = WindowSampler(client, {"pretrain": 1.0}, horizon=4, seed=4)
+    windows = sampler.sample(300)
+    assert {w["step"] for w in windows} == {0, 4, 8, 12, 16}
+    for w in windows[:50]:
+        np.testing.assert_array_equal(w["image"], eps[w["episode_id"]].frames[w["step"]])
+
+
+def test_seeded_samplers_agree(client, make_episode):
+    _fill(client, make_episode, "pretrain", 5, frame_steps=(0, 1, 2))
+    first, second = (
+        WindowSampler(client, {"pretrain": 1.0}, horizon=2, seed=7).sample(20) for _ in range(2)
+    )
+    assert [(w["episode_id"], w["step"]) for w in first] == [
+        (w["episode_id"], w["step"]) for w in second
+    ]
+
+
+def test_refresh_fetches_new_episodes(client, make_episode):
+    _fill(client, make_episode, "rollouts", 1)
+    sampler = WindowSampler(client, {"rollouts": 1.0}, horizon=1, seed=5, refresh_s=3600)
+    sampler.sample(1)
+    assert sampler.num_episodes() == {"rollouts": 1}
+    new = _fill(client, make_episode, "rollouts", 2)
+    sampler.sample(1)
+    assert sampler.num_episodes() == {"rollouts": 1}
+    sampler.refresh()
+    assert sampler.num_episodes() == {"rollouts": 3}
+    assert {w["episode_id"] for w in sampler.sample(100)} > set(new)
+
+
+def test_samples_counted_per_table(client, make_episode):
+    _fill(client, make_episode, "corrections", 1)
+    labels = {"table": "corrections"}
+    before = REGISTRY.get_sample_value("fleetloop_replay_samples_total", labels) or 0
+    WindowSampler(client, {"corrections": 1.0}, horizon=1).sample(7)
+    assert REGISTRY.get_sample_value("fleetloop_replay_samples_total", labels) == before + 7
+
+
+def test_all_tables_empty_raises(client):
+    sampler = WindowSampler(client, {"pretrain": 1.0, "rollouts": 1.0}, horizon=2)
+    with pytest.raises(EmptyReplayError, match="empty"):
+        sampler.sample(4)
+
+
+def test_zero_weight_table_is_never_sampled(client, make_episode):
+    _fill(client, make_episode, "pretrain", 1)
+    _fill(client, make_episode, "rollouts", 1)
+    sampler = WindowSampler(client, {"pretrain": 0.0, "rollouts": 1.0}, horizon=1, seed=6)
+    assert {w["table"] for w in sampler.sample(100)} == {"rollouts"}
+
+
+INVALID_ARGUMENTS = [
+    ("unknown_tables", {"pretrain": 1, "sim": 1, "zzz": 0.5}, 2, r"unknown tables \['sim', 'zzz'\]"),
+    ("invalid_name", {"Bad-Name": 1.0}, 2, "invalid table name 'Bad-Name'"),
+    ("negative_weight", {"pretrain": -0.1, "rollouts": 1.0}, 2, "'pretrain': -0.1"),
+    ("nan_weight", {"pretrain": float("nan")}, 2, "finite"),
+    ("all_zero", {"pretrain": 0.0, "rollouts": 0.0}, 2, "at least one weight > 0"),
+    ("empty_mixture", {}, 2, "mixture is empty"),
+    ("zero_horizon", {"pretrain": 1.0}, 0, "horizon must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(
+    "mixture, horizon, match",
+    [c[1:] for c in INVALID_ARGUMENTS],
+    ids=[c[0] for c in INVALID_ARGUMENTS],
+)
+def test_invalid_sampler_arguments(client, mixture, horizon, match):
+    with pytest.raises(ValueError, match=match):
+        WindowSampler(client, mixture, horizon=horizon)
+
+
+def test_custom_table_is_known_once_written(client, make_episode):
+    _fill(client, make_episode, "sim_ablation", 1)
+    windows = WindowSampler(client, {"sim_ablation": 1.0}, horizon=1).sample(3)
+    assert {w["table"] for w in windows} == {"sim_ablation"}
+
+
+def test_batch_size_must_be_positive(client, make_episode):
+    _fill(client, make_episode, "pretrain", 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        WindowSampler(client, {"pretrain": 1.0}, horizon=1).sample(0)
