@@ -1,0 +1,121 @@
+"""Processor: raw numpy samples -> the model's batch of tensors.
+
+A sample is a dict with:
+    image          (h, w, 3) uint8, any size (resized to the model's image_size)
+    state          (S,) float, S <= max_state_dim
+    action         (H, A) float, A <= max_action_dim (optional: absent at inference)
+    instruction    str
+    embodiment_id  int
+The batch keys are listed in `fleetloop.system.policy`.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fleetloop.system.config import ModelConfig
+from fleetloop.system.tokenizer import ByteTokenizer
+
+REQUIRED_KEYS = ("image", "state", "instruction", "embodiment_id")
+"""Keys every sample must have; "action" is optional but must be in all samples or none."""
+
+
+class Processor:
+    """Validates, pads, tokenises and stacks samples for a model of `config`."""
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.tokenizer = ByteTokenizer(config.llm.max_text_tokens)
+        if self.tokenizer.vocab_size > config.llm.vocab_size:
+            raise ValueError(
+                f"llm.vocab_size={config.llm.vocab_size} is smaller than the byte tokenizer's "
+                f"{self.tokenizer.vocab_size} ids"
+            )
+
+    def image_to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """(h, w, 3) uint8 -> (3, S, S) float in [-1, 1] (SigLIP normalisation), bilinear resize."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", None)
+            raise ValueError(f"image: expected an (h, w, 3) uint8 array, got {type(image).__name__} {shape}")
+        side = self.config.vision.image_size
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().unsqueeze(0)
+        if pixels.shape[-2:] != (side, side):
+            pixels = F.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            pixels = pixels.clamp(0, 255)
+        return (pixels[0] / 127.5) - 1.0
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Stack samples into a batch; action and action_mask only when samples carry actions.
+
+        Raises:
+            ValueError: naming the key, for a missing key, NaN/inf values, a state above
+            max_state_dim, an action above max_action_dim or with the wrong horizon, or an
+            out-of-range embodiment_id.
+        """
+        if not samples:
+            raise ValueError("samples: expected at least one sample, got none")
+        head = self.config.action_head
+        with_action = "action" in samples[0]
+        if any(("action" in s) != with_action for s in samples):
+            raise ValueError("action: present in some samples but not in others")
+        batch_size = len(samples)
+        state = torch.zeros(batch_size, head.max_state_dim)
+        state_mask = torch.zeros(batch_size, head.max_state_dim, dtype=torch.bool)
+        action = torch.zeros(batch_size, head.action_horizon, head.max_action_dim)
+        action_mask = torch.zeros(batch_size, head.action_horizon, head.max_action_dim, dtype=torch.bool)
+        ids = torch.zeros(batch_size, dtype=torch.long)
+        images = []
+        for row, sample in enumerate(samples):
+            missing = [key for key in REQUIRED_KEYS if key not in sample]
+            if missing:
+                raise ValueError(f"sample {row} is missing keys {missing}")
+            images.append(self.image_to_tensor(sample["image"]))
+            vector = _finite_array("state", sample["state"], ndim=1)
+            if vector.shape[0] > head.max_state_dim:
+                raise ValueError(f"state: {vector.shape[0]} dims exceed max_state_dim={head.max_state_dim}")
+            state[row, : vector.shape[0]] = torch.from_numpy(vector)
+            state_mask[row, : vector.shape[0]] = True
+            if with_action:
+                chunk = _finite_array("action", sample["action"], ndim=2)
+                if chunk.shape[0] != head.action_horizon:
+                    raise ValueError(f"action: expected horizon {head.action_horizon}, got {chunk.shape[0]} steps")
+                if chunk.shape[1] > head.max_action_dim:
+                    raise ValueError(f"action: {chunk.shape[1]} dims exceed max_action_dim={head.max_action_dim}")
+                action[row, :, : chunk.shape[1]] = torch.from_numpy(chunk)
+                action_mask[row, :, : chunk.shape[1]] = True
+            ids[row] = _embodiment(sample["embodiment_id"], head.max_num_embodiments)
+        instructions = [s["instruction"] for s in samples]
+        if not all(isinstance(text, str) for text in instructions):
+            raise ValueError(f"instruction: expected str, got {[type(t).__name__ for t in instructions]}")
+        input_ids, attention_mask = self.tokenizer(instructions)
+        batch = {
+            "pixel_values": torch.stack(images),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "state": state,
+            "state_mask": state_mask,
+            "embodiment_id": ids,
+        }
+        if with_action:
+            batch["action"] = action
+            batch["action_mask"] = action_mask
+        return batch
+
+
+def _finite_array(key: str, value: Any, ndim: int) -> np.ndarray:
+    """`value` as a finite float32 array of `ndim` dims, or ValueError naming `key`."""
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != ndim:
+        raise ValueError(f"{key}: expected {ndim} dims, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{key}: contains NaN or inf values")
+    return array
+
+
+def _embodiment(value: Any, count: int) -> int:
+    """`value` as an embodiment id in [0, count), or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
+        raise ValueError(f"embodiment_id: expected an int in [0, {count}), got {value!r}")
+    return int(value)

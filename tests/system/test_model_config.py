@@ -1,0 +1,58 @@
+"""ModelConfig presets and validation."""
+
+import pydantic
+import pytest
+
+from fleetloop.system import ByteTokenizer, ModelConfig, model_preset
+
+
+def test_tiny_preset_sizes(config: ModelConfig):
+    assert config.vision.image_size == 64 and config.vision.patch_size == 8
+    assert config.vision.grid_side**2 == 64
+    assert config.vision.num_image_tokens == 16
+    assert config.vision.projector_in_dim == 4 * config.vision.hidden_size
+    assert config.llm.vocab_size == ByteTokenizer.vocab_size
+    head = config.action_head
+    assert head.input_embedding_dim == 128 and head.dit.num_heads == 4 and head.dit.num_layers == 4
+    assert (head.max_state_dim, head.max_action_dim, head.action_horizon) == (64, 32, 16)
+    assert (head.max_num_embodiments, head.max_seq_len, head.num_timestep_buckets) == (32, 64, 1000)
+    assert (head.noise_beta_alpha, head.noise_beta_beta, head.noise_s) == (1.5, 1.0, 0.999)
+    assert head.num_inference_timesteps == 4 and config.llm.max_text_tokens == 48
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(ValueError, match="'huge'.*tiny"):
+        model_preset("huge")
+
+
+def test_json_round_trip(config: ModelConfig):
+    assert ModelConfig.model_validate_json(config.model_dump_json()) == config
+
+
+def test_frozen_and_no_extra_fields(config: ModelConfig):
+    with pytest.raises(pydantic.ValidationError):
+        config.vision.image_size = 32
+    data = config.model_dump()
+    data["vision"]["colour"] = "red"
+    with pytest.raises(ValueError, match="colour"):
+        ModelConfig.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "message"),
+    [
+        pytest.param("vision", "patch_size", 7, "image_size=64 must be a multiple of patch_size=7", id="patch"),
+        pytest.param("vision", "num_heads", 3, "hidden_size=64 must be a multiple of num_heads=3", id="vision-heads"),
+        pytest.param("vision", "downsample_ratio", 0.4, "downsample_ratio=0.4", id="ratio"),
+        pytest.param("llm", "num_kv_heads", 3, "num_heads=4 must be a multiple of num_kv_heads=3", id="kv-heads"),
+        pytest.param("llm", "max_position_embeddings", 32, "max_position_embeddings=32", id="positions"),
+        pytest.param("action_head", "max_seq_len", 8, "action_horizon=16 exceeds max_seq_len=8", id="seq-len"),
+        pytest.param("action_head", "noise_s", 1.5, "noise_s", id="noise-s"),
+        pytest.param("llm", "select_layer", 0, "select_layer", id="select-layer"),
+    ],
+)
+def test_invalid_values_name_field(config: ModelConfig, section: str, field: str, value, message: str):
+    data = config.model_dump()
+    data[section][field] = value
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.model_validate(data)

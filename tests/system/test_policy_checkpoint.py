@@ -1,0 +1,67 @@
+"""Checkpoints: bit-exact round trip and refusal of mismatched files."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from fleetloop.system import DualSystemPolicy, load_policy, save_policy
+from fleetloop.system.checkpoint import FORMAT_VERSION
+
+
+def test_round_trip_is_bit_exact(model: DualSystemPolicy, batch, register_sim_arm, tmp_path):
+    register_sim_arm(model)
+    with torch.no_grad():
+        model.action_head.position_embedding.weight.add_(0.5)
+    path = tmp_path / "policy.safetensors"
+    save_policy(model, path)
+    loaded = load_policy(path)
+    assert loaded.config == model.config
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for name, tensor in original.items():
+        assert torch.equal(tensor, restored[name]) and tensor.dtype == restored[name].dtype, name
+    model.eval()
+    loaded.eval()
+    expected = model.get_action(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded.get_action(batch, generator=torch.Generator().manual_seed(0)), expected)
+
+
+def _rewrite(path, edit) -> None:
+    """Apply `edit` to the tensors of checkpoint `path`, keeping its metadata."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        pytest.param(lambda t: t.pop("backbone.linear.bias"), r"missing: \['backbone.linear.bias'\]", id="missing"),
+        pytest.param(
+            lambda t: t.update({"action_head.decode_layer.weight": torch.zeros(2)}),
+            r"unexpected: \['action_head.decode_layer.weight'\]",
+            id="unexpected",
+        ),
+        pytest.param(
+            lambda t: t.update({"state_min": torch.zeros(32, 63)}),
+            r"mis-shaped: \['state_min \(32, 63\) != \(32, 64\)'\]",
+            id="mis-shaped",
+        ),
+    ],
+)
+def test_mismatched_tensors_are_refused(model: DualSystemPolicy, tmp_path, edit, message):
+    path = tmp_path / "policy.safetensors"
+    save_policy(model, path)
+    _rewrite(path, edit)
+    with pytest.raises(ValueError, match=message):
+        load_policy(path)
+
+
+def test_foreign_file_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path))
+    with pytest.raises(ValueError, match=f"not a {FORMAT_VERSION} checkpoint"):
+        load_policy(path)
