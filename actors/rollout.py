@@ -1,0 +1,72 @@
+"""One episode of chunked control in a PettingZoo ParallelEnv, recorded for the replay.
+
+The actor plans an action chunk every ``execute_steps`` steps: with probability ``beta``
+the scripted expert's chunk, otherwise the policy's. At every visited state the expert's
+own action is recorded as well, which is the DAgger label of that state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+PlanFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
+"""``plan(image, state, instruction) -> (H, action_dim)`` action chunk of a policy."""
+
+
+@dataclass
+class Trajectory:
+    """What one agent saw and did during one episode."""
+
+    instruction: str
+    states: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    intervened: list[bool] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    success: bool = False
+
+
+def run_episode(env, expert, plan: PlanFn | None, *, beta: float, horizon: int, execute_steps: int,
+                frame_every: int, rng: np.random.Generator, seed: int) -> Trajectory:
+    """Run one episode of the env's single agent.
+
+    Args:
+        env: a ParallelEnv with ``render_camera(agent)``.
+        expert: scripted expert with ``action_chunk(agent, horizon)`` and ``action(agent)``.
+        plan: the policy; None means the expert drives every chunk (a demonstration).
+        beta: probability that the expert drives a chunk (ignored when ``plan`` is None).
+        horizon: length H of a planned chunk.
+        execute_steps: steps of a chunk executed before planning again (<= horizon).
+        frame_every: render a camera frame every N steps; must divide ``execute_steps``
+            so that the policy always plans from a fresh frame.
+        rng: source of the beta coin flips.
+        seed: the episode's environment seed.
+    """
+    if execute_steps > horizon or execute_steps % frame_every:
+        raise ValueError(f"execute_steps ({execute_steps}) must be <= horizon ({horizon}) and a multiple of frame_every ({frame_every})")
+    observations, _ = env.reset(seed=seed)
+    (agent,) = env.agents
+    traj = Trajectory(instruction=observations[agent]["instruction"])
+    step = 0
+    chunk, expert_drives = None, True
+    while env.agents:
+        state = observations[agent]["state"]
+        if step % frame_every == 0:
+            traj.frames[step] = env.render_camera(agent)
+        if step % execute_steps == 0:
+            expert_drives = plan is None or rng.random() < beta
+            chunk = expert.action_chunk(agent, horizon) if expert_drives else plan(traj.frames[step], state, traj.instruction)
+        action = np.asarray(chunk[step % execute_steps], dtype=np.float32)
+        traj.states.append(state)
+        traj.actions.append(action)
+        traj.labels.append(np.asarray(expert.action(agent), dtype=np.float32))
+        traj.intervened.append(expert_drives)
+        observations, rewards, _, _, infos = env.step({agent: action})
+        traj.rewards.append(float(rewards[agent]))
+        traj.success = bool(infos[agent]["success"])
+        step += 1
+    return traj

@@ -1,0 +1,193 @@
+"""The one typed configuration of fleetloop.
+
+A config is a YAML preset (``fleetloop/presets/*.yaml`` or any file) plus command-line
+overrides ``--set key.path=value``; it is validated as a whole, and every error names the
+field path and why it is wrong. Sections follow the roles: ``run``, ``model``, ``replay``,
+``learner``, ``weights``, ``actors``, ``metrics``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleetloop.replay.keys import TABLES
+
+PRESETS_PACKAGE = "fleetloop.presets"
+DEFAULT_PRESET = "default"
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message lists each bad field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class RunSection(_Section):
+    seed: int = Field(0, description="Seed for environments, sampling and model init.")
+    rounds: int = Field(3, ge=1, description="Rounds of train -> publish -> roll out -> correct.")
+
+
+class ModelSection(_Section):
+    preset: Literal["tiny"] = Field("tiny", description="Model architecture preset (system/config.py).")
+
+
+class ReplaySection(_Section):
+    url: str | None = Field(None, description="redis:// URL; None starts the run directory's embedded Valkey.")
+    mixture: dict[str, float] = Field(
+        default_factory=lambda: {"pretrain": 0.5, "rollouts": 0.0, "corrections": 0.5},
+        description="Sampling weight per table (renormalised over non-empty tables).",
+    )
+    appendfsync: Literal["always", "everysec", "no"] = Field("everysec", description="AOF fsync policy of the embedded server.")
+    refresh_s: float = Field(1.0, gt=0, description="Seconds between sampler index refreshes.")
+
+    @field_validator("mixture")
+    @classmethod
+    def _check_mixture(cls, mixture: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(mixture) - set(TABLES))
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; tables are {list(TABLES)}")
+        if any(w < 0 for w in mixture.values()):
+            raise ValueError(f"weights must be >= 0, got {mixture}")
+        if not any(w > 0 for w in mixture.values()):
+            raise ValueError(f"at least one weight must be > 0, got {mixture}")
+        return mixture
+
+
+class LearnerSection(_Section):
+    steps_per_round: int = Field(150, ge=1, description="Optimizer steps in each round.")
+    batch_size: int = Field(16, ge=1, description="Windows per optimizer step (one rank).")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clipping.")
+    zero_stage: Literal[1, 2] = Field(1, description="DeepSpeed ZeRO stage.")
+    publish_every: int = Field(50, ge=1, description="Publish weights every N optimizer steps (and at round end).")
+    prefetch_batches: int = Field(4, ge=1, description="Batches prepared ahead by the background sampler.")
+    torch_threads: int = Field(2, ge=1, description="torch intra-op threads of the learner process.")
+
+
+class WeightsSection(_Section):
+    host: str = Field("127.0.0.1", description="Bind address of the WeightService.")
+    port: int = Field(50051, ge=0, le=65535, description="WeightService port (0 = any free port).")
+    chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Bytes per streamed weight chunk.")
+    keep_versions: int = Field(2, ge=1, description="Published versions held for pulls.")
+
+
+class DaggerSection(_Section):
+    beta_start: float = Field(0.5, ge=0, le=1, description="Probability that the expert drives a chunk in round 0.")
+    beta_decay: float = Field(0.5, ge=0, le=1, description="beta of round r = beta_start * beta_decay**r.")
+
+
+class ActorsSection(_Section):
+    num_actors: int = Field(2, ge=1, description="Ray actors, each owning one environment and a policy replica.")
+    env: Literal["reach"] = Field("reach", description="Simulated task (actors/envs).")
+    max_steps: int = Field(64, ge=8, description="Control steps per episode.")
+    demos_per_actor: int = Field(12, ge=1, description="Expert demonstrations each actor seeds into `pretrain`.")
+    dagger_episodes_per_round: int = Field(3, ge=0, description="beta-mixture DAgger episodes per actor and round.")
+    eval_episodes_per_round: int = Field(3, ge=1, description="Policy-only episodes per actor and round (success rate; also relabelled).")
+    execute_steps: int = Field(8, ge=1, description="Steps of each predicted action chunk executed before re-planning.")
+    demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
+    dagger: DaggerSection = Field(default_factory=DaggerSection)
+
+
+class MetricsSection(_Section):
+    host: str = Field("127.0.0.1", description="Bind address of every /metrics endpoint.")
+    learner_port: int = Field(9400, ge=0, le=65535, description="Learner /metrics port (0 = any free port).")
+    replay_port: int = Field(9401, ge=0, le=65535, description="Replay /metrics port (0 = any free port).")
+    actor_base_port: int = Field(9410, ge=0, le=65535, description="Actor i serves /metrics on base+i (0 = any free port).")
+
+
+class FleetloopConfig(_Section):
+    """Everything a fleetloop run needs; see each section's field descriptions."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    replay: ReplaySection = Field(default_factory=ReplaySection)
+    learner: LearnerSection = Field(default_factory=LearnerSection)
+    weights: WeightsSection = Field(default_factory=WeightsSection)
+    actors: ActorsSection = Field(default_factory=ActorsSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "FleetloopConfig":
+        if self.learner.publish_every > self.learner.steps_per_round:
+            raise ValueError(
+                f"learner.publish_every ({self.learner.publish_every}) must be <= "
+                f"learner.steps_per_round ({self.learner.steps_per_round})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def preset_names() -> list[str]:
+    files = importlib.resources.files(PRESETS_PACKAGE).iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str) -> dict[str, Any]:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        text = path.read_text()
+    elif source in preset_names():
+        text = importlib.resources.files(PRESETS_PACKAGE).joinpath(f"{source}.yaml").read_text()
+    else:
+        raise ConfigError(f"config {source!r} is neither a file nor a preset; presets: {preset_names()}")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key.path=value`` override in place; the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {assignment!r} must look like key.path=value")
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML: {exc}") from None
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"  {path}: {msg}{got}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(source: str | None = None, overrides: list[str] | None = None) -> FleetloopConfig:
+    """Load a preset name or YAML file (default preset when None) and apply overrides."""
+    data = _read_yaml(source or DEFAULT_PRESET)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        return FleetloopConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

@@ -1,0 +1,236 @@
+"""`fleetloop up`: the local continual-improvement loop on real components.
+
+Starts the replay server (embedded Valkey unless a URL is given), a local Ray cluster, the
+learner (DeepSpeed + WeightService) and the env actors as Ray actors; seeds ``pretrain`` with
+expert demonstrations; then runs rounds of train -> publish -> roll out -> collect
+corrections, and writes the run directory and an optional JSON summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import prometheus_client as prom
+import torch
+from tqdm import tqdm
+
+from fleetloop.config import FleetloopConfig
+from fleetloop.plots import plot_learning_curves
+from fleetloop.replay import EmbeddedValkey, ReplayClient, ReplayCollector
+from fleetloop.rundir import LOG_DIR_ENV, RunDir, log_to_file
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_WAIT_S = 120.0
+
+
+class LaunchError(RuntimeError):
+    """The loop cannot start or continue; the message says what to do."""
+
+
+def check_ports_free(cfg: FleetloopConfig) -> None:
+    """Fail early, naming the setting, when a configured fixed port is taken."""
+    wanted = [("weights.port", cfg.weights.host, cfg.weights.port),
+              ("metrics.learner_port", cfg.metrics.host, cfg.metrics.learner_port),
+              ("metrics.replay_port", cfg.metrics.host, cfg.metrics.replay_port)]
+    if cfg.metrics.actor_base_port:
+        wanted += [(f"metrics.actor_base_port (+{i})", cfg.metrics.host, cfg.metrics.actor_base_port + i)
+                   for i in range(cfg.actors.num_actors)]
+    for setting, host, port in wanted:
+        if not port:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                key = setting.split(" ")[0]
+                raise LaunchError(f"port {host}:{port} ({setting}) is already in use: stop what holds it "
+                                  f"or choose another, e.g. --set {key}=0 for any free port") from None
+
+
+def _runtime_env(run: RunDir) -> dict[str, Any]:
+    env_vars = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    if not torch.cuda.is_available():
+        env_vars["DS_ACCELERATOR"] = "cpu"
+    env_vars[LOG_DIR_ENV] = str(run.logs)
+    return {"env_vars": env_vars, "worker_process_setup_hook": "fleetloop.rundir.setup_worker_logging"}
+
+
+def _ray_call(ref_or_refs, what: str):
+    """ray.get with the remote error's message turned into a LaunchError."""
+    import ray
+
+    try:
+        return ray.get(ref_or_refs)
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        raise LaunchError(f"{what} failed: {type(cause).__name__}: {cause}".splitlines()[0][:2000]) from None
+
+
+class Loop:
+    """Owns every process of a local run; ``close()`` leaves none of them running."""
+
+    def __init__(self, cfg: FleetloopConfig, run: RunDir, redis_url: str | None):
+        self.cfg = cfg
+        self.run = run
+        self.redis_url = redis_url
+        self._stack = contextlib.ExitStack()
+        self.learner = None
+        self.actors: list = []
+
+    def start(self) -> None:
+        import ray
+
+        from fleetloop.actors.env_actor import EnvActor
+        from fleetloop.learner.learner import Learner
+
+        check_ports_free(self.cfg)
+        if self.redis_url is None:
+            server = EmbeddedValkey(self.run.replay, appendfsync=self.cfg.replay.appendfsync)
+            server.start()
+            self._stack.callback(server.stop)
+            self.redis_url = server.url
+        self.replay = ReplayClient(self.redis_url)
+        self._stack.callback(self.replay.close)
+        collector = ReplayCollector(self.replay)
+        prom.REGISTRY.register(collector)
+        self._stack.callback(prom.REGISTRY.unregister, collector)
+        server, _ = prom.start_http_server(self.cfg.metrics.replay_port, addr=self.cfg.metrics.host)
+        self._stack.callback(server.shutdown)
+        self.replay_metrics = f"http://{self.cfg.metrics.host}:{server.server_port}/metrics"
+
+        n = self.cfg.actors.num_actors
+        ray.init(address="local", num_cpus=n + 2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, object_store_memory=256 << 20,
+                 runtime_env=_runtime_env(self.run))
+        self._stack.callback(ray.shutdown)
+        self.learner = ray.remote(num_cpus=1)(Learner).remote(self.cfg, str(self.run.root), self.redis_url)
+        self.endpoints = _ray_call(self.learner.endpoints.remote(), "starting the learner")
+        actor_cls = ray.remote(num_cpus=1, max_restarts=0)(EnvActor)
+        self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"]) for i in range(n)]
+        self.actor_status = _ray_call([a.status.remote() for a in self.actors], "starting the actors")
+
+    def seed_pretrain(self) -> None:
+        existing = self.replay.table_stats().get("pretrain", {}).get("episodes", 0)
+        if existing:
+            log.info("pretrain already holds %d episodes: not seeding", existing)
+            return
+        per_actor = self.cfg.actors.demos_per_actor
+        refs = [a.collect_demos.remote(per_actor) for a in self.actors]
+        successes = sum(_ray_call(_progress(refs, "seed demos", unit="actor"), "collecting demonstrations"))
+        log.info("seeded pretrain with %d expert demonstrations (%d successful)", per_actor * len(refs), successes)
+
+    def train_round(self, round_index: int) -> dict[str, Any]:
+        lcfg = self.cfg.learner
+        losses = []
+        with tqdm(total=lcfg.steps_per_round, desc=f"round {round_index} train", unit="step", leave=False) as bar:
+            done = 0
+            while done < lcfg.steps_per_round:
+                steps = min(lcfg.publish_every, lcfg.steps_per_round - done)
+                result = _ray_call(self.learner.train.remote(steps), "training")
+                losses.append(result["loss"])
+                done += steps
+                bar.update(steps)
+                bar.set_postfix(loss=f"{result['loss']:.4f}", version=result["version"])
+        version = _ray_call(self.learner.publish.remote(), "publishing weights")
+        return {"loss": sum(losses) / len(losses), "step": result["step"], "version": version}
+
+    def rollout_round(self, round_index: int, version: int) -> dict[str, Any]:
+        ready = _ray_call([a.wait_for_version.remote(version, WEIGHTS_WAIT_S) for a in self.actors], "waiting for weights")
+        if not all(ready):
+            late = [i for i, ok in enumerate(ready) if not ok]
+            raise LaunchError(f"actors {late} did not apply weights version {version} within {WEIGHTS_WAIT_S:.0f} s")
+        refs = [a.run_round.remote(round_index) for a in self.actors]
+        results = _ray_call(_progress(refs, f"round {round_index} rollouts", unit="actor"), "rolling out")
+        episodes = sum(r["eval_episodes"] for r in results)
+        return {"success_rate": sum(r["eval_successes"] for r in results) / episodes, "actors": results}
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def _progress(refs: list, desc: str, unit: str) -> list:
+    """Wait for Ray refs with a progress bar; returns the refs in their original order."""
+    import ray
+
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit=unit, leave=False) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    return refs
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_json: Path | None) -> dict[str, Any]:
+    """Run the loop to the end and return its summary (also written to ``summary_json``)."""
+    start = time.time()
+    run.write_config(cfg.to_dict())
+    log_to_file(run.logs, "fleetloop")
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    loop = Loop(cfg, run, redis_url)
+    rounds: list[dict[str, Any]] = []
+    try:
+        loop.start()
+        loop.seed_pretrain()
+        embodiment = loop.actor_status[0]["embodiment"]
+        _ray_call(loop.learner.fit_normalization.remote("pretrain", embodiment), "fitting normalisation")
+        for r in range(cfg.run.rounds):
+            trained = loop.train_round(r)
+            rolled = loop.rollout_round(r, trained["version"])
+            rounds.append({"round": r, **trained, **rolled})
+            tqdm.write(f"round {r}: loss {trained['loss']:.4f}  weights v{trained['version']}  "
+                       f"success rate {rolled['success_rate']:.2f}")
+        checkpoint = _ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
+        statuses = _ray_call([a.status.remote() for a in loop.actors], "reading actor status")
+        summary = _summary(loop, statuses, rounds, checkpoint, start)
+    finally:
+        loop.close()
+    plot_learning_curves(rounds, run.plots / "learning_curves.png")
+    # The audit trail of acknowledged writes: actor -> table -> episode ids.
+    (run.root / "episodes_written.json").write_text(json.dumps({s["actor"]: s["written"] for s in statuses}, indent=1))
+    if summary_json:
+        Path(summary_json).write_text(json.dumps(summary, indent=2))
+    (run.root / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, Any]], checkpoint: str,
+             start: float) -> dict[str, Any]:
+    learner = _ray_call(loop.learner.status.remote(), "reading learner status")
+    stats = loop.replay.table_stats()
+    applied = {s["actor"]: s["versions_applied"] for s in statuses}
+    reported: dict[str, int] = {}
+    for status in statuses:
+        for table, ids in status["written"].items():
+            reported[table] = reported.get(table, 0) + len(ids)
+    return {
+        "run_dir": str(loop.run.root),
+        "redis_url": loop.redis_url,
+        "learner_steps": learner["step"],
+        "weight_versions_published": learner["version"],
+        "weight_versions_applied_by_actor": applied,
+        "min_weight_version_applied_by_actors": min((v[-1] if v else 0) for v in applied.values()),
+        "min_weight_versions_applied_count": min(len(v) for v in applied.values()),
+        "episodes": {table: s["episodes"] for table, s in stats.items()},
+        "episodes_reported_by_actors": reported,
+        "corrections": stats.get("corrections", {}).get("episodes", 0),
+        "success_rate_by_round": [r["success_rate"] for r in rounds],
+        "loss_by_round": [r["loss"] for r in rounds],
+        "metrics_endpoints": {"learner": learner["metrics"], "replay": loop.replay_metrics,
+                              **{s["actor"]: s["metrics"] for s in statuses}},
+        "checkpoint": checkpoint,
+        "wall_seconds": round(time.time() - start, 1),
+    }

@@ -1,0 +1,133 @@
+"""`fleetloop up` end to end on the real components: Valkey, Ray, DeepSpeed, gRPC, MuJoCo."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fleetloop.replay import EmbeddedValkey, ReplayClient
+
+pytestmark = pytest.mark.integration
+
+FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
+RAY_PROCESS_NAMES = ("raylet", "gcs_server", "ray::")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+def ray_processes() -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        text = " ".join([proc.info["name"] or ""] + (proc.info["cmdline"] or []))
+        if any(name in text for name in RAY_PROCESS_NAMES):
+            found.add(proc.info["pid"])
+    return found
+
+
+def scrape(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def start_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    learner_port, replay_port, actor_base = free_ports(3)
+    endpoints = {"learner": f"http://127.0.0.1:{learner_port}/metrics",
+                 "replay": f"http://127.0.0.1:{replay_port}/metrics",
+                 "actor-0": f"http://127.0.0.1:{actor_base}/metrics",
+                 "actor-1": f"http://127.0.0.1:{actor_base + 1}/metrics"}
+    proc = subprocess.Popen(
+        [FLEETLOOP, "up", "--config", "smoke", "--run-dir", str(run_dir),
+         "--set", f"metrics.learner_port={learner_port}", "--set", f"metrics.replay_port={replay_port}",
+         "--set", f"metrics.actor_base_port={actor_base}", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, endpoints
+
+
+@pytest.fixture
+def ray_before():
+    return ray_processes()
+
+
+def test_short_loop_every_role_does_its_part(tmp_path, ray_before):
+    run_dir = tmp_path / "run"
+    summary_path = tmp_path / "summary.json"
+    proc, endpoints = start_up(run_dir, "--summary-json", str(summary_path))
+
+    served: dict[str, str] = {}
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        for name, url in endpoints.items():
+            if name not in served:
+                body = scrape(url)
+                if body and "fleetloop_" in body:
+                    served[name] = body
+        time.sleep(0.5)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert set(served) == set(endpoints), f"endpoints never served fleetloop_ series: {set(endpoints) - set(served)}"
+    assert "fleetloop_learner_steps_total" in served["learner"]
+    assert "fleetloop_replay_episodes" in served["replay"]
+    assert "fleetloop_actor_weights_version" in served["actor-0"]
+
+    summary = json.loads(summary_path.read_text())
+    assert summary["learner_steps"] > 0
+    assert summary["weight_versions_published"] >= 2
+    assert all(len(versions) >= 2 for versions in summary["weight_versions_applied_by_actor"].values())
+    assert summary["min_weight_versions_applied_count"] >= 2
+    assert summary["corrections"] > 0
+    assert len(summary["success_rate_by_round"]) == 2
+    assert set(summary["metrics_endpoints"]) == set(endpoints)
+    assert "success rate" in output
+    assert (run_dir / "plots" / "learning_curves.png").stat().st_size > 0
+    assert (run_dir / "config.yaml").exists() and (run_dir / "logs" / "fleetloop.log").exists()
+    assert list((run_dir / "checkpoints").glob("policy-*.safetensors"))
+
+    # The replay holds exactly the episodes the actors reported writing, and every
+    # correction carries the policy version that produced it.
+    written = json.loads((run_dir / "episodes_written.json").read_text())
+    with EmbeddedValkey(run_dir / "replay") as server:
+        client = ReplayClient(server.url)
+        for table in ("pretrain", "rollouts", "corrections"):
+            reported = sorted(i for tables in written.values() for i in tables.get(table, []))
+            assert sorted(client.episode_ids(table)) == reported, table
+        for episode_id in client.episode_ids("corrections"):
+            assert client.read_episode(episode_id).policy_version >= 1
+        client.close()
+
+    assert ray_processes() <= ray_before, "Ray processes left running"
+    assert not (run_dir / "replay" / "server.json").exists(), "embedded Valkey left running"
+
+
+def test_ctrl_c_stops_every_process(tmp_path, ray_before):
+    run_dir = tmp_path / "run"
+    proc, endpoints = start_up(run_dir)
+    deadline = time.time() + 300
+    while time.time() < deadline and not scrape(endpoints["actor-1"]):
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    time.sleep(2)
+    assert ray_processes() <= ray_before, "Ray processes left running"
+    server_json = run_dir / "replay" / "server.json"
+    assert not server_json.exists(), "embedded Valkey left running"

@@ -1,0 +1,98 @@
+"""The fleetloop CLI, run as a subprocess as an operator would."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([FLEETLOOP, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["config"], ["config", "show"], ["replay"], ["replay", "stats"]])
+def test_every_command_explains_itself(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: fleetloop" in result.stdout
+    if command in (["up"], ["config", "show"], ["replay", "stats"]):
+        for option in ("--config", "--set", "--run-dir", "--redis-url"):
+            assert option in result.stdout
+
+
+def test_config_show_prints_validated_yaml_with_overrides():
+    result = run_cli("config", "show", "--set", "learner.lr=0.01")
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.01" in result.stdout
+
+
+def test_config_describe_lists_every_field():
+    result = run_cli("config", "show", "--describe")
+    assert result.returncode == 0
+    assert "learner.steps_per_round" in result.stdout and "Optimizer steps in each round." in result.stdout
+    assert "actors.dagger.beta_start" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--set", "learner.nope=1"], "learner.nope: unknown field", id="unknown-field"),
+        pytest.param(["--set", "learner.batch_size=many"], "learner.batch_size: Input should be a valid integer", id="wrong-type"),
+        pytest.param(["--config", "/nonexistent/x.yaml"], "does not exist", id="missing-file"),
+    ],
+)
+def test_bad_config_is_one_clear_message(args, message, tmp_path):
+    result = run_cli("up", "--run-dir", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unanswering_redis_url_fails_fast_with_advice(tmp_path):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli("up", "--config", "smoke", "--run-dir", str(tmp_path), "--redis-url", url, timeout=60)
+    assert result.returncode == 1
+    assert url.split("/0")[0].removeprefix("redis://") in result.stderr
+    assert "Traceback" not in result.stderr
+    stats = run_cli("replay", "stats", "--redis-url", url, timeout=60)
+    assert stats.returncode == 1 and "Traceback" not in stats.stderr
+
+
+def test_port_in_use_names_the_setting(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_cli("up", "--config", "smoke", "--run-dir", str(tmp_path), "--set", f"metrics.learner_port={port}")
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} (metrics.learner_port) is already in use" in result.stderr
+    assert "--set metrics.learner_port=0" in result.stderr
+    assert not (tmp_path / "replay" / "server.json").exists()
+
+
+def test_replay_stats_of_a_run_directory(tmp_path):
+    (tmp_path / "replay").mkdir()
+    result = run_cli("replay", "stats", "--run-dir", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert {"pretrain", "rollouts", "corrections"} <= set(stats)
+    assert all(row["episodes"] == 0 for row in stats.values())
+    assert not (tmp_path / "replay" / "server.json").exists(), "the temporary server must be stopped"
+
+
+def test_replay_stats_needs_a_source():
+    result = run_cli("replay", "stats")
+    assert result.returncode == 2
+    assert "--redis-url" in result.stderr and "--run-dir" in result.stderr

@@ -1,0 +1,76 @@
+"""The typed configuration: presets, overrides, and errors that name the field."""
+
+import pytest
+
+from fleetloop.config import ConfigError, FleetloopConfig, apply_override, load_config, preset_names
+
+
+def test_presets_load_and_validate():
+    assert {"default", "smoke"} <= set(preset_names())
+    for name in preset_names():
+        assert isinstance(load_config(name), FleetloopConfig)
+
+
+def test_default_preset_is_the_embedded_default():
+    cfg = load_config()
+    assert cfg == load_config("default")
+    assert cfg.replay.url is None
+    assert cfg.model.preset == "tiny"
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    cfg = load_config("default", ["learner.lr=0.001", "actors.num_actors=3", "replay.url=redis://h:1/0"])
+    assert cfg.learner.lr == pytest.approx(0.001)
+    assert cfg.actors.num_actors == 3
+    assert cfg.replay.url == "redis://h:1/0"
+
+
+def test_override_of_nested_mapping():
+    cfg = load_config("default", ["replay.mixture={pretrain: 1.0}"])
+    assert cfg.replay.mixture == {"pretrain": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        pytest.param("learner.bogus=1", "learner.bogus: unknown field", id="unknown-field"),
+        pytest.param("bogus.section=1", "bogus: unknown field", id="unknown-section"),
+        pytest.param("learner.batch_size=abc", "learner.batch_size: Input should be a valid integer", id="wrong-type"),
+        pytest.param("learner.batch_size=0", "learner.batch_size: Input should be greater than or equal to 1", id="out-of-range"),
+        pytest.param("learner.zero_stage=3", "learner.zero_stage", id="unsupported-literal"),
+        pytest.param("replay.mixture={pretrain: 1, nope: 1}", "unknown table(s) ['nope']", id="unknown-table"),
+        pytest.param("replay.mixture={pretrain: 0}", "at least one weight must be > 0", id="all-zero-mixture"),
+        pytest.param("learner.publish_every=1000", "learner.publish_every (1000) must be <= learner.steps_per_round", id="cross-field"),
+    ],
+)
+def test_bad_values_name_the_field(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config("default", [override])
+    assert expected in str(info.value)
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        load_config("default", ["learner.lr=-1", "actors.num_actors=0"])
+    assert "learner.lr" in str(info.value) and "actors.num_actors" in str(info.value)
+
+
+def test_missing_file_and_unknown_preset(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="neither a file nor a preset"):
+        load_config("no-such-preset")
+
+
+def test_invalid_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("learner: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(path))
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_override({}, "no-equals-sign")
+    with pytest.raises(ConfigError, match="learner is not a section"):
+        apply_override({"learner": 3}, "learner.lr=1")
