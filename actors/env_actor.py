@@ -76,7 +76,8 @@ class EnvActor:
         self.versions_applied: list[int] = []
         self._lock = threading.Lock()
         base = cfg.metrics.actor_base_port
-        self.metrics_port = prom.start_http_server(base + actor_index if base else 0, addr=cfg.metrics.host)[0].server_port
+        self._metrics_server, _ = prom.start_http_server(base + actor_index if base else 0, addr=cfg.metrics.host)
+        self.metrics_port = self._metrics_server.server_port
         self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self._apply_weights)
         self.subscriber.start()
 
@@ -164,5 +165,6 @@ class EnvActor:
 
     def close(self) -> None:
         self.subscriber.stop()
+        self._metrics_server.shutdown()
         self.env.close()
         self.replay.close()

@@ -66,7 +66,8 @@ class Learner:
         self.publisher = WeightPublisher(host=self.cfg.weights.host, port=self.cfg.weights.port,
                                          chunk_bytes=self.cfg.weights.chunk_bytes, keep_versions=self.cfg.weights.keep_versions)
         self.weights_port = self.publisher.start()
-        self.metrics_port = prom.start_http_server(self.cfg.metrics.learner_port, addr=self.cfg.metrics.host)[0].server_port
+        self._metrics_server, _ = prom.start_http_server(self.cfg.metrics.learner_port, addr=self.cfg.metrics.host)
+        self.metrics_port = self._metrics_server.server_port
         self.prefetch: Prefetcher | None = None
         self.step = 0
         self.version = 0
@@ -158,4 +159,5 @@ class Learner:
         if self.prefetch is not None:
             self.prefetch.close()
         self.publisher.stop(grace=1.0)
+        self._metrics_server.shutdown()
         self.replay.close()

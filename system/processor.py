@@ -40,7 +40,7 @@ class Processor:
             shape = getattr(image, "shape", None)
             raise ValueError(f"image: expected an (h, w, 3) uint8 array, got {type(image).__name__} {shape}")
         side = self.config.vision.image_size
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().unsqueeze(0)
+        pixels = torch.tensor(image).permute(2, 0, 1).float().unsqueeze(0)  # a copy: frames may be read-only
         if pixels.shape[-2:] != (side, side):
             pixels = F.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
             pixels = pixels.clamp(0, 255)

@@ -1,25 +1,11 @@
-"""Fixtures: a real embedded Valkey server per test, in the test's tmp_path."""
+"""Fixtures of the replay tests (the Valkey server and client come from tests/conftest.py)."""
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from fleetloop.replay import EmbeddedValkey, Episode, ReplayClient
-
-
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
-    """A Valkey server on a free loopback port, persisting to tmp_path/replay."""
-    with EmbeddedValkey(tmp_path / "replay") as server:
-        yield server
-
-
-@pytest.fixture
-def client(valkey: EmbeddedValkey) -> Iterator[ReplayClient]:
-    with ReplayClient(valkey.url, socket_timeout=5.0) as replay:
-        yield replay
+from fleetloop.replay import Episode
 
 
 @pytest.fixture

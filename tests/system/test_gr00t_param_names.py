@@ -5,7 +5,6 @@ tensor of that name with the same number of dims.
 """
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import pytest
 
 from fleetloop.system import DualSystemPolicy
 
-REFERENCE = Path(
-    os.environ.get("FLEETLOOP_GR00T_REFERENCE", "/work/shared/reference/gr00t_n1_2b_state_dict.json")
-)
+# shared/ sits beside the project root (see the README of ../shared).
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "gr00t_n1_2b_state_dict.json"
 LAYER_LISTS = {
     "vision_model.encoder.layers": lambda c: c.vision.num_layers,
     "language_model.model.layers": lambda c: c.llm.select_layer,
@@ -25,8 +23,7 @@ LAYER_LISTS = {
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, list]:
-    if not REFERENCE.exists():
-        pytest.skip(f"GR00T reference state_dict listing not found at {REFERENCE}")
+    assert REFERENCE.exists(), f"GR00T reference state_dict listing not found at {REFERENCE}"
     return json.loads(REFERENCE.read_text())["params"]
 
 

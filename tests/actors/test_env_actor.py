@@ -1,0 +1,80 @@
+"""EnvActor in-process on real parts: Valkey replay, gRPC weights, MuJoCo, /metrics."""
+
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from fleetloop.actors.env_actor import EnvActor
+from fleetloop.config import load_config
+from fleetloop.learner.publisher import WeightPublisher
+from fleetloop.system import DualSystemPolicy, embodiment_id, model_preset
+
+
+def policy_weights(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = DualSystemPolicy(model_preset("tiny"))
+    model.set_normalization(embodiment_id("sim_arm"), state_min=np.full(4, -3.0), state_max=np.full(4, 3.0),
+                            action_min=np.array([-2.0, -2.5]), action_max=np.array([2.0, 2.5]))
+    return model.state_dict()
+
+
+@pytest.fixture
+def publisher():
+    publisher = WeightPublisher(port=0)
+    port = publisher.start()
+    yield publisher, f"127.0.0.1:{port}"
+    publisher.stop(grace=0.5)
+
+
+@pytest.fixture
+def actor(valkey, publisher):
+    cfg = load_config("smoke", ["actors.max_steps=16", "actors.dagger_episodes_per_round=1",
+                                "actors.eval_episodes_per_round=1"])
+    actor = EnvActor(0, cfg, valkey.url, publisher[1])
+    yield actor
+    actor.close()
+
+
+def test_rounds_write_versioned_rollouts_and_corrections(actor, publisher, client):
+    publisher, _ = publisher
+    assert actor.collect_demos(2) == 2, "expert demonstrations succeed"
+    assert len(client.episode_ids("pretrain")) == 2
+
+    publisher.publish(policy_weights(0))
+    assert actor.wait_for_version(1, timeout_s=30)
+    first = actor.run_round(0)
+    assert first["versions_used"] == [1]
+    assert first["eval_episodes"] == 1 and 0.0 <= first["success_rate"] <= 1.0
+
+    publisher.publish(policy_weights(1))
+    assert actor.wait_for_version(2, timeout_s=30)
+    second = actor.run_round(1)
+    assert second["versions_used"] == [2]
+    assert second["beta"] == pytest.approx(first["beta"] * 0.5)
+
+    status = actor.status()
+    assert status["versions_applied"] == [1, 2]
+    for table in ("pretrain", "rollouts", "corrections"):
+        assert sorted(status["written"][table]) == sorted(client.episode_ids(table)), table
+    versions = sorted(client.read_episode(i).policy_version for i in client.episode_ids("corrections"))
+    assert versions == [1, 1, 2, 2]
+    for episode_id in client.episode_ids("corrections"):
+        episode = client.read_episode(episode_id)
+        assert episode.source == "dagger_relabel" and episode.actor_id == "actor-0"
+
+    with urllib.request.urlopen(status["metrics"], timeout=5) as response:
+        body = response.read().decode()
+    assert 'fleetloop_actor_weights_version{actor="actor-0"} 2.0' in body
+    assert 'fleetloop_actor_episodes_total{actor="actor-0",table="corrections"} 4.0' in body
+    assert "fleetloop_actor_success_rate" in body
+
+
+def test_the_policy_runs_the_weights_it_was_sent(actor, publisher):
+    publisher, _ = publisher
+    weights = policy_weights(5)
+    publisher.publish(weights)
+    assert actor.wait_for_version(1, timeout_s=30)
+    for name, tensor in weights.items():
+        assert torch.equal(actor.model.state_dict()[name], tensor), name

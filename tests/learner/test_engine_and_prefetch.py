@@ -1,0 +1,120 @@
+"""DeepSpeed engine set-up (real engine, gloo on CPU) and the background prefetcher."""
+
+import threading
+
+import pytest
+import torch
+
+from fleetloop.learner.data import Prefetcher
+from fleetloop.learner.engine import build_engine, deepspeed_config, param_groups
+from fleetloop.replay import EmptyReplayError
+
+
+class Regressor(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, batch):
+        pred = self.linear(batch["x"]).squeeze(-1) * self.scale
+        return {"loss": torch.nn.functional.mse_loss(pred, batch["y"])}
+
+
+def test_no_weight_decay_on_one_dimensional_parameters():
+    model = Regressor()
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [torch.Size([1, 4])]
+    assert len(no_decay["params"]) == 2  # the bias and the scale
+
+
+def test_frozen_parameters_are_left_out():
+    model = Regressor()
+    model.linear.weight.requires_grad_(False)
+    decay, _ = param_groups(model, weight_decay=0.1)
+    assert decay["params"] == []
+
+
+def test_deepspeed_config_follows_the_learner_section():
+    config = deepspeed_config(batch_size=8, grad_clip=0.5, zero_stage=2)
+    assert config["train_micro_batch_size_per_gpu"] == 8
+    assert config["gradient_clipping"] == 0.5
+    assert config["zero_optimization"] == {"stage": 2}
+    assert config["bf16"]["enabled"] is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_engine_trains(zero_stage):
+    torch.manual_seed(0)
+    engine = build_engine(Regressor(), lr=0.1, weight_decay=0.0, batch_size=16, grad_clip=1.0, zero_stage=zero_stage)
+    x = torch.randn(16, 4)
+    batch = {"x": x, "y": x @ torch.tensor([1.0, -2.0, 0.5, 3.0])}
+    losses = []
+    for _ in range(100):
+        loss = engine(batch)["loss"]
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0]
+    assert engine.global_steps == 100
+
+
+def test_prefetcher_serves_batches_in_order():
+    counter = iter(range(1000))
+
+    def sample(n):
+        return [next(counter) for _ in range(n)]
+
+    prefetch = Prefetcher(sample, lambda windows: {"sum": sum(windows)}, batch_size=2, depth=2)
+    try:
+        assert [prefetch.next(timeout=5)[1] for _ in range(3)] == [[0, 1], [2, 3], [4, 5]]
+    finally:
+        prefetch.close()
+
+
+def test_prefetcher_waits_for_an_empty_replay_to_fill():
+    empty_calls = 3
+    calls = []
+
+    def sample(n):
+        calls.append(n)
+        if len(calls) <= empty_calls:
+            raise EmptyReplayError("nothing yet")
+        return [1] * n
+
+    prefetch = Prefetcher(sample, lambda w: {"n": len(w)}, batch_size=4, depth=1, retry_s=0.01)
+    try:
+        batch, windows = prefetch.next(timeout=5)
+    finally:
+        prefetch.close()
+    assert batch == {"n": 4} and windows == [1, 1, 1, 1]
+    assert len(calls) > empty_calls
+
+
+def test_prefetcher_reraises_sampling_errors_in_the_consumer():
+    def sample(n):
+        raise ConnectionError("replay went away")
+
+    prefetch = Prefetcher(sample, lambda w: w, batch_size=1, depth=1)
+    try:
+        with pytest.raises(ConnectionError, match="replay went away"):
+            prefetch.next(timeout=5)
+    finally:
+        prefetch.close()
+
+
+def test_prefetcher_times_out_with_a_clear_message():
+    release = threading.Event()
+
+    def sample(n):
+        release.wait(5)
+        return [0] * n
+
+    prefetch = Prefetcher(sample, lambda w: w, batch_size=1, depth=1)
+    try:
+        with pytest.raises(TimeoutError, match="no training batch within"):
+            prefetch.next(timeout=0.2)
+    finally:
+        release.set()
+        prefetch.close()
