@@ -62,7 +62,8 @@ class EnvActor:
         acfg = cfg.actors
         torch.set_num_threads(acfg.torch_threads)
         self.model_cfg = model_preset(cfg.model.preset)
-        self.env = make_env(acfg.env, image_size=self.model_cfg.vision.image_size, max_steps=acfg.max_steps)
+        self.env = make_env(acfg.env, image_size=self.model_cfg.vision.image_size, max_steps=acfg.max_steps,
+                            shuffle_layout=acfg.shuffle_layout)
         self.expert = ReachExpert(self.env)
         self.embodiment = self.env.embodiment
         self.embodiment_id = embodiment_id(self.embodiment)

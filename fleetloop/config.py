@@ -31,7 +31,7 @@ class _Section(BaseModel):
 
 class RunSection(_Section):
     seed: int = Field(0, description="Seed for environments, sampling and model init.")
-    rounds: int = Field(3, ge=1, description="Rounds of train -> publish -> roll out -> correct.")
+    rounds: int = Field(4, ge=1, description="Rounds of train -> publish -> roll out -> correct.")
 
 
 class ModelSection(_Section):
@@ -61,8 +61,8 @@ class ReplaySection(_Section):
 
 
 class LearnerSection(_Section):
-    steps_per_round: int = Field(150, ge=1, description="Optimizer steps in each round.")
-    batch_size: int = Field(16, ge=1, description="Windows per optimizer step (one rank).")
+    steps_per_round: int = Field(250, ge=1, description="Optimizer steps in each round.")
+    batch_size: int = Field(32, ge=1, description="Windows per optimizer step (one rank).")
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clipping.")
@@ -88,9 +88,10 @@ class ActorsSection(_Section):
     num_actors: int = Field(2, ge=1, description="Ray actors, each owning one environment and a policy replica.")
     env: Literal["reach"] = Field("reach", description="Simulated task (actors/envs).")
     max_steps: int = Field(64, ge=8, description="Control steps per episode.")
-    demos_per_actor: int = Field(12, ge=1, description="Expert demonstrations each actor seeds into `pretrain`.")
+    shuffle_layout: bool = Field(False, description="Reach task: shuffle the balls' places each episode (the policy must then find the named colour in the image).")
+    demos_per_actor: int = Field(16, ge=1, description="Expert demonstrations each actor seeds into `pretrain`.")
     dagger_episodes_per_round: int = Field(3, ge=0, description="beta-mixture DAgger episodes per actor and round.")
-    eval_episodes_per_round: int = Field(3, ge=1, description="Policy-only episodes per actor and round (success rate; also relabelled).")
+    eval_episodes_per_round: int = Field(5, ge=1, description="Policy-only episodes per actor and round (success rate; also relabelled).")
     execute_steps: int = Field(8, ge=1, description="Steps of each predicted action chunk executed before re-planning.")
     demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")

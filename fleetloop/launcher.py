@@ -48,6 +48,8 @@ def check_ports_free(cfg: FleetloopConfig) -> None:
         if not port:
             continue
         with socket.socket() as sock:
+            # As the servers themselves do: connections in TIME_WAIT from an earlier run do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:

@@ -13,7 +13,7 @@ def test_presets_load_and_validate():
 
 def test_default_preset_is_the_embedded_default():
     cfg = load_config()
-    assert cfg == load_config("default")
+    assert cfg == load_config("default") == FleetloopConfig(), "default.yaml must restate the code defaults"
     assert cfg.replay.url is None
     assert cfg.model.preset == "tiny"
 

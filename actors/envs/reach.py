@@ -89,6 +89,7 @@ class ReachEnv(ParallelEnv):
         max_steps: int = 64,
         seed: int | None = None,
         success_threshold: float = 0.03,
+        shuffle_layout: bool = True,
     ) -> None:
         """Load the scene; nothing is rendered until ``render_camera`` is called.
 
@@ -97,6 +98,9 @@ class ReachEnv(ParallelEnv):
             max_steps: env steps per episode before truncation.
             seed: seed for the episode generator; ``reset(seed=...)`` reseeds it.
             success_threshold: fingertip-goal distance in metres that counts as success.
+            shuffle_layout: shuffle which ball sits on which spot every episode, so the
+                instruction can only be followed by looking; False keeps one colour per
+                spot (the instruction alone then locates the goal, up to the jitter).
 
         Raises:
             ValueError: an argument is out of range.
@@ -110,6 +114,7 @@ class ReachEnv(ParallelEnv):
         self.image_size = image_size
         self.max_steps = max_steps
         self.success_threshold = success_threshold
+        self.shuffle_layout = shuffle_layout
         self.possible_agents = ["arm_0"]
         self.model = mujoco.MjModel.from_xml_path(str(ASSET_PATH))
         self.data = mujoco.MjData(self.model)
@@ -177,7 +182,9 @@ class ReachEnv(ParallelEnv):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         mujoco.mj_resetData(self.model, self.data)
-        order = self._rng.permutation(len(COLOURS))
+        order = self._rng.permutation(len(COLOURS))  # drawn either way: a seed fixes the rest
+        if not self.shuffle_layout:
+            order = np.arange(len(COLOURS))
         for slot, colour_index in enumerate(order):
             angle = _SLOT_ANGLES[slot]
             xy = _SLOT_RADIUS * np.array([np.cos(angle), np.sin(angle)])

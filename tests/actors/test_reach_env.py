@@ -214,3 +214,15 @@ def test_make_env():
 def test_invalid_constructor_arguments_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ReachEnv(**kwargs)
+
+
+@pytest.mark.parametrize(("shuffle", "spread_at_least", "spread_at_most"), [(False, 0.0, 0.08), (True, 0.1, 10.0)])
+def test_layout_shuffle_decides_whether_a_colour_keeps_its_spot(shuffle, spread_at_least, spread_at_most):
+    env = ReachEnv(shuffle_layout=shuffle)
+    positions = []
+    for seed in range(12):
+        env.reset(seed=seed, options={"goal": "red"})
+        positions.append(env.goal_position("arm_0"))
+    env.close()
+    spread = max(np.linalg.norm(a - b) for a in positions for b in positions)
+    assert spread_at_least <= spread <= spread_at_most
