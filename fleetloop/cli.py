@@ -86,7 +86,7 @@ def _describe(model: type, prefix: str = "") -> list[str]:
             lines += _describe(annotation, f"{prefix}{name}.")
             continue
         default = field.default_factory() if field.default_factory else field.default
-        type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+        type_name = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
         lines.append(f"{prefix}{name}: {type_name} = {default!r}\n    {field.description or ''}")
     return lines
 
