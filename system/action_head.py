@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from fleetloop.system.dit import DiT, DiTConfig
-from fleetloop.system.embodiment import CategorySpecificMLP, MultiEmbodimentActionEncoder
+from fleetloop.system.category_layers import CategorySpecificMLP, MultiEmbodimentActionEncoder
 from fleetloop.system.shapes import check_ids, check_shape
 
 
@@ -130,10 +130,12 @@ class FlowMatchingActionHead(nn.Module):
         state: torch.Tensor,
         embodiment_id: torch.Tensor,
         generator: torch.Generator | None = None,
+        num_steps: int | None = None,
     ) -> torch.Tensor:
         """Denoise an action chunk with K Euler steps.
 
-        Args: as in forward; generator seeds the initial noise.
+        Args: as in forward; generator seeds the initial noise; num_steps is K (None = the
+        config's num_inference_timesteps).
 
         Returns:
             (B, H, max_action_dim) normalised actions.
@@ -147,7 +149,9 @@ class FlowMatchingActionHead(nn.Module):
             dtype=vl_tokens.dtype,
         )
         state_tokens = self.state_encoder(state.unsqueeze(1), embodiment_id)
-        steps = cfg.num_inference_timesteps
+        steps = cfg.num_inference_timesteps if num_steps is None else num_steps
+        if steps < 1:
+            raise ValueError(f"num_steps: expected >= 1, got {steps}")
         for k in range(steps):
             bucket = int(k / steps * cfg.num_timestep_buckets)
             buckets = torch.full((batch,), bucket, dtype=torch.long, device=actions.device)

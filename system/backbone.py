@@ -8,6 +8,8 @@ tree mirrors GR00T's names: backbone.model.vision_model.vision_model.*,
 backbone.model.mlp1.{0,1,3}, backbone.model.language_model.model.*, backbone.linear.
 """
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -102,6 +104,8 @@ class LanguageConfig(BaseModel):
     """Longest sequence (image + text tokens) the language model accepts."""
     max_text_tokens: int = Field(gt=1)
     """Length of the tokenised instruction, bos and eos included."""
+    tokenizer: Literal["byte", "pretrained"] = "byte"
+    """"byte": the built-in ByteTokenizer; "pretrained": a transformers tokenizer from a local directory."""
 
     @model_validator(mode="after")
     def _check(self) -> "LanguageConfig":

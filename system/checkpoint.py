@@ -1,7 +1,8 @@
 """Policy checkpoints: one safetensors file holding every tensor and the config.
 
-Layout: tensors named as in `DualSystemPolicy.state_dict()` (normalisation buffers
-included), and metadata {FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: ModelConfig JSON}.
+Layout: tensors named as in `DualSystemPolicy.state_dict()`, normalisation statistics and
+modes included (persistent buffers), saved in their own dtypes, and metadata
+{FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: ModelConfig JSON}. Loading is bit-exact.
 """
 
 import logging
@@ -12,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fleetloop.system.config import ModelConfig
+from fleetloop.system.errors import CheckpointMismatchError
 from fleetloop.system.policy import DualSystemPolicy
 
 logger = logging.getLogger(__name__)
@@ -23,8 +25,13 @@ CONFIG_KEY = "fleetloop.config"
 
 def save_policy(model: DualSystemPolicy, path: str | os.PathLike) -> None:
     """Write `model`'s state_dict and config to the safetensors file `path`."""
-    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    metadata = {FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: model.config.model_dump_json()}
+    save_tensors(model.state_dict(), model.config, path)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, path: str | os.PathLike) -> None:
+    """Write a state_dict `tensors` of a model of `config` as a checkpoint at `path`."""
+    tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    metadata = {FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: config.model_dump_json()}
     save_file(tensors, os.fspath(path), metadata=metadata)
     logger.info("saved policy checkpoint %s (%d tensors)", path, len(tensors))
 
@@ -33,8 +40,9 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """Build a DualSystemPolicy from the checkpoint `path`, exactly as saved.
 
     Raises:
-        ValueError: if the file is not a fleetloop checkpoint, or its tensors do not match
-        the config (missing, unexpected and mis-shaped names are listed).
+        ValueError: if the file is not a fleetloop checkpoint; CheckpointMismatchError (a
+        ValueError) if its tensors do not match the config (each missing, unexpected and
+        mis-shaped tensor is named with expected and actual shapes).
     """
     path = os.fspath(path)
     with safe_open(path, framework="pt") as handle:
@@ -51,17 +59,21 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     return model.to(device)
 
 
+def shape_problems(expected: dict[str, tuple[int, ...]], actual: dict[str, tuple[int, ...]]) -> list[str]:
+    """Lines naming tensors missing from `actual`, unexpected in it, or of another shape."""
+    problems = [f"missing: {name} (expected shape {expected[name]})" for name in sorted(set(expected) - set(actual))]
+    problems += [f"unexpected: {name} {actual[name]}" for name in sorted(set(actual) - set(expected))]
+    problems += [
+        f"mis-shaped: {name}: expected {expected[name]}, got {actual[name]}"
+        for name in sorted(set(expected) & set(actual))
+        if tuple(expected[name]) != tuple(actual[name])
+    ]
+    return problems
+
+
 def check_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Raise ValueError listing names of `tensors` missing from, unexpected in or mis-shaped for `model`."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    misshaped = sorted(
-        f"{name} {tuple(tensors[name].shape)} != {tuple(expected[name].shape)}"
-        for name in set(expected) & set(tensors)
-        if tensors[name].shape != expected[name].shape
-    )
-    found = {"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped}
-    problems = [f"{label}: {names}" for label, names in found.items() if names]
+    """Raise CheckpointMismatchError naming tensors missing from, unexpected in or mis-shaped for `model`."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    problems = shape_problems(expected, {name: tuple(t.shape) for name, t in tensors.items()})
     if problems:
-        raise ValueError(f"{source}: tensors do not match the config; " + "; ".join(problems))
+        raise CheckpointMismatchError(source, problems)

@@ -61,7 +61,39 @@ def _tiny() -> ModelConfig:
     )
 
 
-_PRESETS = {"tiny": _tiny}
+def _n1_2b() -> ModelConfig:
+    """GR00T-N1-2B as released: SigLIP-2 + SmolLM2 (first 12 layers) and a 16-block DiT."""
+    return ModelConfig(
+        vision=VisionConfig(
+            image_size=224, patch_size=14, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16
+        ),
+        llm=LanguageConfig(
+            vocab_size=49164,
+            hidden_size=2048,
+            intermediate_size=8192,
+            select_layer=12,
+            num_heads=32,
+            num_kv_heads=32,
+            rope_theta=130000.0,
+            max_position_embeddings=8192,
+            max_text_tokens=64,
+            tokenizer="pretrained",
+        ),
+        action_head=ActionHeadConfig(
+            dit=DiTConfig(num_layers=16, num_heads=32, head_dim=48, output_dim=1024, dropout=0.2),
+            hidden_size=1024,
+            max_seq_len=1024,
+            num_inference_timesteps=4,
+        ),
+    )
+
+
+_PRESETS = {"tiny": _tiny, "n1-2b": _n1_2b}
+
+
+def preset_names() -> list[str]:
+    """Names of the model presets."""
+    return sorted(_PRESETS)
 
 
 def model_preset(name: str) -> ModelConfig:

@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -186,6 +187,8 @@ class DiT(nn.Module):
         self.norm_out = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.proj_out_1 = nn.Linear(dim, 2 * dim)
         self.proj_out_2 = nn.Linear(dim, config.output_dim)
+        self.gradient_checkpointing = False
+        """Recompute each block's activations in the backward pass (train mode only)."""
 
     def forward(
         self,
@@ -207,11 +210,10 @@ class DiT(nn.Module):
         """
         temb = self.timestep_encoder(timestep)
         x = hidden_states
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for idx, block in enumerate(self.transformer_blocks):
-            if idx % 2 == 1:
-                x = block(x, temb)
-            else:
-                x = block(x, temb, encoder_hidden_states, encoder_attention_mask)
+            args = (x, temb) if idx % 2 == 1 else (x, temb, encoder_hidden_states, encoder_attention_mask)
+            x = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
         shift, scale = self.proj_out_1(F.silu(temb)).chunk(2, dim=1)
         x = self.norm_out(x) * (1 + scale[:, None]) + shift[:, None]
         return self.proj_out_2(x)

@@ -1,16 +1,22 @@
-"""Embodiments: the tag registry and the category-specific layers of GR00T N1.
+"""Embodiments: the registry of tags, slot ids and state/action layouts.
 
 An *embodiment* is a robot body with its own state and action layout. Each one owns a
-slot (an integer id < max_num_embodiments) and every category-specific layer keeps one
-weight slice per slot, picked per sample by `embodiment_id`. Slot numbers follow GR00T's
-`EMBODIMENT_TAG_MAPPING` so released weights keep their meaning.
+slot id (< max_num_embodiments), numbered as GR00T's `EMBODIMENT_TAG_MAPPING` so released
+weights keep their meaning. A *layout* names slices of the raw state and action vectors,
+as GR00T's `meta/modality.json` does, picks the keys the model consumes (their slices are
+concatenated in layout order, then zero-padded to max dims) and a normalisation mode per key.
 """
 
-import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+import numpy as np
+
+NormMode = Literal["min_max", "q99", "mean_std", "binary"]
+NORM_MODES: tuple[str, ...] = ("min_max", "q99", "mean_std", "binary")
+"""Normalisation modes; a mode's index is its code in the model's `*_mode` buffers."""
+KINDS = ("state", "action")
 
 EMBODIMENT_TAGS: dict[str, int] = {
     "gr1": 24,
@@ -18,6 +24,109 @@ EMBODIMENT_TAGS: dict[str, int] = {
     "new_embodiment": 31,
 }
 """Embodiment tag -> slot id; "gr1" and "new_embodiment" as numbered by GR00T N1."""
+
+
+@dataclass(frozen=True)
+class EmbodimentLayout:
+    """Named slices of one embodiment's raw state and action vectors.
+
+    Attributes:
+        tag: registry tag, e.g. "gr1".
+        state, action: key -> (start, end), covering 0..D of the raw vector without gaps.
+        state_keys, action_keys: keys the model consumes, in layout order; empty = all.
+        modes: "state.<key>" / "action.<key>" -> normalisation mode; default "min_max".
+    """
+
+    tag: str
+    state: Mapping[str, tuple[int, int]]
+    action: Mapping[str, tuple[int, int]]
+    state_keys: tuple[str, ...] = ()
+    action_keys: tuple[str, ...] = ()
+    modes: Mapping[str, NormMode] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in KINDS:
+            slices = sorted(self.slices(kind).values())
+            ends = [0] + [end for _, end in slices]
+            if not slices or any(start != end or start >= stop for (start, stop), end in zip(slices, ends)):
+                raise ValueError(f"{self.tag}: {kind} slices must cover 0..D without gaps or overlaps, got {slices}")
+            unknown = [key for key in getattr(self, f"{kind}_keys") if key not in self.slices(kind)]
+            if unknown:
+                raise ValueError(f"{self.tag}: {kind}_keys {unknown} are not {kind} keys {list(self.slices(kind))}")
+        for name, mode in self.modes.items():
+            kind, _, key = name.partition(".")
+            if kind not in KINDS or key not in self.slices(kind) or mode not in NORM_MODES:
+                raise ValueError(
+                    f"{self.tag}: modes[{name!r}]={mode!r}: expected a '<state|action>.<key>' name "
+                    f"and a mode in {NORM_MODES}"
+                )
+
+    def slices(self, kind: str) -> Mapping[str, tuple[int, int]]:
+        """key -> (start, end) of the raw `kind` vector."""
+        return self.state if kind == "state" else self.action
+
+    def raw_dim(self, kind: str) -> int:
+        """Length of the raw `kind` vector."""
+        return max(end for _, end in self.slices(kind).values())
+
+    def model_keys(self, kind: str) -> tuple[str, ...]:
+        """Keys the model consumes, in layout order."""
+        chosen = getattr(self, f"{kind}_keys") or tuple(self.slices(kind))
+        return tuple(sorted(chosen, key=lambda key: self.slices(kind)[key][0]))
+
+    def model_dim(self, kind: str) -> int:
+        """Length of the model's `kind` vector (the consumed keys, concatenated)."""
+        return sum(end - start for start, end in (self.slices(kind)[key] for key in self.model_keys(kind)))
+
+    def select(self, kind: str, raw: np.ndarray) -> np.ndarray:
+        """Raw (..., raw_dim) -> model (..., model_dim): the consumed keys' slices, concatenated."""
+        parts = [raw[..., start:end] for start, end in (self.slices(kind)[key] for key in self.model_keys(kind))]
+        return np.concatenate(parts, axis=-1)
+
+    def split(self, kind: str, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """Model (..., model_dim) -> {key: (..., key width)} for the consumed keys."""
+        out, offset = {}, 0
+        for key in self.model_keys(kind):
+            start, end = self.slices(kind)[key]
+            out[key] = vector[..., offset : offset + end - start]
+            offset += end - start
+        return out
+
+    def dim_modes(self, kind: str) -> tuple[str, ...]:
+        """Normalisation mode of every model dim of `kind`."""
+        modes = []
+        for key in self.model_keys(kind):
+            start, end = self.slices(kind)[key]
+            modes += [self.modes.get(f"{kind}.{key}", "min_max")] * (end - start)
+        return tuple(modes)
+
+
+_GR1_PARTS = {
+    "left_arm": (0, 7),
+    "left_hand": (7, 13),
+    "left_leg": (13, 19),
+    "neck": (19, 22),
+    "right_arm": (22, 29),
+    "right_hand": (29, 35),
+    "right_leg": (35, 41),
+    "waist": (41, 44),
+}
+
+_LAYOUTS: dict[str, EmbodimentLayout] = {
+    "gr1": EmbodimentLayout(
+        tag="gr1",
+        state=_GR1_PARTS,
+        action=_GR1_PARTS,
+        action_keys=("left_arm", "left_hand", "right_arm", "right_hand"),
+    ),
+    "sim_arm": EmbodimentLayout(
+        tag="sim_arm",
+        state={"joint_position": (0, 2), "joint_velocity": (2, 4)},
+        action={"joint_target": (0, 2)},
+    ),
+}
+"""Layouts by tag. gr1's model actions are its arms and hands (26 dims), as GR00T's
+`fourier_gr1_arms_only` data config; all 44 actions do not fit max_action_dim = 32."""
 
 
 def embodiment_id(tag: str) -> int:
@@ -31,66 +140,37 @@ def embodiment_id(tag: str) -> int:
     return EMBODIMENT_TAGS[tag]
 
 
-class CategorySpecificLinear(nn.Module):
-    """Linear layer with one weight slice per embodiment: y = x @ W[id] + b[id].
+def embodiment_tag(slot: int) -> str | None:
+    """Tag registered for slot id `slot`, or None."""
+    return next((tag for tag, value in EMBODIMENT_TAGS.items() if value == slot), None)
 
-    W is [num_categories, in_dim, out_dim] and b is [num_categories, out_dim], as in GR00T.
+
+def embodiment_layout(embodiment: str | int) -> EmbodimentLayout | None:
+    """Layout of an embodiment given by tag or slot id; None when it has none (e.g. new_embodiment).
+
+    Raises:
+        ValueError: for an unknown tag.
     """
-
-    def __init__(self, num_categories: int, in_dim: int, out_dim: int):
-        super().__init__()
-        self.W = nn.Parameter(0.02 * torch.randn(num_categories, in_dim, out_dim))
-        self.b = nn.Parameter(torch.zeros(num_categories, out_dim))
-
-    def forward(self, x: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
-        """x (B, T, in_dim), category_ids (B,) long -> (B, T, out_dim)."""
-        return torch.bmm(x, self.W[category_ids]) + self.b[category_ids].unsqueeze(1)
+    tag = embodiment if isinstance(embodiment, str) else embodiment_tag(embodiment)
+    if isinstance(embodiment, str):
+        embodiment_id(tag)
+    return _LAYOUTS.get(tag) if tag is not None else None
 
 
-class CategorySpecificMLP(nn.Module):
-    """Two category-specific linear layers with a ReLU between them."""
+def register_embodiment(tag: str, slot: int, layout: EmbodimentLayout | None = None) -> None:
+    """Add embodiment `tag` at slot id `slot`, optionally with a layout.
 
-    def __init__(self, num_categories: int, in_dim: int, hidden_dim: int, out_dim: int):
-        super().__init__()
-        self.layer1 = CategorySpecificLinear(num_categories, in_dim, hidden_dim)
-        self.layer2 = CategorySpecificLinear(num_categories, hidden_dim, out_dim)
-
-    def forward(self, x: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
-        """x (B, T, in_dim), category_ids (B,) -> (B, T, out_dim)."""
-        return self.layer2(F.relu(self.layer1(x, category_ids)), category_ids)
-
-
-def sinusoidal_encoding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
-    """GR00T's action-encoder timestep code: timesteps (B, T) -> (B, T, dim), [sin, cos]."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
-    angles = timesteps.float().unsqueeze(-1) * freqs
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-
-
-class MultiEmbodimentActionEncoder(nn.Module):
-    """Noisy action chunk + discretised flow time -> action tokens, per embodiment.
-
-    W3(swish(W2([W1(a), sinusoid(t)]))), with W1: action_dim -> E, W2: 2E -> E, W3: E -> E.
+    Raises:
+        ValueError: if the tag or slot is taken by another embodiment, or the layout's tag differs.
     """
-
-    def __init__(self, action_dim: int, hidden_size: int, num_embodiments: int):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.W1 = CategorySpecificLinear(num_embodiments, action_dim, hidden_size)
-        self.W2 = CategorySpecificLinear(num_embodiments, 2 * hidden_size, hidden_size)
-        self.W3 = CategorySpecificLinear(num_embodiments, hidden_size, hidden_size)
-
-    def forward(self, actions: torch.Tensor, timesteps: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
-        """actions (B, H, action_dim), timesteps (B,) long buckets, category_ids (B,) -> (B, H, E).
-
-        Raises:
-            ValueError: if timesteps is not (B,).
-        """
-        batch, horizon, _ = actions.shape
-        if timesteps.shape != (batch,):
-            raise ValueError(f"timesteps: expected shape ({batch},), got {tuple(timesteps.shape)}")
-        a_emb = self.W1(actions, category_ids)
-        tau_emb = sinusoidal_encoding(timesteps.unsqueeze(1).expand(-1, horizon), self.hidden_size).to(a_emb.dtype)
-        x = F.silu(self.W2(torch.cat([a_emb, tau_emb], dim=-1), category_ids))
-        return self.W3(x, category_ids)
+    owner = embodiment_tag(slot)
+    if EMBODIMENT_TAGS.get(tag, slot) != slot or owner not in (None, tag):
+        raise ValueError(
+            f"embodiment {tag!r} at slot {slot} clashes with the registry: {tag!r} -> {EMBODIMENT_TAGS.get(tag)}, "
+            f"slot {slot} -> {owner!r}"
+        )
+    if layout is not None and layout.tag != tag:
+        raise ValueError(f"layout.tag={layout.tag!r} differs from tag={tag!r}")
+    EMBODIMENT_TAGS[tag] = slot
+    if layout is not None:
+        _LAYOUTS[tag] = layout

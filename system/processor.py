@@ -5,10 +5,13 @@ A sample is a dict with:
     state          (S,) float, S <= max_state_dim
     action         (H, A) float, A <= max_action_dim (optional: absent at inference)
     instruction    str
-    embodiment_id  int
-The batch keys are listed in `fleetloop.system.policy`.
+    embodiment_id  int slot id, or a registered embodiment tag (str)
+For an embodiment with a layout (`fleetloop.system.embodiment`), state and action are its
+raw vectors (S and A exactly the layout's raw dims) and the layout's model keys are
+selected. The batch keys are listed in `fleetloop.system.policy`.
 """
 
+import os
 from typing import Any
 
 import numpy as np
@@ -16,23 +19,28 @@ import torch
 import torch.nn.functional as F
 
 from fleetloop.system.config import ModelConfig
-from fleetloop.system.tokenizer import ByteTokenizer
+from fleetloop.system.embodiment import embodiment_id, embodiment_layout
+from fleetloop.system.tokenizer import load_tokenizer
 
-REQUIRED_KEYS = ("image", "state", "instruction", "embodiment_id")
-"""Keys every sample must have; "action" is optional but must be in all samples or none."""
+REQUIRED_KEYS = {
+    "image": "(h, w, 3) uint8",
+    "state": "(S,) float",
+    "instruction": "str",
+    "embodiment_id": "int or tag",
+}
+"""Keys every sample must have, with what they hold; "action" is optional but must be in all samples or none."""
 
 
 class Processor:
     """Validates, pads, tokenises and stacks samples for a model of `config`."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, tokenizer_dir: str | os.PathLike | None = None):
+        """Args:
+        config: the model's config.
+        tokenizer_dir: local directory of the pretrained tokenizer (llm.tokenizer "pretrained").
+        """
         self.config = config
-        self.tokenizer = ByteTokenizer(config.llm.max_text_tokens)
-        if self.tokenizer.vocab_size > config.llm.vocab_size:
-            raise ValueError(
-                f"llm.vocab_size={config.llm.vocab_size} is smaller than the byte tokenizer's "
-                f"{self.tokenizer.vocab_size} ids"
-            )
+        self.tokenizer = load_tokenizer(config.llm, tokenizer_dir)
 
     def image_to_tensor(self, image: np.ndarray) -> torch.Tensor:
         """(h, w, 3) uint8 -> (3, S, S) float in [-1, 1] (SigLIP normalisation), bilinear resize."""
@@ -68,11 +76,16 @@ class Processor:
         ids = torch.zeros(batch_size, dtype=torch.long)
         images = []
         for row, sample in enumerate(samples):
-            missing = [key for key in REQUIRED_KEYS if key not in sample]
+            missing = {key: what for key, what in REQUIRED_KEYS.items() if key not in sample}
             if missing:
-                raise ValueError(f"sample {row} is missing keys {missing}")
+                raise ValueError(f"sample {row} is missing keys {list(missing)}; expected {missing}")
+            ids[row] = _embodiment(sample["embodiment_id"], head.max_num_embodiments)
+            layout = embodiment_layout(int(ids[row]))
             images.append(self.image_to_tensor(sample["image"]))
             vector = _finite_array("state", sample["state"], ndim=1)
+            if layout is not None:
+                _check_dim("state", vector.shape, layout.raw_dim("state"), layout.tag)
+                vector = layout.select("state", vector)
             if vector.shape[0] > head.max_state_dim:
                 raise ValueError(f"state: {vector.shape[0]} dims exceed max_state_dim={head.max_state_dim}")
             state[row, : vector.shape[0]] = torch.from_numpy(vector)
@@ -81,11 +94,13 @@ class Processor:
                 chunk = _finite_array("action", sample["action"], ndim=2)
                 if chunk.shape[0] != head.action_horizon:
                     raise ValueError(f"action: expected horizon {head.action_horizon}, got {chunk.shape[0]} steps")
+                if layout is not None:
+                    _check_dim("action", chunk.shape, layout.raw_dim("action"), layout.tag)
+                    chunk = layout.select("action", chunk)
                 if chunk.shape[1] > head.max_action_dim:
                     raise ValueError(f"action: {chunk.shape[1]} dims exceed max_action_dim={head.max_action_dim}")
                 action[row, :, : chunk.shape[1]] = torch.from_numpy(chunk)
                 action_mask[row, :, : chunk.shape[1]] = True
-            ids[row] = _embodiment(sample["embodiment_id"], head.max_num_embodiments)
         instructions = [s["instruction"] for s in samples]
         if not all(isinstance(text, str) for text in instructions):
             raise ValueError(f"instruction: expected str, got {[type(t).__name__ for t in instructions]}")
@@ -114,8 +129,17 @@ def _finite_array(key: str, value: Any, ndim: int) -> np.ndarray:
     return array
 
 
+def _check_dim(key: str, shape: tuple[int, ...], expected: int, tag: str) -> None:
+    """ValueError naming `key` unless the last dim of `shape` is the layout's raw dim."""
+    if shape[-1] != expected:
+        wanted = (*shape[:-1], expected)
+        raise ValueError(f"{key}: expected shape {wanted} for embodiment {tag!r}, got {shape}")
+
+
 def _embodiment(value: Any, count: int) -> int:
-    """`value` as an embodiment id in [0, count), or ValueError."""
+    """`value` (slot id or registered tag) as an embodiment id in [0, count), or ValueError."""
+    if isinstance(value, str):
+        value = embodiment_id(value)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < count:
         raise ValueError(f"embodiment_id: expected an int in [0, {count}), got {value!r}")
     return int(value)

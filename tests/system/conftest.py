@@ -14,7 +14,8 @@ from fleetloop.system import DualSystemPolicy, ModelConfig, Processor, model_pre
 
 STATE_DIM = 7
 ACTION_DIM = 5
-SIM_ARM = 30
+EMBODIMENT = 31
+"""new_embodiment: no fixed layout, so samples may have any state/action width."""
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +36,14 @@ def processor(config: ModelConfig) -> Processor:
 
 @pytest.fixture
 def make_sample() -> Callable[..., dict]:
-    """Factory of raw sim-arm samples: 7-dim state, 5-dim actions, a 50x40 image."""
+    """Factory of raw new_embodiment samples: 7-dim state, 5-dim actions, a 50x40 image."""
 
     def make(rng: np.random.Generator, horizon: int = 16, with_action: bool = True, **overrides) -> dict:
         sample = {
             "image": rng.integers(0, 256, size=(50, 40, 3), dtype=np.uint8),
             "state": rng.uniform(-3, 3, size=STATE_DIM).astype(np.float32),
             "instruction": "pick up the red cube",
-            "embodiment_id": SIM_ARM,
+            "embodiment_id": EMBODIMENT,
         }
         if with_action:
             sample["action"] = rng.uniform(-2, 2, size=(horizon, ACTION_DIM)).astype(np.float32)
@@ -64,12 +65,12 @@ def batch(processor: Processor, samples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def register_sim_arm() -> Callable[[DualSystemPolicy], None]:
-    """Registers statistics matching the sample ranges for the sim arm (id 30)."""
+def register_stats() -> Callable[[DualSystemPolicy], None]:
+    """Registers min/max statistics matching the sample ranges for new_embodiment (id 31)."""
 
     def register(model: DualSystemPolicy) -> None:
         model.set_normalization(
-            SIM_ARM,
+            EMBODIMENT,
             state_min=np.full(STATE_DIM, -3.0),
             state_max=np.full(STATE_DIM, 3.0),
             action_min=np.full(ACTION_DIM, -2.0),

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from fleetloop.system import DualSystemPolicy
-from fleetloop.system.policy import normalize, unnormalize
 
 
 def test_size_and_speed(model: DualSystemPolicy, processor, make_sample):
@@ -22,30 +21,14 @@ def test_size_and_speed(model: DualSystemPolicy, processor, make_sample):
     assert min(timings) < 1.0
 
 
-def test_forward_loss_is_finite(model: DualSystemPolicy, batch, register_sim_arm):
-    register_sim_arm(model)
+def test_forward_loss_is_finite(model: DualSystemPolicy, batch, register_stats):
+    register_stats(model)
     out = model(batch)
     assert set(out) == {"loss"} and out["loss"].shape == () and torch.isfinite(out["loss"])
 
 
-def test_overfits_one_batch(model: DualSystemPolicy, batch, register_sim_arm):
-    """Reseeding before each step fixes eps and t, so the target is a fixed regression."""
-    register_sim_arm(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(50):
-        torch.manual_seed(1)
-        loss = model(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < np.mean(losses[:5]) / 10
-
-
-def test_get_action_shape_and_determinism(model: DualSystemPolicy, batch, register_sim_arm):
-    register_sim_arm(model)
+def test_get_action_shape_and_determinism(model: DualSystemPolicy, batch, register_stats):
+    register_stats(model)
     model.eval()
     first = model.get_action(batch, generator=torch.Generator().manual_seed(7))
     second = model.get_action(batch, generator=torch.Generator().manual_seed(7))
@@ -64,13 +47,7 @@ def test_cached_vision_language_tokens(model: DualSystemPolicy, batch):
     torch.testing.assert_close(fresh, cached)
 
 
-def test_normalization_round_trip(model: DualSystemPolicy):
-    low, high = torch.tensor([-1.0, 0.0, 2.0, 5.0]), torch.tensor([3.0, 10.0, 2.0, 5.0])
-    x = torch.tensor([[1.0, 2.5, 2.0, 5.0], [-1.0, 10.0, 2.0, 5.0]])
-    normed = normalize(x, low, high)
-    torch.testing.assert_close(normed, torch.tensor([[0.0, -0.5, 0.0, 0.0], [-1.0, 1.0, 0.0, 0.0]]))
-    torch.testing.assert_close(unnormalize(normed, low, high), x)
-
+def test_min_max_normalization_in_the_model(model: DualSystemPolicy):
     model.set_normalization(3, [0, 0], [1, 2], [-1, 0, 4], [1, 10, 4])
     ids = torch.tensor([3])
     action = torch.zeros(1, 16, 32)
@@ -92,17 +69,17 @@ def test_normalization_round_trip(model: DualSystemPolicy):
     assert (normed_state[0, 2:] == 0).all()
 
 
-def test_statistics_are_persistent_buffers(model: DualSystemPolicy, register_sim_arm):
-    register_sim_arm(model)
+def test_statistics_are_persistent_buffers(model: DualSystemPolicy, register_stats):
+    register_stats(model)
     state = model.state_dict()
     for name in ("state_min", "state_max", "action_min", "action_max", "state_dim", "action_dim"):
         assert name in state
     assert state["state_min"].shape == (32, 64) and state["action_max"].shape == (32, 32)
-    assert state["action_dim"][30] == 5 and state["state_dim"][30] == 7
+    assert state["action_dim"][31] == 5 and state["state_dim"][31] == 7
 
 
-def test_loss_ignores_padded_action_dims(model: DualSystemPolicy, batch, register_sim_arm):
-    register_sim_arm(model)
+def test_loss_ignores_padded_action_dims(model: DualSystemPolicy, batch, register_stats):
+    register_stats(model)
     torch.manual_seed(5)
     reference = model(batch)["loss"]
     changed = dict(batch, action=batch["action"].clone(), state=batch["state"].clone())

@@ -1,44 +1,85 @@
-"""Embodiment registry and category-specific layers."""
+"""Embodiment registry and layouts (GR00T's numbering and modality.json slices)."""
 
+import numpy as np
 import pytest
-import torch
 
-from fleetloop.system import EMBODIMENT_TAGS, embodiment_id
-from fleetloop.system.embodiment import CategorySpecificLinear, CategorySpecificMLP, MultiEmbodimentActionEncoder
+from fleetloop.system import EMBODIMENT_TAGS, EmbodimentLayout, embodiment_id, embodiment_layout, register_embodiment
+from fleetloop.system.embodiment import embodiment_tag
+
+GR1_SLICES = {
+    "left_arm": (0, 7),
+    "left_hand": (7, 13),
+    "left_leg": (13, 19),
+    "neck": (19, 22),
+    "right_arm": (22, 29),
+    "right_hand": (29, 35),
+    "right_leg": (35, 41),
+    "waist": (41, 44),
+}
 
 
 def test_registry_uses_gr00t_numbering():
     assert EMBODIMENT_TAGS["gr1"] == 24 and EMBODIMENT_TAGS["new_embodiment"] == 31
-    assert embodiment_id("sim_arm") == 30
+    assert embodiment_id("sim_arm") == 30 and embodiment_tag(24) == "gr1" and embodiment_tag(3) is None
     assert len(set(EMBODIMENT_TAGS.values())) == len(EMBODIMENT_TAGS)
 
 
 def test_unknown_tag_names_known_tags():
     with pytest.raises(ValueError, match="'robot_x'.*gr1"):
         embodiment_id("robot_x")
+    with pytest.raises(ValueError, match="'robot_x'"):
+        embodiment_layout("robot_x")
 
 
-def test_category_specific_linear_uses_each_samples_slice():
-    torch.manual_seed(0)
-    layer = CategorySpecificLinear(4, 3, 5)
-    torch.nn.init.normal_(layer.b)
-    x = torch.randn(2, 6, 3)
-    ids = torch.tensor([1, 3])
-    out = layer(x, ids)
-    assert layer.W.shape == (4, 3, 5) and layer.b.shape == (4, 5)
-    for row, slot in enumerate(ids.tolist()):
-        torch.testing.assert_close(out[row], x[row] @ layer.W[slot] + layer.b[slot])
+def test_gr1_layout_matches_modality_json():
+    layout = embodiment_layout("gr1")
+    assert dict(layout.state) == dict(layout.action) == GR1_SLICES
+    assert layout.raw_dim("state") == layout.raw_dim("action") == 44
+    assert layout.model_dim("state") == 44 and layout.model_dim("action") == 26
+    raw = np.arange(44.0)
+    selected = layout.select("action", np.stack([raw, raw]))
+    assert selected.shape == (2, 26)
+    np.testing.assert_array_equal(selected[0], np.r_[0:13, 22:35])
+    parts = layout.split("action", selected[0])
+    assert list(parts) == ["left_arm", "left_hand", "right_arm", "right_hand"]
+    np.testing.assert_array_equal(parts["right_hand"], np.arange(29.0, 35.0))
 
 
-def test_category_specific_mlp_shape():
-    mlp = CategorySpecificMLP(4, 3, 8, 2)
-    assert mlp(torch.randn(2, 1, 3), torch.tensor([0, 2])).shape == (2, 1, 2)
+def test_sim_arm_layout():
+    layout = embodiment_layout(30)
+    assert (layout.raw_dim("state"), layout.raw_dim("action")) == (4, 2)
+    assert layout.dim_modes("state") == ("min_max",) * 4
+    assert embodiment_layout("new_embodiment") is None
 
 
-def test_action_encoder_shape_and_timestep_check():
-    encoder = MultiEmbodimentActionEncoder(action_dim=6, hidden_size=16, num_embodiments=4)
-    actions = torch.randn(3, 5, 6)
-    ids = torch.tensor([0, 1, 3])
-    assert encoder(actions, torch.tensor([0, 500, 999]), ids).shape == (3, 5, 16)
-    with pytest.raises(ValueError, match=r"timesteps: expected shape \(3,\), got \(3, 5\)"):
-        encoder(actions, torch.zeros(3, 5, dtype=torch.long), ids)
+def test_modes_per_key():
+    layout = EmbodimentLayout(
+        tag="gripper_bot",
+        state={"arm": (0, 3), "gripper": (3, 4)},
+        action={"arm": (0, 3), "gripper": (3, 4)},
+        modes={"state.arm": "mean_std", "action.gripper": "binary"},
+    )
+    assert layout.dim_modes("state") == ("mean_std",) * 3 + ("min_max",)
+    assert layout.dim_modes("action") == ("min_max",) * 3 + ("binary",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"state": {"a": (0, 2), "b": (3, 4)}}, "state slices must cover", id="gap"),
+        pytest.param({"action": {"a": (0, 2), "b": (1, 4)}}, "action slices must cover", id="overlap"),
+        pytest.param({"action_keys": ("c",)}, r"action_keys \['c'\] are not action keys", id="keys"),
+        pytest.param({"modes": {"state.a": "log"}}, r"modes\['state.a'\]='log'", id="mode"),
+    ],
+)
+def test_bad_layouts(kwargs, message):
+    args = {"tag": "bot", "state": {"a": (0, 2)}, "action": {"a": (0, 1)}} | kwargs
+    with pytest.raises(ValueError, match=message):
+        EmbodimentLayout(**args)
+
+
+def test_register_embodiment_refuses_clashes():
+    with pytest.raises(ValueError, match="clashes"):
+        register_embodiment("my_bot", 24)
+    with pytest.raises(ValueError, match="clashes"):
+        register_embodiment("gr1", 5)

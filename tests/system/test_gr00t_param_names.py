@@ -9,8 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from fleetloop.system import DualSystemPolicy
+from fleetloop.system import DualSystemPolicy, gr00t_name_map, model_preset
+from fleetloop.system.normalization import statistics_buffers
 
 # shared/ sits beside the project root (see the README of ../shared).
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "gr00t_n1_2b_state_dict.json"
@@ -46,11 +48,25 @@ def test_reference_names_exist_in_tiny(model: DualSystemPolicy, reference, group
     assert not wrong_rank, wrong_rank
 
 
-def test_tiny_has_no_names_outside_reference(model: DualSystemPolicy, reference):
+def test_tiny_has_no_parameters_outside_reference(model: DualSystemPolicy, reference):
     generic = {re.sub(r"\.\d+\.", ".N.", n) for n in reference}
-    buffers = {"state_min", "state_max", "action_min", "action_max", "state_dim", "action_dim"}
-    extra = [n for n in model.state_dict() if n not in buffers and re.sub(r"\.\d+\.", ".N.", n) not in generic]
+    extra = [n for n, _ in model.named_parameters() if re.sub(r"\.\d+\.", ".N.", n) not in generic]
     assert not extra, extra
+
+
+def test_n1_2b_matches_the_release_on_the_meta_device(reference):
+    with torch.device("meta"):
+        model = DualSystemPolicy(model_preset("n1-2b"))
+    params = dict(model.named_parameters())
+    assert len(params) == 802
+    assert sum(p.numel() for p in params.values()) == 2_190_016_752
+    assert sum(p.numel() for n, p in params.items() if n.startswith("action_head.model.")) == 537_803_776
+    names = gr00t_name_map(model.config)
+    assert set(names) == set(reference)
+    wrong = [n for n in reference if list(params[names[n]].shape) != reference[n][0]]
+    assert not wrong, wrong
+    statistics = set(statistics_buffers(32, {"state": 64, "action": 32}))
+    assert set(model.state_dict()) - set(params) == statistics, "only statistics buffers are persistent extras"
 
 
 def test_category_specific_layout(model: DualSystemPolicy, reference):

@@ -3,7 +3,7 @@
 import pydantic
 import pytest
 
-from fleetloop.system import ByteTokenizer, ModelConfig, model_preset
+from fleetloop.system import ByteTokenizer, ModelConfig, model_preset, preset_names
 
 
 def test_tiny_preset_sizes(config: ModelConfig):
@@ -18,6 +18,21 @@ def test_tiny_preset_sizes(config: ModelConfig):
     assert (head.max_num_embodiments, head.max_seq_len, head.num_timestep_buckets) == (32, 64, 1000)
     assert (head.noise_beta_alpha, head.noise_beta_beta, head.noise_s) == (1.5, 1.0, 0.999)
     assert head.num_inference_timesteps == 4 and config.llm.max_text_tokens == 48
+
+
+def test_n1_2b_preset_sizes():
+    config = model_preset("n1-2b")
+    vision, llm, head = config.vision, config.llm, config.action_head
+    assert (vision.image_size, vision.patch_size, vision.hidden_size, vision.num_layers) == (224, 14, 1152, 27)
+    assert vision.intermediate_size == 4304 and vision.num_image_tokens == 64 and vision.projector_in_dim == 4608
+    assert (llm.hidden_size, llm.vocab_size, llm.intermediate_size, llm.num_heads, llm.select_layer) == (
+        2048, 49164, 8192, 32, 12)
+    assert llm.tokenizer == "pretrained" and llm.rope_theta == 130000.0
+    assert (head.dit.num_layers, head.dit.num_heads, head.dit.head_dim, head.dit.output_dim) == (16, 32, 48, 1024)
+    assert head.input_embedding_dim == 1536 and head.dit.ff_mult * head.input_embedding_dim == 6144
+    assert (head.hidden_size, head.max_seq_len, head.action_horizon) == (1024, 1024, 16)
+    assert (head.max_state_dim, head.max_action_dim, head.max_num_embodiments) == (64, 32, 32)
+    assert preset_names() == ["n1-2b", "tiny"]
 
 
 def test_unknown_preset_lists_known():

@@ -1,16 +1,21 @@
 """Checkpoints: bit-exact round trip and refusal of mismatched files."""
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fleetloop.system import DualSystemPolicy, load_policy, save_policy
+from fleetloop.system import CheckpointMismatchError, DualSystemPolicy, Statistics, load_policy, save_policy
 from fleetloop.system.checkpoint import FORMAT_VERSION
 
 
-def test_round_trip_is_bit_exact(model: DualSystemPolicy, batch, register_sim_arm, tmp_path):
-    register_sim_arm(model)
+def test_round_trip_is_bit_exact(model: DualSystemPolicy, batch, register_stats, tmp_path):
+    register_stats(model)
+    rng = np.random.default_rng(0)
+    model.set_statistics(
+        24, Statistics.of(rng.normal(size=(50, 44)), "mean_std"), Statistics.of(rng.normal(size=(50, 26)), "q99")
+    )
     with torch.no_grad():
         model.action_head.position_embedding.weight.add_(0.5)
     path = tmp_path / "policy.safetensors"
@@ -39,15 +44,19 @@ def _rewrite(path, edit) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        pytest.param(lambda t: t.pop("backbone.linear.bias"), r"missing: \['backbone.linear.bias'\]", id="missing"),
+        pytest.param(
+            lambda t: t.pop("backbone.linear.bias"),
+            r"missing: backbone.linear.bias \(expected shape \(128,\)\)",
+            id="missing",
+        ),
         pytest.param(
             lambda t: t.update({"action_head.decode_layer.weight": torch.zeros(2)}),
-            r"unexpected: \['action_head.decode_layer.weight'\]",
+            r"unexpected: action_head.decode_layer.weight \(2,\)",
             id="unexpected",
         ),
         pytest.param(
             lambda t: t.update({"state_min": torch.zeros(32, 63)}),
-            r"mis-shaped: \['state_min \(32, 63\) != \(32, 64\)'\]",
+            r"mis-shaped: state_min: expected \(32, 64\), got \(32, 63\)",
             id="mis-shaped",
         ),
     ],
@@ -56,7 +65,7 @@ def test_mismatched_tensors_are_refused(model: DualSystemPolicy, tmp_path, edit,
     path = tmp_path / "policy.safetensors"
     save_policy(model, path)
     _rewrite(path, edit)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(CheckpointMismatchError, match=message):
         load_policy(path)
 
 

@@ -18,7 +18,7 @@ def test_collate_builds_padded_batch(processor: Processor, samples: list[dict]):
     assert (batch["state"][:, 7:] == 0).all()
     assert batch["action"].shape == batch["action_mask"].shape == (4, 16, 32)
     assert batch["action_mask"][..., :5].all() and not batch["action_mask"][..., 5:].any()
-    assert batch["embodiment_id"].tolist() == [30] * 4 and batch["embodiment_id"].dtype == torch.long
+    assert batch["embodiment_id"].tolist() == [31] * 4 and batch["embodiment_id"].dtype == torch.long
 
 
 def test_inference_samples_have_no_action(processor: Processor, make_sample):
@@ -61,16 +61,16 @@ def test_collate_rejects_missing_keys_and_mixed_actions(processor: Processor, ma
         processor.collate([make_sample(rng), make_sample(rng, with_action=False)])
 
 
-def test_policy_act(model, register_sim_arm, make_sample):
-    register_sim_arm(model)
+def test_policy_act(model, register_stats, make_sample):
+    register_stats(model)
     observation = make_sample(np.random.default_rng(0), with_action=False)
     first = Policy(model, seed=3).act(observation)
     assert first.shape == (16, 5) and first.dtype == np.float32
     np.testing.assert_array_equal(first, Policy(model, seed=3).act(observation))
 
 
-def test_policy_reuses_cached_vision_language(model, register_sim_arm, make_sample):
-    register_sim_arm(model)
+def test_policy_reuses_cached_vision_language(model, register_stats, make_sample):
+    register_stats(model)
     rng = np.random.default_rng(0)
     first, second = make_sample(rng, with_action=False), make_sample(rng, with_action=False)
     policy = Policy(model, seed=0)
@@ -85,5 +85,5 @@ def test_policy_reuses_cached_vision_language(model, register_sim_arm, make_samp
 
 
 def test_policy_needs_statistics(model, make_sample):
-    with pytest.raises(ValueError, match="embodiment_id: 30 has no statistics"):
+    with pytest.raises(ValueError, match="embodiment_id: 31 has no statistics"):
         Policy(model).act(make_sample(np.random.default_rng(0), with_action=False))
