@@ -68,7 +68,9 @@ class EnvActor:
         self.embodiment = self.env.embodiment
         self.embodiment_id = embodiment_id(self.embodiment)
         self.model = DualSystemPolicy(self.model_cfg).eval()
-        self.policy = Policy(self.model, Processor(self.model_cfg), seed=cfg.run.seed * 1000 + actor_index)
+        self.policy = Policy(self.model, Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir),
+                             seed=cfg.run.seed * 1000 + actor_index, num_inference_steps=cfg.model.num_inference_steps,
+                             system2_every=cfg.model.system2_every)
         self.replay = ReplayClient(redis_url)
         self.rng = np.random.default_rng([cfg.run.seed, actor_index])
         self.seed_base = (cfg.run.seed * 1000 + actor_index) * 100_000
@@ -110,6 +112,7 @@ class EnvActor:
     # -- episodes --------------------------------------------------------------------------
     def _episode(self, *, beta: float, use_policy: bool, frame_every: int) -> tuple[Trajectory, int]:
         version = self.version
+        self.policy.reset()
         POLICY_LAG.labels(self.actor_id).set(max(0, self.subscriber.latest_announced - version))
         traj = run_episode(self.env, self.expert, self._plan if use_policy else None, beta=beta,
                            horizon=self.model_cfg.action_head.action_horizon, execute_steps=self.cfg.actors.execute_steps,

@@ -15,7 +15,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fleetloop.replay.keys import TABLES
 
 PRESETS_PACKAGE = "fleetloop.presets"
 DEFAULT_PRESET = "default"
@@ -35,7 +34,20 @@ class RunSection(_Section):
 
 
 class ModelSection(_Section):
-    preset: Literal["tiny"] = Field("tiny", description="Model architecture preset (system/config.py).")
+    preset: str = Field("tiny", description="Model architecture preset: tiny (CPU) or n1-2b (GR00T-N1-2B; GPUs).")
+    tokenizer_dir: str | None = Field(None, description="Local tokenizer directory (presets with a pretrained tokenizer, e.g. n1-2b).")
+    num_inference_steps: int | None = Field(None, ge=1, le=64, description="K Euler steps when acting (None: the preset's K).")
+    system2_every: int = Field(1, ge=1, description="Run System 2 (vision-language) every N policy calls, reusing its tokens between (System 1 runs every call).")
+
+    @field_validator("preset")
+    @classmethod
+    def _check_preset(cls, preset: str) -> str:
+        from fleetloop.system.config import preset_names as model_preset_names  # torch: import on use
+
+        known = model_preset_names()
+        if preset not in known:
+            raise ValueError(f"unknown model preset {preset!r}; known presets: {known}")
+        return preset
 
 
 class ReplaySection(_Section):
@@ -50,6 +62,8 @@ class ReplaySection(_Section):
     @field_validator("mixture")
     @classmethod
     def _check_mixture(cls, mixture: dict[str, float]) -> dict[str, float]:
+        from fleetloop.replay.keys import TABLES  # the replay package: import on use
+
         unknown = sorted(set(mixture) - set(TABLES))
         if unknown:
             raise ValueError(f"unknown table(s) {unknown}; tables are {list(TABLES)}")
@@ -70,6 +84,11 @@ class LearnerSection(_Section):
     publish_every: int = Field(50, ge=1, description="Publish weights every N optimizer steps (and at round end).")
     prefetch_batches: int = Field(4, ge=1, description="Batches prepared ahead by the background sampler.")
     torch_threads: int = Field(2, ge=1, description="torch intra-op threads of the learner process.")
+    tune_llm: bool = Field(True, description="Train System 2's language model (False freezes it).")
+    tune_visual: bool = Field(True, description="Train the vision tower and its mlp1 projector.")
+    tune_projector: bool = Field(True, description="Train backbone.linear and the embodiment-specific encoders/decoder.")
+    tune_diffusion_model: bool = Field(True, description="Train the DiT of System 1.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
 
 
 class WeightsSection(_Section):

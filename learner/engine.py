@@ -36,12 +36,17 @@ def init_distributed() -> None:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+NO_DECAY_SUFFIXES = ("bias", ".b")
+"""Parameter names that are biases: nn.Linear's ``bias`` and the per-embodiment ``b`` [slots, out]."""
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on norms, biases and other 1-D parameters."""
+    """AdamW groups of the trainable parameters: no weight decay on biases (including the
+    2-D per-embodiment ``b``), norms and other 1-D parameters."""
     decay, no_decay = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            (no_decay if param.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

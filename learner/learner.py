@@ -57,7 +57,10 @@ class Learner:
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
         self.model_cfg = model_preset(self.cfg.model.preset)
         model = DualSystemPolicy(self.model_cfg)
-        self.processor = Processor(self.model_cfg)
+        model.set_trainable(tune_llm=lcfg.tune_llm, tune_visual=lcfg.tune_visual, tune_projector=lcfg.tune_projector,
+                            tune_diffusion_model=lcfg.tune_diffusion_model)
+        model.set_gradient_checkpointing(lcfg.gradient_checkpointing)
+        self.processor = Processor(self.model_cfg, tokenizer_dir=self.cfg.model.tokenizer_dir)
         self.engine = build_engine(model, lr=lcfg.lr, weight_decay=lcfg.weight_decay, batch_size=lcfg.batch_size,
                                    grad_clip=lcfg.grad_clip, zero_stage=lcfg.zero_stage)
         self.replay = ReplayClient(redis_url)

@@ -29,6 +29,18 @@ def test_no_weight_decay_on_one_dimensional_parameters():
     assert len(no_decay["params"]) == 2  # the bias and the scale
 
 
+def test_per_embodiment_biases_are_not_decayed():
+    from fleetloop.system import DualSystemPolicy, model_preset
+
+    model = DualSystemPolicy(model_preset("tiny"))
+    decay, no_decay = param_groups(model, weight_decay=0.1)
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in no_decay_ids}
+    assert "action_head.state_encoder.layer1.b" in names
+    assert "action_head.state_encoder.layer1.W" not in names
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
 def test_frozen_parameters_are_left_out():
     model = Regressor()
     model.linear.weight.requires_grad_(False)

@@ -84,3 +84,20 @@ def test_training_moves_the_weights_and_exports_metrics(learner):
     for series in ("fleetloop_learner_steps_total", "fleetloop_learner_loss", "fleetloop_learner_step_seconds",
                    "fleetloop_weights_version_published"):
         assert series in body
+
+
+def test_freeze_flags_keep_frozen_parts_fixed(valkey, demos, tmp_path):
+    cfg = load_config("smoke", ["learner.batch_size=4", "learner.tune_llm=false", "learner.tune_visual=false",
+                                "learner.gradient_checkpointing=true"])
+    learner = Learner(cfg, str(tmp_path), valkey.url)
+    try:
+        learner.fit_normalization("pretrain", demos)
+        before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+        learner.train(2)
+        after = learner.model.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+    finally:
+        learner.close()
+    assert not any(k.startswith(("backbone.model.language_model.", "backbone.model.vision_model.",
+                                 "backbone.model.mlp1.")) for k in changed)
+    assert any(k.startswith("action_head.model.") for k in changed)
