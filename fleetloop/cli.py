@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from fleetloop.config import ConfigError, FleetloopConfig, load_config, preset_names
 
@@ -25,6 +27,9 @@ commands:
   up              run the local continual-improvement loop (embedded Valkey, Ray, learner, actors)
   config show     print the validated configuration (with --describe: every field explained)
   replay stats    show episodes and steps per replay table
+  ingest          load a LeRobot/GR00T dataset into a replay table
+  export          write a replay table as a LeRobot v2.1 dataset
+  model convert-gr00t   convert a released GR00T-N1 checkpoint into a fleetloop policy
 
 Run `fleetloop COMMAND --help` for a command's options."""
 
@@ -75,6 +80,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show episodes and steps per replay table. Reads --redis-url, or the run directory's embedded "
                     "server (started for the duration of the command if it is not running).")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ingest = commands.add_parser(
+        "ingest", parents=[state], help="load a LeRobot/GR00T dataset into a replay table",
+        description="Read a LeRobot v2.0/v2.1 dataset in GR00T's layout (meta/, data/ parquet, videos/ mp4), check "
+                    "every episode (modality slices, frame counts, NaN/inf, video integrity), then write its episodes "
+                    "into a replay table. Nothing is written if any check fails; re-ingesting the same dataset adds "
+                    "nothing. Needs --redis-url or --run-dir (created if missing).")
+    ingest.add_argument("path", type=Path, help="dataset root (holds meta/info.json)")
+    ingest.add_argument("--embodiment", required=True, help="embodiment tag of the robot, e.g. gr1")
+    ingest.add_argument("--table", default="pretrain", help="replay table to fill (default: pretrain)")
+    ingest.add_argument("--camera", help="video key to store when the dataset has several cameras")
+
+    export = commands.add_parser(
+        "export", parents=[state], help="write a replay table as a LeRobot v2.1 dataset",
+        description="Write the episodes of a replay table as a LeRobot v2.1 dataset in GR00T's layout "
+                    "(parquet + H.264 mp4 + meta/ with modality.json and statistics).")
+    export.add_argument("table", help="replay table to export, e.g. corrections")
+    export.add_argument("out_dir", type=Path, help="folder to create the dataset in")
+    export.add_argument("--embodiment", help="export only this embodiment's episodes (needed for mixed tables)")
+    export.add_argument("--fps", type=float, default=20.0, help="frame rate written to the dataset (default: 20)")
+
+    model = commands.add_parser("model", help="model checkpoints", description="Model checkpoints.")
+    model_commands = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    convert = model_commands.add_parser(
+        "convert-gr00t", help="convert a released GR00T-N1 checkpoint to a fleetloop policy",
+        description="Map every tensor of a GR00T-N1 checkpoint (safetensors, sharded or not, any float dtype) onto "
+                    "fleetloop's model of the same architecture and write OUT_DIR/policy.safetensors. Tensors the "
+                    "model does not use are listed; a missing or mis-shaped tensor is an error and nothing is "
+                    "written. Normalisation statistics start as pass-through: fit them before acting.")
+    convert.add_argument("src_dir", type=Path, help="folder holding the GR00T checkpoint's .safetensors files")
+    convert.add_argument("out_dir", type=Path, help="folder to write policy.safetensors into")
+    convert.add_argument("--preset", default="n1-2b", help="fleetloop model preset with that architecture (default: n1-2b)")
+    convert.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                         help="dtype of the written parameters (default: float32)")
     return parser
 
 
@@ -112,45 +151,119 @@ def _cmd_config_show(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     return 0
 
 
-def _cmd_replay_stats(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+@contextlib.contextmanager
+def _open_replay(args: argparse.Namespace, cfg: FleetloopConfig, command: str, create: bool = False):
+    """A ReplayClient for --redis-url, the config's URL, or the run directory's embedded server.
+
+    A run directory's server that is not running is started for the duration of the command
+    (``create`` also makes a new run directory).
+    """
     from fleetloop.replay import EmbeddedValkey, ReplayClient
     from fleetloop.rundir import RunDir
 
     url = args.redis_url or cfg.replay.url
-    server = None
-    if url is None:
-        if not args.run_dir:
-            raise ConfigError("replay stats needs --redis-url URL or --run-dir DIR (whose embedded replay to read)")
-        run = RunDir(Path(args.run_dir).resolve())
-        if not run.replay.is_dir():
-            raise ConfigError(f"{run.root} is not a fleetloop run directory (no replay/ folder)")
-        url = EmbeddedValkey.running_in(run.replay)
+    with contextlib.ExitStack() as stack:
         if url is None:
-            server = EmbeddedValkey(run.replay)
-            server.start()
-            url = server.url
-    try:
+            if not args.run_dir:
+                raise ConfigError(f"{command} needs --redis-url URL or --run-dir DIR (whose embedded replay to use)")
+            root = Path(args.run_dir).resolve()
+            if create:
+                run = RunDir.create(root)
+            elif (root / "replay").is_dir():
+                run = RunDir(root)
+            else:
+                raise ConfigError(f"{root} is not a fleetloop run directory (no replay/ folder)")
+            url = EmbeddedValkey.running_in(run.replay)
+            if url is None:
+                server = EmbeddedValkey(run.replay, appendfsync=cfg.replay.appendfsync).start()
+                stack.callback(server.stop)
+                url = server.url
         client = ReplayClient(url)
-        stats = client.table_stats()
-        client.close()
-    finally:
-        if server is not None:
-            server.stop()
+        stack.callback(client.close)
+        yield client
+
+
+def _progress_bar(desc: str, unit: str):
+    bar = tqdm(desc=desc, unit=unit, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def _cmd_replay_stats(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+    with _open_replay(args, cfg, "replay stats") as client:
+        stats = client.table_stats(detailed=True)
     if args.json:
         print(json.dumps(stats, indent=2))
-    else:
-        print(f"{'table':<14}{'episodes':>10}{'steps':>10}")
-        for table, row in stats.items():
-            print(f"{table:<14}{row['episodes']:>10}{row['steps']:>10}")
+        return 0
+
+    def counts(mapping: dict) -> str:
+        return ", ".join(f"{key} {value}" for key, value in sorted(mapping.items())) or "-"
+
+    print(f"{'table':<12}{'episodes':>9}{'steps':>9}{'MB':>9}  {'versions':<9} sources / embodiments")
+    for table, row in stats.items():
+        versions = "-" if row["policy_version_min"] is None else f"{row['policy_version_min']}..{row['policy_version_max']}"
+        print(f"{table:<12}{row['episodes']:>9}{row['steps']:>9}{row['bytes'] / 1e6:>9.1f}  {versions:<9} "
+              f"{counts(row['sources'])} / {counts(row['embodiments'])}")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+    from fleetloop.replay import ingest_dataset
+    from fleetloop.system import EMBODIMENT_TAGS
+
+    with _open_replay(args, cfg, "ingest", create=True) as client:
+        bar, update = _progress_bar(f"ingest {args.path.name}", "pass")
+        with bar:
+            report = ingest_dataset(client, args.path, args.embodiment, args.table, known_embodiments=EMBODIMENT_TAGS,
+                                    camera=args.camera, progress=update)
+    print(f"ingested {args.path} into table {report.table!r}: {report.written} episodes written, "
+          f"{report.skipped} already present, {report.steps} steps (statistics: {report.stats_source})", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+    from fleetloop.replay import export_table
+    from fleetloop.replay.lerobot import Modality
+    from fleetloop.system.embodiment import embodiment_layout
+
+    # The embodiment's registered layout names the slices of modality.json (else one key each).
+    modality = None
+    if args.embodiment:
+        layout = embodiment_layout(args.embodiment)
+        modality = Modality(state=dict(layout.state), action=dict(layout.action))
+    with _open_replay(args, cfg, "export") as client:
+        bar, update = _progress_bar(f"export {args.table}", "episode")
+        with bar:
+            report = export_table(client, args.table, args.out_dir, progress=update, fps=args.fps,
+                                  embodiment=args.embodiment, modality=modality)
+    print(f"exported {len(report.episode_ids)} episodes ({report.steps} steps) of table {report.table!r} to "
+          f"{report.out_dir} as a LeRobot v2.1 dataset ({report.codec} video)", file=sys.stderr)
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+    import torch
+
+    from fleetloop.system.convert_gr00t import convert_gr00t
+
+    report = convert_gr00t(args.src_dir, args.out_dir / "policy.safetensors", preset=args.preset,
+                           dtype=getattr(torch, args.dtype))
+    print(report.summary(), file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"up": _cmd_up, "config": _cmd_config_show, "replay": _cmd_replay_stats}
+    handlers = {"up": _cmd_up, "config": _cmd_config_show, "replay": _cmd_replay_stats, "ingest": _cmd_ingest,
+                "export": _cmd_export, "model": _cmd_model}
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
         return handlers[args.command](args, cfg)
     except ConfigError as exc:
         print(f"fleetloop: {exc}", file=sys.stderr)
@@ -158,14 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fleetloop: interrupted; every process it started has been stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # one clear line for the operator; the traceback is in the run's log
-        from fleetloop.launcher import LaunchError
-        from fleetloop.replay.errors import ReplayError
-
-        if not isinstance(exc, (LaunchError, ReplayError)):
+    except Exception as exc:
+        if not isinstance(exc, _operator_errors()):  # a bug: keep the traceback too
             logging.getLogger("fleetloop").exception("unexpected error")
         print(f"fleetloop: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _operator_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message alone tells the operator what is wrong (imported lazily: --help stays fast)."""
+    from fleetloop.launcher import LaunchError
+    from fleetloop.replay.errors import ReplayError
+    from fleetloop.replay.lerobot import DatasetError
+    from fleetloop.system.errors import CheckpointMismatchError
+
+    return LaunchError, ReplayError, DatasetError, CheckpointMismatchError, FileNotFoundError, ValueError
 
 
 if __name__ == "__main__":

@@ -56,6 +56,11 @@ class ReplaySection(_Section):
         default_factory=lambda: {"pretrain": 0.5, "rollouts": 0.0, "corrections": 0.5},
         description="Sampling weight per table (renormalised over non-empty tables).",
     )
+    tables: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"rollouts": {"capacity": 10_000}, "corrections": {"capacity": 10_000}},
+        description="Per-table capacity (FIFO eviction), sampler (uniform|prioritized|fifo) and samples-per-insert "
+                    "rate limiter (replay/table.py TableConfig); stored in Redis, so every writer obeys it.",
+    )
     appendfsync: Literal["always", "everysec", "no"] = Field("everysec", description="AOF fsync policy of the embedded server.")
     refresh_s: float = Field(1.0, gt=0, description="Seconds between sampler index refreshes.")
 
@@ -72,6 +77,21 @@ class ReplaySection(_Section):
         if not any(w > 0 for w in mixture.values()):
             raise ValueError(f"at least one weight must be > 0, got {mixture}")
         return mixture
+
+    @field_validator("tables")
+    @classmethod
+    def _check_tables(cls, tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from fleetloop.replay import TableConfig  # the replay package: import on use
+        from fleetloop.replay.keys import TABLES
+
+        for table, settings in tables.items():
+            if table not in TABLES:
+                raise ValueError(f"unknown table {table!r}; tables are {list(TABLES)}")
+            try:
+                TableConfig.from_dict(settings)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{table}: {exc}") from None
+        return tables
 
 
 class LearnerSection(_Section):
@@ -194,7 +214,7 @@ def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict) else ""

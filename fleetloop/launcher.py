@@ -101,7 +101,7 @@ class Loop:
             server.start()
             self._stack.callback(server.stop)
             self.redis_url = server.url
-        self.replay = ReplayClient(self.redis_url)
+        self.replay = ReplayClient(self.redis_url, tables=self.cfg.replay.tables)
         self._stack.callback(self.replay.close)
         collector = ReplayCollector(self.replay)
         prom.REGISTRY.register(collector)

@@ -1,129 +1,46 @@
 """ReplayClient: writes episodes (items) into replay tables in Redis/Valkey and reads them back.
 
-Every write of an episode is one Lua script: all its keys, the table's item index and the
-table counters change together or not at all, and a retried write of the same episode id
-stores nothing twice. Redis errors are translated at this edge into
-:mod:`fleetloop.replay.errors`.
+Every write of an episode is one Lua script (:mod:`.scripts`): all its keys, the table's
+item index, priority, counters and tally change together or not at all; the table's rate
+limiter may refuse it (the client then waits) and FIFO eviction past the table's capacity
+happens in the same script. A retried write of the same episode id stores nothing twice.
+Redis errors are translated at this edge into :mod:`fleetloop.replay.errors`.
 """
 
-import io
-import json
 import logging
-import time
 from collections import Counter as Tally
-from collections.abc import Iterator
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import redis
-from PIL import Image
-from prometheus_client import Counter
-from prometheus_client.core import GaugeMetricFamily
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from . import keys
-from .episode import Episode, EpisodeInfo
+from . import keys, scripts, stats
+from .episode import Episode, EpisodeInfo, decode_floats, decode_png, parse_info
 from .errors import (
     EmptyReplayError,
     InvalidEpisodeError,
+    RateLimitedError,
     ReplayError,
     ReplayTimeoutError,
     ReplayUnavailableError,
     SchemaMismatchError,
+    redact_url,
+    translate_errors,
 )
+from .metrics import INSERT_REJECTS, INSERTS, ReplayCollector
+from .rate_limiter import await_admission
+from .selectors.interface import check_priority
+from .table import TableConfig
+
+__all__ = ["ReplayClient", "ReplayCollector", "decode_png", "redact_url", "translate_errors"]
 
 logger = logging.getLogger(__name__)
 
-INSERTS = Counter("fleetloop_replay_inserts", "Episodes stored into a replay table.", ["table"])
-SAMPLES = Counter("fleetloop_replay_samples", "Windows sampled from a replay table.", ["table"])
-INSERT_REJECTS = Counter(
-    "fleetloop_replay_insert_rejects",
-    "Episode writes that stored nothing (invalid, duplicate, timeout, unavailable, error).",
-    ["reason"],
-)
-
-PNG_COMPRESS_LEVEL = 1
-"""zlib level for frame PNGs: fast to encode on actors, still lossless."""
-_PIPELINE_CHUNK = 512
-"""Max episodes per pipelined round trip when scanning a table."""
-
-# KEYS: meta, state, action, intervened, reward, items, counters, tables, frame keys...
-# ARGV: table, episode_id, length, nbytes, state, action, intervened, reward,
-#       n_meta_pairs, meta field/value pairs..., frame PNGs (same order as frame KEYS)...
-# Returns {created (1/0), table, seq}. "#!lua" without flags: refused up front when the
-# server is out of memory, so a write never stops half way.
-_WRITE_EPISODE_LUA = """#!lua
-local meta = KEYS[1]
-if redis.call('EXISTS', meta) == 1 then
-  local found = redis.call('HMGET', meta, 'table', 'seq')
-  return {0, found[1], tonumber(found[2])}
-end
-local table_name, episode_id = ARGV[1], ARGV[2]
-local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
-for i = 2, 5 do
-  redis.call('SET', KEYS[i], ARGV[i + 3])
-end
-local n_meta = tonumber(ARGV[9])
-local fields = {'seq', seq}
-for i = 10, 9 + 2 * n_meta do
-  fields[#fields + 1] = ARGV[i]
-end
-redis.call('HSET', meta, unpack(fields))
-local first_frame_arg = 10 + 2 * n_meta
-for i = 9, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[first_frame_arg + i - 9])
-end
-redis.call('ZADD', KEYS[6], seq, episode_id)
-redis.call('HINCRBY', KEYS[7], 'episodes', 1)
-redis.call('HINCRBY', KEYS[7], 'steps', tonumber(ARGV[3]))
-redis.call('HINCRBY', KEYS[7], 'bytes', tonumber(ARGV[4]))
-redis.call('SADD', KEYS[8], table_name)
-return {1, table_name, seq}
-"""
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@contextmanager
-def translate_errors(url: str, what: str) -> Iterator[None]:
-    """Re-raise Redis errors raised inside the block as replay errors naming ``url``.
-
-    Raises:
-        ReplayTimeoutError: the server did not answer within the socket timeout.
-        ReplayUnavailableError: connection refused/reset, unknown host, bad credentials, or
-            not a Redis server.
-        ReplayError: any other Redis error.
-    """
-    try:
-        yield
-    except redis.TimeoutError as exc:
-        raise ReplayTimeoutError(
-            f"replay at {url} did not answer ({what}) within the socket timeout: {exc}; "
-            "the server may be overloaded or paused, retry or raise socket_timeout"
-        ) from exc
-    except redis.ConnectionError as exc:
-        raise ReplayUnavailableError(
-            f"cannot reach the replay at {url} ({what}): {str(exc).rstrip('.')}. Check that "
-            "the Redis/Valkey server is running and the URL and password are right, or leave "
-            "the replay URL unset to use the embedded server"
-        ) from exc
-    except redis.InvalidResponse as exc:
-        raise ReplayUnavailableError(
-            f"the server at {url} ({what}) does not speak the Redis protocol: {exc}. "
-            "Check the host and port of the replay URL"
-        ) from exc
-    except redis.RedisError as exc:
-        raise ReplayError(f"replay at {url} failed ({what}): {exc}") from exc
+_POLL_S = (0.002, 0.05)
+"""First and longest pause between retries of a call the rate limiter refused."""
 
 
 class ReplayClient:
@@ -135,8 +52,13 @@ class ReplayClient:
         password: password, if not in the URL.
         connect_timeout: seconds to wait for a TCP connection (kept short so an
             unreachable server fails fast).
+        tables: table name -> TableConfig (or its plain dict), stored on connect with
+            :meth:`configure_table`; other tables keep their stored configuration.
+        rate_limit_timeout_s: default seconds a write or sample waits on a rate limiter
+            before RateLimitedError.
 
     Raises:
+        ValueError: an invalid table name or table config.
         ReplayUnavailableError: the server cannot be reached.
         SchemaMismatchError: the server holds data of another SCHEMA_VERSION.
     """
@@ -147,8 +69,15 @@ class ReplayClient:
         socket_timeout: float = 10.0,
         password: str | None = None,
         connect_timeout: float = 1.0,
+        tables: Mapping[str, TableConfig | Mapping[str, Any]] | None = None,
+        rate_limit_timeout_s: float = 60.0,
     ) -> None:
+        configs = {
+            keys.check_table(name): c if isinstance(c, TableConfig) else TableConfig.from_dict(c)
+            for name, c in (tables or {}).items()
+        }
         self.url = redact_url(url)
+        self.rate_limit_timeout_s = rate_limit_timeout_s
         options = {"password": password} if password is not None else {}
         self._redis = redis.Redis.from_url(
             url,
@@ -157,14 +86,28 @@ class ReplayClient:
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), retries=2),
             **options,
         )
-        self._write_script = self._redis.register_script(_WRITE_EPISODE_LUA)
+        self._write_script = self._redis.register_script(scripts.WRITE_EPISODE)
+        self._configure_script = self._redis.register_script(scripts.CONFIGURE_TABLE)
+        self._acquire_script = self._redis.register_script(scripts.ACQUIRE_SAMPLES)
+        self._priorities_script = self._redis.register_script(scripts.UPDATE_PRIORITIES)
         with translate_errors(self.url, "schema check"):
             self._check_schema()
+        for name, config in configs.items():
+            self.configure_table(name, config)
 
     @property
     def redis(self) -> redis.Redis:
         """The underlying redis-py client (bytes replies); wrap calls in translate_errors."""
         return self._redis
+
+    @property
+    def shards(self) -> list["ReplayClient"]:
+        """The servers this client spreads episodes over: just itself (see sharding.py)."""
+        return [self]
+
+    def shard_for(self, episode_id: str) -> "ReplayClient":
+        """The client of the server that stores ``episode_id``: itself."""
+        return self
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -186,70 +129,95 @@ class ReplayClient:
                 "use a matching fleetloop or a fresh server/data dir"
             )
 
+    # ---- table configuration ------------------------------------------------------------
+
+    def configure_table(self, table: str, config: TableConfig | Mapping[str, Any]) -> int:
+        """Store ``config`` as the table's configuration (replacing any earlier one); if the
+        table now holds more than ``capacity`` episodes, evict the oldest.
+
+        Returns:
+            Number of episodes evicted.
+
+        Raises:
+            ValueError: invalid table name or config.
+        """
+        if not isinstance(config, TableConfig):
+            config = TableConfig.from_dict(config)
+        pairs = [v for item in config.to_fields().items() for v in item]
+        table_keys = [keys.table_key(table, kind) for kind in scripts.TABLE_SCRIPT_KEYS]
+        with translate_errors(self.url, f"configure table {table!r}"):
+            evicted = self._configure_script(
+                keys=[*table_keys, keys.TABLES_KEY], args=[table, *pairs]
+            )
+        logger.info("table %r configured: %s (%d evicted)", table, config, evicted)
+        return int(evicted)
+
+    def table_config(self, table: str) -> TableConfig:
+        """The table's stored configuration (``TableConfig()`` if never configured)."""
+        with translate_errors(self.url, f"read config of {table!r}"):
+            stored = self._redis.hgetall(keys.table_key(table, "config"))
+        return TableConfig.from_fields({k.decode(): v.decode() for k, v in stored.items()})
+
+    def index_state(self, table: str) -> tuple[TableConfig, int | None, int]:
+        """What a sampler needs to refresh its index of ``table``, in one round trip.
+
+        Returns:
+            The table's config, the insertion seq of its oldest stored episode (None when
+            empty; every episode with a lower seq was evicted) and its priority version.
+        """
+        with translate_errors(self.url, f"read index state of {table!r}"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hgetall(keys.table_key(table, "config"))
+            pipe.zrange(keys.table_items(table), 0, 0, withscores=True)
+            pipe.hget(keys.table_counters(table), "priority_version")
+            stored, oldest, version = pipe.execute()
+        config = TableConfig.from_fields({k.decode(): v.decode() for k, v in stored.items()})
+        return config, int(oldest[0][1]) if oldest else None, int(version or 0)
+
     # ---- writes -------------------------------------------------------------------------
 
-    def write_episode(self, table: str, episode: Episode) -> str:
+    def write_episode(
+        self, table: str, episode: Episode, priority: float = 1.0, timeout_s: float | None = None
+    ) -> str:
         """Store ``episode`` as a new item of ``table``, atomically.
 
         Writing an episode id that is already stored changes nothing (a retried write never
-        duplicates) and returns the id.
+        duplicates) and returns the id. If the table's rate limiter refuses the insert, the
+        call waits until it admits it; past ``capacity`` the oldest episode is evicted.
+
+        Args:
+            table: table name.
+            episode: the item.
+            priority: initial sampling priority (finite, >= 0).
+            timeout_s: longest wait on the rate limiter (default: rate_limit_timeout_s).
 
         Returns:
             The episode id.
 
         Raises:
-            ValueError: invalid table name.
+            ValueError: invalid table name or priority.
             InvalidEpisodeError: the episode failed validation; nothing was stored.
+            RateLimitedError: the rate limiter refused the insert until the timeout.
             ReplayTimeoutError, ReplayUnavailableError: the write may or may not have been
                 applied; retrying with the same episode is safe.
         """
         keys.check_table(table)
+        priority = check_priority(episode.episode_id, priority)
         try:
             episode.validate()
         except InvalidEpisodeError:
             INSERT_REJECTS.labels(reason="invalid").inc()
             raise
-        steps = sorted(int(s) for s in episode.frames)
-        frames = [_encode_png(episode.frames[s]) for s in steps]
-        arrays = [
-            np.ascontiguousarray(episode.states, keys.FLOAT_DTYPE).tobytes(),
-            np.ascontiguousarray(episode.actions, keys.FLOAT_DTYPE).tobytes(),
-            np.ascontiguousarray(episode.intervened, keys.FLAG_DTYPE).tobytes(),
-            np.ascontiguousarray(episode.rewards, keys.FLOAT_DTYPE).tobytes(),
-        ]
-        nbytes = sum(map(len, arrays)) + sum(map(len, frames))
-        height, width, _ = episode.frames[0].shape
-        meta = {
-            "schema_version": keys.SCHEMA_VERSION,
-            "episode_id": episode.episode_id,
-            "table": table,
-            "length": episode.length,
-            "state_dim": episode.states.shape[1],
-            "action_dim": episode.actions.shape[1],
-            "frame_steps": json.dumps(steps),
-            "frame_height": height,
-            "frame_width": width,
-            "instruction": episode.instruction,
-            "embodiment": episode.embodiment,
-            "source": episode.source,
-            "policy_version": int(episode.policy_version),
-            "actor_id": episode.actor_id,
-            "success": int(bool(episode.success)),
-            "nbytes": nbytes,
-            "created_at": f"{time.time():.6f}",
-        }
+        script_keys, args, nbytes = scripts.write_episode_request(table, episode, priority)
         eid = episode.episode_id
-        script_keys = [keys.episode_key(eid, "meta")]
-        script_keys += [keys.episode_key(eid, name) for name in keys.EPISODE_ARRAYS]
-        script_keys += [keys.table_items(table), keys.table_counters(table), keys.TABLES_KEY]
-        script_keys += [keys.frame_key(eid, s) for s in steps]
-        args = [table, eid, episode.length, nbytes, *arrays, len(meta)]
-        for name, value in meta.items():
-            args += [name, value]
-        args += frames
         try:
             with translate_errors(self.url, f"write episode {eid} to table {table!r}"):
-                created, stored_table, seq = self._write_script(keys=script_keys, args=args)
+                reply = self._until_admitted(
+                    lambda: self._write_script(keys=script_keys, args=args), "insert", timeout_s
+                )
+        except RateLimitedError:
+            INSERT_REJECTS.labels(reason="rate_limited").inc()
+            raise
         except ReplayTimeoutError:
             INSERT_REJECTS.labels(reason="timeout").inc()
             raise
@@ -259,6 +227,7 @@ class ReplayClient:
         except ReplayError:
             INSERT_REJECTS.labels(reason="error").inc()
             raise
+        created, stored_table, seq = reply
         if created:
             INSERTS.labels(table=table).inc()
             logger.debug("stored episode %s in %s (seq %d, %d bytes)", eid, table, seq, nbytes)
@@ -272,6 +241,81 @@ class ReplayClient:
                 )
         return eid
 
+    def acquire_samples(self, counts: Mapping[str, int], timeout_s: float | None = None) -> None:
+        """Count ``counts[table]`` samples of each table, once every table's rate limiter
+        admits them (all or none); samplers call this before reading windows.
+
+        Raises:
+            RateLimitedError: some table's limiter refused until the timeout.
+        """
+        tables = [t for t, n in counts.items() if n > 0]
+        if not tables:
+            return
+        script_keys = [
+            key for t in tables for key in (keys.table_key(t, "config"), keys.table_counters(t))
+        ]
+        args = [v for t in tables for v in (t, int(counts[t]))]
+        with translate_errors(self.url, f"acquire samples {dict(counts)}"):
+            self._until_admitted(
+                lambda: self._acquire_script(keys=script_keys, args=args), "sample", timeout_s
+            )
+
+    def update_priorities(self, table: str, priorities: Mapping[str, float]) -> int:
+        """Set the sampling priority of stored episodes of ``table``; ids no longer stored
+        (evicted) are ignored. Samplers see the change at their next index refresh.
+
+        Returns:
+            Number of episodes updated.
+
+        Raises:
+            ValueError: invalid table name, or a negative or non-finite priority.
+        """
+        args = [v for eid, p in priorities.items() for v in (eid, check_priority(eid, p))]
+        if not args:
+            return 0
+        script_keys = [keys.table_key(table, "priorities"), keys.table_counters(table)]
+        with translate_errors(self.url, f"update {len(priorities)} priorities of {table!r}"):
+            return int(self._priorities_script(keys=script_keys, args=args))
+
+    def priorities(self, table: str, episode_ids: list[str] | None = None) -> dict[str, float]:
+        """Priorities of the table's stored episodes (all, or those of ``episode_ids`` that
+        are still stored)."""
+        key = keys.table_key(table, "priorities")
+        with translate_errors(self.url, f"read priorities of {table!r}"):
+            if episode_ids is None:
+                return {m.decode(): s for m, s in self._redis.zrange(key, 0, -1, withscores=True)}
+            if not episode_ids:
+                return {}
+            scores = self._redis.zmscore(key, episode_ids)
+        return {eid: s for eid, s in zip(episode_ids, scores) if s is not None}
+
+    def _until_admitted(
+        self, call: Callable[[], list], action: str, timeout_s: float | None
+    ) -> list:
+        """Run a script (``action``: "insert" or "sample") until the rate limiter admits it.
+
+        Raises:
+            RateLimitedError: still refused after ``timeout_s`` (default
+                rate_limit_timeout_s); names the table, the limiter and the counts.
+        """
+        timeout_s = self.rate_limit_timeout_s if timeout_s is None else timeout_s
+        admitted, reply = await_admission(
+            call, lambda r: r[0] == scripts.REFUSED, timeout_s, _POLL_S
+        )
+        if admitted:
+            return reply
+        table = reply[1].decode()
+        inserts, samples, size, wanted = (int(v) for v in reply[2:6])
+        what = "an insert" if action == "insert" else f"a sample of {wanted} windows"
+        limiter = self.table_config(table).rate_limiter()
+        ratio = f"{samples / inserts:.2f}" if inserts else "n/a"
+        raise RateLimitedError(
+            f"rate limiter of table {table!r} at {self.url} kept {what} waiting {timeout_s:g} s "
+            f"({limiter.describe() if limiter else 'no limiter'}): inserts={inserts}, "
+            f"samples={samples}, size={size}, samples per insert so far {ratio}; raise the "
+            "timeout or the error_buffer, or check that writers and samplers both run"
+        )
+
     # ---- reads --------------------------------------------------------------------------
 
     def read_episode(self, episode_id: str) -> Episode:
@@ -284,7 +328,7 @@ class ReplayClient:
             raw = self._redis.hmget(keys.episode_key(episode_id, "meta"), keys.META_FIELDS)
             if raw[0] is None:
                 raise KeyError(f"no episode {episode_id!r} in the replay at {self.url}")
-            info = _parse_info(raw)
+            info = parse_info(raw)
             pipe = self._redis.pipeline(transaction=False)
             for name in keys.EPISODE_ARRAYS:
                 pipe.get(keys.episode_key(episode_id, name))
@@ -293,8 +337,8 @@ class ReplayClient:
             state, action, intervened, reward, *frames = pipe.execute()
         length = info.length
         return Episode(
-            states=_decode_floats(state, (length, info.state_dim)),
-            actions=_decode_floats(action, (length, info.action_dim)),
+            states=decode_floats(state, (length, info.state_dim)),
+            actions=decode_floats(action, (length, info.action_dim)),
             frames={s: decode_png(f) for s, f in zip(info.frame_steps, frames)},
             instruction=info.instruction,
             embodiment=info.embodiment,
@@ -302,7 +346,7 @@ class ReplayClient:
             policy_version=info.policy_version,
             actor_id=info.actor_id,
             intervened=np.frombuffer(intervened, keys.FLAG_DTYPE).astype(bool),
-            rewards=_decode_floats(reward, (length,)),
+            rewards=decode_floats(reward, (length,)),
             success=info.success,
             episode_id=info.episode_id,
         )
@@ -320,11 +364,11 @@ class ReplayClient:
         with translate_errors(self.url, f"scan episodes of {table!r}"):
             ids = self._redis.zrangebyscore(keys.table_items(table), f"({after_seq}", "+inf")
             infos = []
-            for start in range(0, len(ids), _PIPELINE_CHUNK):
+            for start in range(0, len(ids), stats.PIPELINE_CHUNK):
                 pipe = self._redis.pipeline(transaction=False)
-                for eid in ids[start:start + _PIPELINE_CHUNK]:
+                for eid in ids[start:start + stats.PIPELINE_CHUNK]:
                     pipe.hmget(keys.episode_key(eid.decode(), "meta"), keys.META_FIELDS)
-                infos += [_parse_info(raw) for raw in pipe.execute() if raw[0] is not None]
+                infos += [parse_info(raw) for raw in pipe.execute() if raw[0] is not None]
         return infos
 
     def tables(self) -> list[str]:
@@ -333,19 +377,31 @@ class ReplayClient:
             written = {m.decode() for m in self._redis.smembers(keys.TABLES_KEY)}
         return list(keys.TABLES) + sorted(written - set(keys.TABLES))
 
-    def table_stats(self) -> dict[str, dict[str, int]]:
-        """Per table (see :meth:`tables`): ``{"episodes", "steps", "bytes"}`` counts."""
+    def table_stats(self, detailed: bool = False) -> dict[str, dict[str, Any]]:
+        """Per table (see :meth:`tables`): what it stores now.
+
+        Args:
+            detailed: add the insert/eviction/sample counts and per-value episode counts.
+
+        Returns:
+            table -> ``{"episodes", "steps", "bytes"}``; with ``detailed`` also
+            ``"inserts"`` (ever), ``"evicted"``, ``"samples"`` (windows, ever),
+            ``"sources"``, ``"embodiments"`` (value -> stored episodes),
+            ``"policy_versions"`` (version -> stored episodes, ascending) and
+            ``"policy_version_min"``/``"policy_version_max"`` (None when empty).
+        """
         tables = self.tables()
         with translate_errors(self.url, "read table counters"):
             pipe = self._redis.pipeline(transaction=False)
             for table in tables:
-                pipe.hmget(keys.table_counters(table), ["episodes", "steps", "bytes"])
-            rows = pipe.execute()
+                pipe.hmget(keys.table_counters(table), keys.COUNTER_FIELDS)
+                if detailed:
+                    pipe.hgetall(keys.table_key(table, "tally"))
+            replies = pipe.execute()
+        step = 2 if detailed else 1
         return {
-            table: {
-                name: int(value or 0) for name, value in zip(("episodes", "steps", "bytes"), row)
-            }
-            for table, row in zip(tables, rows)
+            table: stats.stats_row(replies[i * step], replies[i * step + 1] if detailed else None)
+            for i, table in enumerate(tables)
         }
 
     def count_by(self, table: str, field: str) -> dict[object, int]:
@@ -372,116 +428,4 @@ class ReplayClient:
             EmptyReplayError: the table has no episode of that embodiment.
             ReplayError: episodes of that embodiment disagree on state/action dims.
         """
-        infos = [i for i in self.episode_infos(table) if i.embodiment == embodiment]
-        if not infos:
-            raise EmptyReplayError(
-                f"table {table!r} at {self.url} has no episode of embodiment {embodiment!r}"
-            )
-        dims = {(i.state_dim, i.action_dim) for i in infos}
-        if len(dims) > 1:
-            raise ReplayError(
-                f"episodes of embodiment {embodiment!r} in table {table!r} have different "
-                f"(state_dim, action_dim): {sorted(dims)}"
-            )
-        bounds: dict[str, np.ndarray] = {}
-        for start in range(0, len(infos), _PIPELINE_CHUNK):
-            chunk = infos[start:start + _PIPELINE_CHUNK]
-            with translate_errors(self.url, f"read arrays of {table!r}"):
-                pipe = self._redis.pipeline(transaction=False)
-                for info in chunk:
-                    pipe.get(keys.episode_key(info.episode_id, "state"))
-                    pipe.get(keys.episode_key(info.episode_id, "action"))
-                raw = pipe.execute()
-            for i, info in enumerate(chunk):
-                for name, blob, dim in (
-                    ("state", raw[2 * i], info.state_dim),
-                    ("action", raw[2 * i + 1], info.action_dim),
-                ):
-                    rows = _decode_floats(blob, (info.length, dim))
-                    lo, hi = rows.min(axis=0), rows.max(axis=0)
-                    if f"{name}_min" in bounds:
-                        lo = np.minimum(bounds[f"{name}_min"], lo)
-                        hi = np.maximum(bounds[f"{name}_max"], hi)
-                    bounds[f"{name}_min"], bounds[f"{name}_max"] = lo, hi
-        return {k: bounds[k] for k in ("state_min", "state_max", "action_min", "action_max")}
-
-
-class ReplayCollector:
-    """Prometheus collector reading per-table counters from the replay at scrape time.
-
-    Register it yourself: ``prometheus_client.REGISTRY.register(ReplayCollector(client))``.
-    Exposes ``fleetloop_replay_episodes{table}``, ``fleetloop_replay_steps{table}`` and
-    ``fleetloop_replay_up`` (0 when the server could not be read).
-    """
-
-    def __init__(self, client: ReplayClient) -> None:
-        self._client = client
-
-    def describe(self) -> list[GaugeMetricFamily]:
-        return self._families()
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        episodes, steps, up = self._families()
-        try:
-            stats = self._client.table_stats()
-        except ReplayError as exc:
-            logger.warning("replay metrics scrape failed: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        for table, counts in stats.items():
-            episodes.add_metric([table], counts["episodes"])
-            steps.add_metric([table], counts["steps"])
-        up.add_metric([], 1)
-        yield from (episodes, steps, up)
-
-    @staticmethod
-    def _families() -> list[GaugeMetricFamily]:
-        return [
-            GaugeMetricFamily(
-                "fleetloop_replay_episodes", "Episodes stored per replay table.", labels=["table"]
-            ),
-            GaugeMetricFamily(
-                "fleetloop_replay_steps", "Steps stored per replay table.", labels=["table"]
-            ),
-            GaugeMetricFamily("fleetloop_replay_up", "1 if the replay answered the scrape."),
-        ]
-
-
-def decode_png(blob: bytes) -> np.ndarray:
-    """Decode a stored frame into a uint8 (h, w, 3) array."""
-    with Image.open(io.BytesIO(blob)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _encode_png(frame: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(frame)).save(
-        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL
-    )
-    return buf.getvalue()
-
-
-def _decode_floats(blob: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(blob, keys.FLOAT_DTYPE).astype(np.float32).reshape(shape)
-
-
-def _parse_info(raw: list[bytes | None]) -> EpisodeInfo:
-    meta = {name: (value or b"").decode() for name, value in zip(keys.META_FIELDS, raw)}
-    return EpisodeInfo(
-        episode_id=meta["episode_id"],
-        table=meta["table"],
-        seq=int(meta["seq"]),
-        length=int(meta["length"]),
-        state_dim=int(meta["state_dim"]),
-        action_dim=int(meta["action_dim"]),
-        frame_steps=tuple(json.loads(meta["frame_steps"])),
-        frame_shape=(int(meta["frame_height"]), int(meta["frame_width"]), 3),
-        instruction=meta["instruction"],
-        embodiment=meta["embodiment"],
-        source=meta["source"],
-        policy_version=int(meta["policy_version"]),
-        actor_id=meta["actor_id"],
-        success=meta["success"] == "1",
-        nbytes=int(meta["nbytes"]),
-    )
+        return stats.compute_bounds(self, table, embodiment)

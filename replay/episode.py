@@ -1,13 +1,21 @@
-"""Episode: the item stored in a replay table, and EpisodeInfo, its stored summary."""
+"""Episode: the item stored in a replay table; EpisodeInfo, its stored summary; and the
+codecs between them and their stored form (PNG frames, float32 rows, the meta hash)."""
 
+import io
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 import numpy as np
+from PIL import Image
 
+from . import keys
 from .errors import InvalidEpisodeError
 from .keys import EPISODE_ID_RE
+
+PNG_COMPRESS_LEVEL = 1
+"""zlib level for frame PNGs: fast to encode on actors, still lossless."""
 
 
 def _new_episode_id() -> str:
@@ -148,3 +156,45 @@ def _check_array(name: str, value, dtype, ndim: int) -> None:
     if value.dtype.kind == "f" and not np.isfinite(value).all():
         bad = np.argwhere(~np.isfinite(value))[0]
         _fail(name, f"has a non-finite value (NaN/inf) at index {tuple(int(i) for i in bad)}")
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    """Encode a uint8 (h, w, 3) frame as a lossless PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(
+        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
+    return buf.getvalue()
+
+
+def decode_png(blob: bytes) -> np.ndarray:
+    """Decode a stored frame into a uint8 (h, w, 3) array."""
+    with Image.open(io.BytesIO(blob)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def decode_floats(blob: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Stored float32 rows as a writable float32 array of ``shape``."""
+    return np.frombuffer(blob, keys.FLOAT_DTYPE).astype(np.float32).reshape(shape)
+
+
+def parse_info(raw: list[bytes | None]) -> EpisodeInfo:
+    """EpisodeInfo from the meta hash values in keys.META_FIELDS order."""
+    meta = {name: (value or b"").decode() for name, value in zip(keys.META_FIELDS, raw)}
+    return EpisodeInfo(
+        episode_id=meta["episode_id"],
+        table=meta["table"],
+        seq=int(meta["seq"]),
+        length=int(meta["length"]),
+        state_dim=int(meta["state_dim"]),
+        action_dim=int(meta["action_dim"]),
+        frame_steps=tuple(json.loads(meta["frame_steps"])),
+        frame_shape=(int(meta["frame_height"]), int(meta["frame_width"]), 3),
+        instruction=meta["instruction"],
+        embodiment=meta["embodiment"],
+        source=meta["source"],
+        policy_version=int(meta["policy_version"]),
+        actor_id=meta["actor_id"],
+        success=meta["success"] == "1",
+        nbytes=int(meta["nbytes"]),
+    )

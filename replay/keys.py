@@ -9,7 +9,12 @@ Layout (``<id>`` = episode id, ``<table>`` = table name, ``<t>`` = step)::
     fl:schema_version                  string  SCHEMA_VERSION the data was written with
     fl:tables                          set     names of tables ever written to
     fl:table:<table>:items             zset    episode ids scored by insertion sequence
-    fl:table:<table>:counters          hash    seq (last sequence), episodes, steps, bytes
+    fl:table:<table>:counters          hash    see COUNTER_FIELDS
+    fl:table:<table>:config            hash    TableConfig fields plus the RateLimiter's
+                                               ``rl_*`` parameters (table.py)
+    fl:table:<table>:priorities        zset    episode ids scored by sampling priority
+    fl:table:<table>:tally             hash    ``source:<s>``, ``embodiment:<e>``,
+                                               ``policy_version:<v>`` -> stored episodes
     fl:ep:{<id>}:meta                  hash    see META_FIELDS
     fl:ep:{<id>}:state                 string  float32 little-endian, T x S row-major
     fl:ep:{<id>}:action                string  float32 little-endian, T x A row-major
@@ -24,7 +29,7 @@ import re
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of this layout; checked (and set on an empty server) by every client on connect."""
 
 PREFIX = "fl:"
@@ -41,8 +46,9 @@ FLAG_DTYPE = np.dtype("u1")
 
 SCHEMA_VERSION_KEY = PREFIX + "schema_version"
 TABLES_KEY = PREFIX + "tables"
-TABLE_ITEMS = PREFIX + "table:{table}:items"
-TABLE_COUNTERS = PREFIX + "table:{table}:counters"
+TABLE_KEY = PREFIX + "table:{table}:{kind}"
+TABLE_KEY_KINDS: tuple[str, ...] = ("items", "counters", "config", "priorities", "tally")
+EPISODE_KEY_PREFIX = PREFIX + "ep:{"
 EPISODE_KEY = PREFIX + "ep:{{{episode_id}}}:{field}"
 FRAME_KEY = PREFIX + "ep:{{{episode_id}}}:frame:{step}"
 
@@ -56,6 +62,16 @@ META_FIELDS: tuple[str, ...] = (
 )
 """Fields of the meta hash; ``frame_steps`` is a JSON list of ints, ``success`` is 0/1."""
 
+COUNTER_FIELDS: tuple[str, ...] = (
+    "seq", "episodes", "steps", "bytes", "evicted", "samples", "priority_version",
+)
+"""Fields of the counters hash: ``seq`` counts inserts ever (the last insertion sequence),
+``episodes``/``steps``/``bytes`` what is stored now, ``evicted`` episodes removed past
+capacity, ``samples`` windows sampled (the rate limiter's count), ``priority_version``
+bumped by every priority update."""
+TALLY_FIELDS: tuple[str, ...] = ("source", "embodiment", "policy_version")
+"""Meta fields counted per value in the tally hash."""
+
 
 def check_table(table: str) -> str:
     """Return ``table`` if it is a valid table name.
@@ -68,14 +84,25 @@ def check_table(table: str) -> str:
     return table
 
 
+def table_key(table: str, kind: str) -> str:
+    """Key of one per-table structure; ``kind`` is one of TABLE_KEY_KINDS.
+
+    Raises:
+        ValueError: invalid table name or unknown kind.
+    """
+    if kind not in TABLE_KEY_KINDS:
+        raise ValueError(f"unknown table key kind {kind!r}; expected one of {TABLE_KEY_KINDS}")
+    return TABLE_KEY.format(table=check_table(table), kind=kind)
+
+
 def table_items(table: str) -> str:
     """Key of the table's insertion-ordered sorted set of episode ids."""
-    return TABLE_ITEMS.format(table=check_table(table))
+    return table_key(table, "items")
 
 
 def table_counters(table: str) -> str:
-    """Key of the table's counters hash (seq, episodes, steps, bytes)."""
-    return TABLE_COUNTERS.format(table=check_table(table))
+    """Key of the table's counters hash (COUNTER_FIELDS)."""
+    return table_key(table, "counters")
 
 
 def episode_key(episode_id: str, field: str) -> str:

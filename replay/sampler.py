@@ -6,50 +6,96 @@ returns. Here each window is selected in three steps:
 1. a table, with probability proportional to its mixture weight, renormalised over the
    tables that currently hold episodes (the data pyramid: e.g. pretrain 0.5, rollouts 0.3,
    corrections 0.2);
-2. an episode (item) of that table, uniformly: every episode is equally likely whatever its
-   length, so steps of short episodes are drawn more often than steps of long ones;
+2. an episode (item) of that table, by the table's selector (``TableConfig.sampler``):
+   ``uniform`` (every episode equally likely whatever its length), ``prioritized``
+   (probability ∝ priority ** priority_exponent) or ``fifo`` (the oldest). With a sharded
+   client the selector spans the episodes of every shard, so sampling is proportional
+   across shards;
 3. a step t, uniformly among the steps of that episode that have a stored camera frame.
 
 A window is the frame at t, the state at t and the actions t..t+H-1; past the end of the
-episode the last action is repeated (as GR00T pads action chunks).
+episode the last action is repeated (as GR00T pads action chunks). Before reading, the
+windows are counted against each table's rate limiter (which may block). An episode
+evicted after the index refresh is dropped from the index and its windows are resampled.
 """
 
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import keys
-from .client import SAMPLES, ReplayClient, decode_png, translate_errors
-from .episode import EpisodeInfo
-from .errors import EmptyReplayError, ReplayError
+from . import keys, scripts
+from .client import ReplayClient
+from .episode import EpisodeInfo, decode_png
+from .errors import EmptyReplayError, ReplayError, translate_errors
+from .metrics import SAMPLES
+from .selectors import Selector, make_selector
+from .table import TableConfig
 
 logger = logging.getLogger(__name__)
+
+_MAX_RESAMPLE_ROUNDS = 8
+"""Rounds of resampling windows whose episode was evicted before giving up."""
+
+
+class _Pick(NamedTuple):
+    table: str
+    shard: int
+    info: EpisodeInfo
+    step: int
+
+
+class _Window(NamedTuple):
+    pick: _Pick
+    state: bytes
+    """float32 (S,) row at the step."""
+    action: bytes
+    """float32 rows for steps t..min(t+H, T)-1."""
+    frame: bytes
+    """PNG of the frame at the step."""
+
+
+@dataclass
+class _ShardCursor:
+    """How far a table's index has read one shard."""
+
+    last_seq: int = 0
+    priority_version: int = -1
+    order: deque[tuple[int, str]] = field(default_factory=deque)
+    """(seq, episode id) indexed from this shard, oldest first."""
 
 
 @dataclass
 class _TableIndex:
-    """Cached summaries of one table's episodes, grown incrementally by insertion seq."""
+    """Cached summaries of one table's episodes (every shard) and the selector over them."""
 
-    last_seq: int = 0
-    infos: list[EpisodeInfo] = field(default_factory=list)
+    config: TableConfig
+    selector: Selector
+    entries: dict[str, tuple[int, EpisodeInfo]]
+    """episode id -> (shard, info)."""
+    cursors: list[_ShardCursor]
 
 
 class WindowSampler:
     """Samples (frame, state, action chunk) windows across tables by mixture weight.
 
-    The sampler keeps an index of each table's episodes (ids, lengths, dims, frame steps)
-    and fetches only episodes inserted since its last refresh, at most every ``refresh_s``
-    seconds or when :meth:`refresh` is called.
+    The sampler keeps an index of each table's episodes (ids, lengths, dims, frame steps,
+    priorities), fetching only episodes inserted since its last refresh and dropping
+    evicted ones, at most every ``refresh_s`` seconds or when :meth:`refresh` is called.
+    Table configuration (selector) and priority updates are picked up at refresh.
 
     Args:
-        client: connected replay client.
+        client: a ReplayClient or ShardedReplayClient.
         mixture: table name -> weight (>= 0, at least one > 0).
         horizon: H, number of actions per window.
         seed: seed of the sampler's random generator (None: fresh entropy).
-        refresh_s: maximum age of the episode index before :meth:`sample` refreshes it.
+        refresh_s: maximum age of the episode index before a sample refreshes it.
+        rate_limit_timeout_s: longest wait on rate limiters per sample call (default: the
+            client's rate_limit_timeout_s).
 
     Raises:
         ValueError: empty mixture, invalid or unknown table names, negative or non-finite
@@ -63,6 +109,7 @@ class WindowSampler:
         horizon: int,
         seed: int | None = None,
         refresh_s: float = 5.0,
+        rate_limit_timeout_s: float | None = None,
     ) -> None:
         if not mixture:
             raise ValueError("mixture is empty: give at least one table with a weight > 0")
@@ -83,35 +130,87 @@ class WindowSampler:
         self.mixture = dict(mixture)
         self.horizon = int(horizon)
         self.refresh_s = refresh_s
+        self.rate_limit_timeout_s = rate_limit_timeout_s
         self._client = client
+        self._shards: list[ReplayClient] = client.shards
+        self._read_scripts = [shard.redis.register_script(scripts.READ_WINDOWS)
+                              for shard in self._shards]
         self._rng = np.random.default_rng(seed)
-        self._index = {table: _TableIndex() for table in mixture}
+        self._index = {
+            table: _TableIndex(
+                TableConfig(), make_selector("uniform"), {},
+                [_ShardCursor() for _ in self._shards],
+            )
+            for table in mixture
+        }
         self._refreshed_at = -math.inf
 
+    # ---- index --------------------------------------------------------------------------
+
     def refresh(self) -> None:
-        """Fetch summaries of the episodes inserted since the last refresh."""
+        """Drop evicted episodes, fetch those inserted since the last refresh, and reload
+        the table config and (for prioritized tables) changed priorities."""
         for table, index in self._index.items():
-            new = self._client.episode_infos(table, after_seq=index.last_seq)
-            if new:
-                index.infos.extend(new)
-                index.last_seq = new[-1].seq
-                logger.debug("sampler index: %d new episodes in %r", len(new), table)
+            states = [shard.index_state(table) for shard in self._shards]
+            self._apply_config(index, states[0][0])
+            for s, (shard, (_, oldest, version)) in enumerate(zip(self._shards, states)):
+                self._refresh_shard(table, index, s, shard, oldest, version)
         self._refreshed_at = time.monotonic()
+
+    def _apply_config(self, index: _TableIndex, config: TableConfig) -> None:
+        spec = (config.sampler, config.priority_exponent)
+        if spec != (index.config.sampler, index.config.priority_exponent):
+            index.selector = make_selector(*spec)
+            for eid in index.entries:
+                index.selector.insert(eid, 1.0)
+            for cursor in index.cursors:
+                cursor.priority_version = -1
+        index.config = config
+
+    def _refresh_shard(
+        self, table: str, index: _TableIndex, s: int, shard: ReplayClient,
+        oldest: int | None, priority_version: int,
+    ) -> None:
+        cursor = index.cursors[s]
+        while cursor.order and (oldest is None or cursor.order[0][0] < oldest):
+            self._drop(index, cursor.order.popleft()[1])
+        new = shard.episode_infos(table, after_seq=cursor.last_seq)
+        for info in new:
+            index.entries[info.episode_id] = (s, info)
+            index.selector.insert(info.episode_id, 1.0)
+            cursor.order.append((info.seq, info.episode_id))
+        if new:
+            cursor.last_seq = new[-1].seq
+            logger.debug("sampler index: %d new episodes in %r on %s", len(new), table, shard.url)
+        if index.config.sampler != "prioritized":
+            return
+        if priority_version != cursor.priority_version:
+            priorities = shard.priorities(table)
+            cursor.priority_version = priority_version
+        else:
+            priorities = shard.priorities(table, [info.episode_id for info in new])
+        for eid, priority in priorities.items():
+            index.selector.update(eid, priority)
+
+    @staticmethod
+    def _drop(index: _TableIndex, episode_id: str) -> None:
+        index.entries.pop(episode_id, None)
+        index.selector.delete(episode_id)
 
     def num_episodes(self) -> dict[str, int]:
         """Episodes per mixture table in the cached index."""
-        return {table: len(index.infos) for table, index in self._index.items()}
+        return {table: len(index.entries) for table, index in self._index.items()}
 
     def probabilities(self) -> dict[str, float]:
         """Current table probabilities: weights renormalised over non-empty tables."""
-        weights = {
-            t: w for t, w in self.mixture.items() if w > 0 and self._index[t].infos
-        }
+        weights = {t: w for t, w in self.mixture.items() if w > 0 and self._index[t].entries}
         total = sum(weights.values())
         return {t: w / total for t, w in weights.items()}
 
-    def sample(self, batch_size: int) -> list[dict]:
-        """Draw ``batch_size`` windows, reading them in one pipelined round trip.
+    # ---- sampling -----------------------------------------------------------------------
+
+    def sample(self, batch_size: int) -> list[dict[str, Any]]:
+        """Draw ``batch_size`` windows, reading them with one script call per shard.
 
         Returns:
             One dict per window: ``image`` uint8 (h, w, 3) frame at t, ``state`` float32
@@ -120,15 +219,105 @@ class WindowSampler:
             and ``policy_version``.
 
         Raises:
-            ValueError: batch_size < 1.
+            ValueError: batch_size < 1, or more windows of a table than its rate limiter
+                can ever admit in one call.
             EmptyReplayError: every mixture table with weight > 0 is empty.
+            RateLimitedError: a table's rate limiter refused until the timeout.
             ReplayTimeoutError, ReplayUnavailableError: the server did not answer.
         """
+        return [
+            {
+                "image": decode_png(w.frame),
+                "state": np.frombuffer(w.state, keys.FLOAT_DTYPE).astype(np.float32),
+                "action": self._actions(w),
+                **_window_meta(w.pick),
+            }
+            for w in self._windows(batch_size)
+        ]
+
+    def sample_batch(self, batch_size: int, decode_images: bool = True) -> dict[str, Any]:
+        """Draw ``batch_size`` windows as stacked arrays, ready to batch.
+
+        Args:
+            batch_size: B.
+            decode_images: decode frames into ``image``; False returns the stored PNGs as
+                ``image_png`` so the consumer (e.g. a data-loader worker) decodes them.
+
+        Returns:
+            ``image`` uint8 (B, h, w, 3) or ``image_png`` list of B bytes, ``state`` float32
+            (B, S), ``action`` float32 (B, H, A), ``step`` and ``policy_version`` int64 (B,),
+            and lists of B ``instruction``, ``embodiment``, ``table``, ``episode_id``.
+
+        Raises:
+            ValueError: the windows' state/action dims or frame shapes differ (use
+                :meth:`sample`), or as :meth:`sample`.
+            EmptyReplayError, RateLimitedError, ReplayTimeoutError, ReplayUnavailableError:
+                as :meth:`sample`.
+        """
+        windows = self._windows(batch_size)
+        infos = [w.pick.info for w in windows]
+        shapes = {(i.state_dim, i.action_dim, i.frame_shape) for i in infos}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"windows of this batch differ in (state_dim, action_dim, frame_shape): "
+                f"{sorted(shapes)}; sample them with sample() or mix one embodiment per sampler"
+            )
+        (state_dim, action_dim, frame_shape), = shapes
+        batch: dict[str, Any] = {
+            "state": np.frombuffer(b"".join(w.state for w in windows), keys.FLOAT_DTYPE)
+            .reshape(len(windows), state_dim).astype(np.float32),
+            "action": np.stack([self._actions(w) for w in windows]),
+        }
+        if decode_images:
+            images = np.empty((len(windows), *frame_shape), np.uint8)
+            for i, w in enumerate(windows):
+                images[i] = decode_png(w.frame)
+            batch["image"] = images
+        else:
+            batch["image_png"] = [w.frame for w in windows]
+        metas = [_window_meta(w.pick) for w in windows]
+        for name in ("step", "policy_version"):
+            batch[name] = np.array([m[name] for m in metas], np.int64)
+        for name in ("instruction", "embodiment", "table", "episode_id"):
+            batch[name] = [m[name] for m in metas]
+        return batch
+
+    def _actions(self, w: _Window) -> np.ndarray:
+        actions = np.frombuffer(w.action, keys.FLOAT_DTYPE).reshape(-1, w.pick.info.action_dim)
+        pad = self.horizon - len(actions)
+        if pad:
+            actions = np.concatenate([actions, np.repeat(actions[-1:], pad, axis=0)])
+        return actions.astype(np.float32)
+
+    def _windows(self, batch_size: int) -> list[_Window]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        stale = time.monotonic() - self._refreshed_at >= self.refresh_s
-        if stale or not self.probabilities():
+        if time.monotonic() - self._refreshed_at >= self.refresh_s or not self.probabilities():
             self.refresh()
+        picks = self._draw(batch_size)
+        self._acquire(picks)
+        windows = self._read(picks)
+        for _ in range(_MAX_RESAMPLE_ROUNDS):
+            missing = [i for i, w in enumerate(windows) if w is None]
+            if not missing:
+                break
+            logger.debug("resampling %d windows of evicted episodes", len(missing))
+            if not self.probabilities():
+                self.refresh()
+            for i, w in zip(missing, self._read(self._draw(len(missing)))):
+                windows[i] = w
+        else:
+            if any(w is None for w in windows):
+                raise ReplayError(
+                    f"episodes were evicted faster than the sampler could read windows from "
+                    f"{self._client.url} ({_MAX_RESAMPLE_ROUNDS} rounds); raise the capacity"
+                )
+        tables, counts = np.unique([w.pick.table for w in windows], return_counts=True)
+        for table, count in zip(tables, counts):
+            SAMPLES.labels(table=str(table)).inc(int(count))
+        return windows
+
+    def _draw(self, n: int) -> list[_Pick]:
         probs = self.probabilities()
         if not probs:
             raise EmptyReplayError(
@@ -136,55 +325,80 @@ class WindowSampler:
                 "write episodes first (or wait for actors) before sampling"
             )
         tables = list(probs)
-        picks = self._rng.choice(len(tables), size=batch_size, p=list(probs.values()))
-        chosen = []
-        for pick in picks:
-            infos = self._index[tables[pick]].infos
-            info = infos[self._rng.integers(len(infos))]
-            step = info.frame_steps[self._rng.integers(len(info.frame_steps))]
-            chosen.append((tables[pick], info, int(step)))
-        windows = self._read(chosen)
-        for table, count in zip(*np.unique(picks, return_counts=True)):
-            SAMPLES.labels(table=tables[table]).inc(int(count))
-        return windows
+        table_picks = self._rng.choice(len(tables), size=n, p=list(probs.values()))
+        picks: list[_Pick | None] = [None] * n
+        for ti, table in enumerate(tables):
+            slots = np.flatnonzero(table_picks == ti)
+            if not len(slots):
+                continue
+            index = self._index[table]
+            ids = index.selector.sample(self._rng, len(slots))
+            for slot, eid, u in zip(slots, ids, self._rng.random(len(slots))):
+                shard, info = index.entries[eid]
+                step = info.frame_steps[int(u * len(info.frame_steps))]
+                picks[slot] = _Pick(table, shard, info, int(step))
+        return picks
 
-    def _read(self, chosen: list[tuple[str, EpisodeInfo, int]]) -> list[dict]:
+    def _acquire(self, picks: list[_Pick]) -> None:
+        """Count the picks against each table's rate limiter on each shard (may block)."""
+        per_shard: list[dict[str, int]] = [{} for _ in self._shards]
+        for p in picks:
+            per_shard[p.shard][p.table] = per_shard[p.shard].get(p.table, 0) + 1
+        for shard, counts in zip(self._shards, per_shard):
+            for table, count in counts.items():
+                limiter = self._index[table].config.rate_limiter()
+                if limiter and count > limiter.max_samples_per_call:
+                    raise ValueError(
+                        f"this call samples {count} windows of table {table!r} from "
+                        f"{shard.url}, more than its rate limiter ({limiter.describe()}) can "
+                        "admit at once; lower the batch size or raise error_buffer"
+                    )
+            shard.acquire_samples(counts, self.rate_limit_timeout_s)
+
+    def _read(self, picks: list[_Pick]) -> list[_Window | None]:
+        """Read the picks (one script call per shard); None where the episode was evicted."""
         itemsize = keys.FLOAT_DTYPE.itemsize
-        with translate_errors(self._client.url, f"sample {len(chosen)} windows"):
-            pipe = self._client.redis.pipeline(transaction=False)
-            for _, info, t in chosen:
+        windows: list[_Window | None] = [None] * len(picks)
+        for s, shard in enumerate(self._shards):
+            slots = [i for i, p in enumerate(picks) if p.shard == s]
+            if not slots:
+                continue
+            script_keys, args = [], []
+            for i in slots:
+                info, t = picks[i].info, picks[i].step
                 eid, end = info.episode_id, min(t + self.horizon, info.length)
                 row_s, row_a = info.state_dim * itemsize, info.action_dim * itemsize
-                pipe.getrange(keys.episode_key(eid, "state"), t * row_s, (t + 1) * row_s - 1)
-                pipe.getrange(keys.episode_key(eid, "action"), t * row_a, end * row_a - 1)
-                pipe.get(keys.frame_key(eid, t))
-            raw = pipe.execute()
-        windows = []
-        for i, (table, info, t) in enumerate(chosen):
-            state_b, action_b, frame_b = raw[3 * i:3 * i + 3]
-            n_actions = min(t + self.horizon, info.length) - t
-            if (
-                frame_b is None
-                or len(state_b) != info.state_dim * itemsize
-                or len(action_b) != n_actions * info.action_dim * itemsize
-            ):
-                raise ReplayError(
-                    f"episode {info.episode_id} of table {table!r} is missing or truncated at "
-                    f"step {t} on {self._client.url}"
-                )
-            actions = np.frombuffer(action_b, keys.FLOAT_DTYPE).reshape(n_actions, -1)
-            pad = self.horizon - n_actions
-            if pad:
-                actions = np.concatenate([actions, np.repeat(actions[-1:], pad, axis=0)])
-            windows.append({
-                "image": decode_png(frame_b),
-                "state": np.frombuffer(state_b, keys.FLOAT_DTYPE).astype(np.float32),
-                "action": actions.astype(np.float32),
-                "instruction": info.instruction,
-                "embodiment": info.embodiment,
-                "table": table,
-                "episode_id": info.episode_id,
-                "step": t,
-                "policy_version": info.policy_version,
-            })
+                script_keys += [keys.episode_key(eid, "state"), keys.episode_key(eid, "action"),
+                                keys.frame_key(eid, t)]
+                args += [t * row_s, (t + 1) * row_s - 1, t * row_a, end * row_a - 1]
+            with translate_errors(shard.url, f"sample {len(slots)} windows"):
+                raw = self._read_scripts[s](keys=script_keys, args=args)
+            for j, i in enumerate(slots):
+                state_b, action_b, frame_b = raw[3 * j:3 * j + 3]
+                pick = picks[i]
+                if frame_b is None or not state_b:
+                    self._drop(self._index[pick.table], pick.info.episode_id)
+                    continue
+                n_actions = min(pick.step + self.horizon, pick.info.length) - pick.step
+                if (
+                    len(state_b) != pick.info.state_dim * itemsize
+                    or len(action_b) != n_actions * pick.info.action_dim * itemsize
+                ):
+                    raise ReplayError(
+                        f"episode {pick.info.episode_id} of table {pick.table!r} is truncated "
+                        f"at step {pick.step} on {shard.url}"
+                    )
+                windows[i] = _Window(pick, state_b, action_b, frame_b)
         return windows
+
+
+def _window_meta(pick: _Pick) -> dict[str, Any]:
+    info = pick.info
+    return {
+        "instruction": info.instruction,
+        "embodiment": info.embodiment,
+        "table": pick.table,
+        "episode_id": info.episode_id,
+        "step": pick.step,
+        "policy_version": info.policy_version,
+    }

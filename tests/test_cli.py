@@ -21,12 +21,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["config"], ["config", "show"], ["replay"], ["replay", "stats"]])
+STATEFUL_COMMANDS = (["up"], ["config", "show"], ["replay", "stats"], ["ingest"], ["export"])
+
+
+@pytest.mark.parametrize("command", [[], ["config"], ["replay"], ["model"], ["model", "convert-gr00t"],
+                                     *STATEFUL_COMMANDS])
 def test_every_command_explains_itself(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: fleetloop" in result.stdout
-    if command in (["up"], ["config", "show"], ["replay", "stats"]):
+    if command in STATEFUL_COMMANDS:
         for option in ("--config", "--set", "--run-dir", "--redis-url"):
             assert option in result.stdout
 
@@ -96,3 +100,74 @@ def test_replay_stats_needs_a_source():
     result = run_cli("replay", "stats")
     assert result.returncode == 2
     assert "--redis-url" in result.stderr and "--run-dir" in result.stderr
+
+
+def test_convert_gr00t_writes_a_loadable_policy(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from fleetloop.system import DualSystemPolicy, load_policy, model_preset
+    from fleetloop.system.convert_gr00t import gr00t_name_map
+
+    torch.manual_seed(0)
+    model = DualSystemPolicy(model_preset("tiny"))
+    inverse = {ours: theirs for theirs, ours in gr00t_name_map(model.config).items()}
+    tensors = {inverse[name]: p.detach().to(torch.bfloat16).contiguous() for name, p in model.named_parameters()}
+    tensors["action_head.decode_layer.weight"] = torch.zeros(32, 128, dtype=torch.bfloat16)
+    (tmp_path / "gr00t").mkdir()
+    save_file(tensors, str(tmp_path / "gr00t" / "model.safetensors"))
+
+    result = run_cli("model", "convert-gr00t", str(tmp_path / "gr00t"), str(tmp_path / "out"), "--preset", "tiny")
+    assert result.returncode == 0, result.stderr
+    assert "unused source tensors (1): action_head.decode_layer.weight" in result.stderr
+    converted = load_policy(tmp_path / "out" / "policy.safetensors")
+    assert torch.equal(converted.backbone.linear.weight, model.backbone.linear.weight.to(torch.bfloat16).float())
+
+    del tensors["backbone.linear.bias"]
+    save_file(tensors, str(tmp_path / "gr00t" / "model.safetensors"))
+    result = run_cli("model", "convert-gr00t", str(tmp_path / "gr00t"), str(tmp_path / "bad"), "--preset", "tiny")
+    assert result.returncode == 1
+    assert "missing: backbone.linear.bias" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "bad" / "policy.safetensors").exists()
+
+
+SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gr1_pick_place"
+
+
+def test_ingest_stats_export_of_the_shared_dataset(tmp_path):
+    run_dir = str(tmp_path / "run")
+    result = run_cli("ingest", str(SHARED_DATASET), "--embodiment", "gr1", "--run-dir", run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "5 episodes written, 0 already present, 2096 steps" in result.stderr
+    again = run_cli("ingest", str(SHARED_DATASET), "--embodiment", "gr1", "--run-dir", run_dir)
+    assert "0 episodes written, 5 already present" in again.stderr
+
+    stats = json.loads(run_cli("replay", "stats", "--run-dir", run_dir, "--json").stdout)
+    assert stats["pretrain"]["episodes"] == 5 and stats["pretrain"]["steps"] == 2096
+    assert stats["pretrain"]["embodiments"] == {"gr1": 5}
+    table = run_cli("replay", "stats", "--run-dir", run_dir).stdout
+    assert "dataset:gr1_pick_place 5 / gr1 5" in table
+
+    out = tmp_path / "exported"
+    result = run_cli("export", "pretrain", str(out), "--embodiment", "gr1", "--run-dir", run_dir)
+    assert result.returncode == 0, result.stderr
+    modality = json.loads((out / "meta" / "modality.json").read_text())
+    assert modality["action"]["right_hand"] == {"start": 29, "end": 35}
+    assert len(list((out / "data").glob("chunk-*/episode_*.parquet"))) == 5
+
+
+def test_ingest_refuses_a_broken_dataset_and_stores_nothing(tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(SHARED_DATASET, broken)
+    (broken / "meta" / "modality.json").unlink()
+    run_dir = str(tmp_path / "run")
+    result = run_cli("ingest", str(broken), "--embodiment", "gr1", "--run-dir", run_dir)
+    assert result.returncode == 1
+    assert "modality.json" in result.stderr and "Traceback" not in result.stderr
+    stats = json.loads(run_cli("replay", "stats", "--run-dir", run_dir, "--json").stdout)
+    assert all(row["episodes"] == 0 for row in stats.values())
+
+    unknown = run_cli("ingest", str(SHARED_DATASET), "--embodiment", "gr9", "--run-dir", run_dir)
+    assert unknown.returncode == 1 and "unknown embodiment tag 'gr9'" in unknown.stderr

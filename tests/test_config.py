@@ -40,6 +40,12 @@ def test_override_of_nested_mapping():
         pytest.param("learner.zero_stage=3", "learner.zero_stage", id="unsupported-literal"),
         pytest.param("replay.mixture={pretrain: 1, nope: 1}", "unknown table(s) ['nope']", id="unknown-table"),
         pytest.param("replay.mixture={pretrain: 0}", "at least one weight must be > 0", id="all-zero-mixture"),
+        pytest.param("replay.tables={rollouts: {capacity: 0}}",
+                     "replay.tables: rollouts: capacity must be None or an int >= 1, got 0", id="table-capacity"),
+        pytest.param("replay.tables={rollouts: {capacty: 5}}", "rollouts: unknown table config keys ['capacty']",
+                     id="table-typo"),
+        pytest.param("replay.tables={nope: {}}", "replay.tables: unknown table 'nope'", id="table-unknown"),
+        pytest.param("model.preset=n9", "model.preset: unknown model preset 'n9'", id="model-preset"),
         pytest.param("learner.publish_every=1000", "learner.publish_every (1000) must be <= learner.steps_per_round", id="cross-field"),
     ],
 )

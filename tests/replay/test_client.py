@@ -190,3 +190,21 @@ def test_collector_reports_table_stats(client, make_episode):
     assert registry.get_sample_value("fleetloop_replay_steps", {"table": "rollouts"}) == 7
     assert registry.get_sample_value("fleetloop_replay_up") == 1
     assert b'fleetloop_replay_episodes{table="pretrain"} 0.0' in generate_latest(registry)
+
+
+def test_detailed_table_stats(client, make_episode):
+    for source, embodiment, version in [("expert_demo", "so100", 0), ("policy", "so100", 3),
+                                        ("policy", "gr1", 5)]:
+        client.write_episode("rollouts", make_episode(
+            length=4, source=source, embodiment=embodiment, policy_version=version))
+    stats = client.table_stats(detailed=True)
+    row = stats["rollouts"]
+    assert row["episodes"] == 3 and row["steps"] == 12 and row["bytes"] > 0
+    assert (row["inserts"], row["evicted"], row["samples"]) == (3, 0, 0)
+    assert row["sources"] == {"expert_demo": 1, "policy": 2}
+    assert row["embodiments"] == {"gr1": 1, "so100": 2}
+    assert row["policy_versions"] == {0: 1, 3: 1, 5: 1}
+    assert (row["policy_version_min"], row["policy_version_max"]) == (0, 5)
+    assert stats["pretrain"]["policy_version_min"] is None
+    assert stats["pretrain"]["sources"] == {}
+    assert {k: row[k] for k in ("episodes", "steps", "bytes")} == client.table_stats()["rollouts"]

@@ -149,3 +149,46 @@ def test_batch_size_must_be_positive(client, make_episode):
     _fill(client, make_episode, "pretrain", 1)
     with pytest.raises(ValueError, match="batch_size"):
         WindowSampler(client, {"pretrain": 1.0}, horizon=1).sample(0)
+
+
+def test_sample_batch_stacks_windows(client, make_episode):
+    ep = make_episode(length=5, frame_steps=(0, 3, 4), policy_version=4)
+    client.write_episode("rollouts", ep)
+    sampler = WindowSampler(client, {"rollouts": 1.0}, horizon=4, seed=3)
+    batch = sampler.sample_batch(40)
+    assert batch["image"].shape == (40, 8, 10, 3) and batch["image"].dtype == np.uint8
+    assert batch["state"].shape == (40, 3) and batch["state"].dtype == np.float32
+    assert batch["action"].shape == (40, 4, 2) and batch["action"].dtype == np.float32
+    assert batch["step"].dtype == np.int64 and set(batch["step"]) == {0, 3, 4}
+    assert batch["policy_version"].tolist() == [4] * 40
+    assert batch["table"] == ["rollouts"] * 40 and batch["episode_id"] == [ep.episode_id] * 40
+    for i, step in enumerate(batch["step"][:10]):
+        np.testing.assert_array_equal(batch["image"][i], ep.frames[int(step)])
+        np.testing.assert_array_equal(batch["state"][i], ep.states[step])
+        np.testing.assert_array_equal(batch["action"][i], ep.actions[np.minimum(np.arange(step, step + 4), 4)])
+
+
+def test_sample_batch_can_leave_frames_encoded(client, make_episode):
+    ep = make_episode()
+    client.write_episode("pretrain", ep)
+    batch = WindowSampler(client, {"pretrain": 1.0}, horizon=2).sample_batch(3, decode_images=False)
+    assert "image" not in batch and len(batch["image_png"]) == 3
+    assert batch["image_png"][0].startswith(b"\x89PNG")
+
+
+def test_sample_batch_refuses_mixed_dims(client, make_episode):
+    client.write_episode("pretrain", make_episode(state_dim=3))
+    client.write_episode("rollouts", make_episode(state_dim=5, embodiment="gr1"))
+    sampler = WindowSampler(client, {"pretrain": 1.0, "rollouts": 1.0}, horizon=1, seed=0)
+    with pytest.raises(ValueError, match=r"differ in \(state_dim, action_dim, frame_shape\)"):
+        sampler.sample_batch(50)
+    assert {w["state"].shape for w in sampler.sample(50)} == {(3,), (5,)}
+
+
+def test_fifo_sampler_reads_the_oldest_episode(client, make_episode):
+    client.configure_table("rollouts", {"sampler": "fifo", "capacity": 2})
+    eps = [make_episode() for _ in range(3)]
+    for ep in eps:
+        client.write_episode("rollouts", ep)
+    windows = WindowSampler(client, {"rollouts": 1.0}, horizon=1).sample(10)
+    assert {w["episode_id"] for w in windows} == {eps[1].episode_id}

@@ -1,0 +1,366 @@
+"""The LeRobot v2.0/v2.1 dataset layout in Isaac-GR00T's flavour, as path templates and
+paired ``load_*``/``write_*`` helpers.
+
+A dataset is a directory::
+
+    meta/info.json               fps, features, path templates, codebase_version
+    meta/episodes.jsonl          {"episode_index", "tasks", "length"} per episode
+    meta/tasks.jsonl             {"task_index", "task"}: language instructions
+    meta/modality.json           GR00T: named slices of the state/action vectors
+    meta/stats.json              optional: per-feature mean/std/min/max/q01/q99
+    meta/episodes_stats.jsonl    optional (v2.1): per-episode statistics
+    data/chunk-XXX/episode_XXXXXX.parquet
+    videos/chunk-XXX/<camera key>/episode_XXXXXX.mp4
+
+Totals in ``info.json`` (``total_videos``, ``total_chunks``, ``splits``, ...) are
+informational: readers derive everything from the files and ``episodes.jsonl``.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CODEBASE_VERSION = "v2.1"
+"""Version written by export."""
+READABLE_VERSIONS: tuple[str, ...] = ("v2.0", "v2.1")
+"""Versions ingest accepts (``info.json`` ``codebase_version``)."""
+
+INFO_PATH = "meta/info.json"
+EPISODES_PATH = "meta/episodes.jsonl"
+TASKS_PATH = "meta/tasks.jsonl"
+MODALITY_PATH = "meta/modality.json"
+STATS_PATH = "meta/stats.json"
+EPISODES_STATS_PATH = "meta/episodes_stats.jsonl"
+DEFAULT_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+DEFAULT_VIDEO_PATH = (
+    "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+)
+DEFAULT_CHUNK_SIZE = 1000
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+TASK_DESCRIPTION_KEY = "annotation.human.action.task_description"
+"""Column holding, per row, an index into ``meta/tasks.jsonl`` (GR00T's annotation)."""
+TASK_INDEX_KEY = "task_index"
+REWARD_KEY = "next.reward"
+DONE_KEY = "next.done"
+SUCCESS_KEY = "next.success"
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be read; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Modality:
+    """GR00T's ``modality.json`` state/action layout: part name -> (start, end) slice of
+    the ``observation.state`` / ``action`` vector, in file order."""
+
+    state: dict[str, tuple[int, int]]
+    action: dict[str, tuple[int, int]]
+
+    @classmethod
+    def whole(cls, state_dim: int, action_dim: int) -> "Modality":
+        """One part ``state`` / ``action`` covering the whole vector."""
+        return cls(state={"state": (0, state_dim)}, action={"action": (0, action_dim)})
+
+    def check(self, state_dim: int, action_dim: int, where: str) -> None:
+        """Check every slice is non-empty and inside its vector.
+
+        Raises:
+            DatasetError: naming ``where``, the part and the slice.
+        """
+        for group, parts, dim, key in (
+            ("state", self.state, state_dim, STATE_KEY),
+            ("action", self.action, action_dim, ACTION_KEY),
+        ):
+            for name, (start, end) in parts.items():
+                if not 0 <= start < end <= dim:
+                    raise DatasetError(
+                        f"{where}: {group}.{name} slice {start}:{end} does not fit the "
+                        f"{dim}-dim {key} vector"
+                    )
+
+    def to_json(self, camera: str) -> dict[str, Any]:
+        """The ``modality.json`` document for this layout, one camera and the task
+        description annotation."""
+        return {
+            "state": {n: {"start": s, "end": e} for n, (s, e) in self.state.items()},
+            "action": {n: {"start": s, "end": e} for n, (s, e) in self.action.items()},
+            "video": {camera.rsplit(".", 1)[-1]: {"original_key": camera}},
+            "annotation": {TASK_DESCRIPTION_KEY.removeprefix("annotation."): {}},
+        }
+
+
+def episode_file(
+    root: Path, template: str, episode_index: int, chunks_size: int, video_key: str = ""
+) -> Path:
+    """Path of one episode's parquet or video file from an info.json path template; the
+    chunk is ``episode_index // chunks_size`` (``total_chunks`` is not trusted)."""
+    return root / template.format(
+        episode_chunk=episode_index // chunks_size,
+        episode_index=episode_index,
+        video_key=video_key,
+    )
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """The ``meta/`` files of a dataset on disk, loaded and checked by :meth:`load`."""
+
+    root: Path
+    info: dict[str, Any]
+    episodes: list[dict[str, Any]]
+    """``episodes.jsonl`` rows sorted by episode_index."""
+    tasks: dict[int, str]
+    modality: Modality
+    stats: dict[str, dict[str, np.ndarray]] | None
+    """``stats.json`` if present."""
+
+    @classmethod
+    def load(cls, root: Path) -> "DatasetMeta":
+        """Load and check every meta file ingest needs.
+
+        Raises:
+            DatasetError: ``root`` is not a dataset, or a meta file is missing/malformed.
+        """
+        root = Path(root)
+        info = load_info(root)
+        meta = cls(
+            root=root,
+            info=info,
+            episodes=load_episodes(root),
+            tasks=load_tasks(root),
+            modality=load_modality(root),
+            stats=load_stats(root),
+        )
+        try:
+            meta.data_path(0), meta.video_path("key", 0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise DatasetError(
+                f"{root / INFO_PATH}: data_path {info.get('data_path')!r} or video_path "
+                f"{info.get('video_path')!r} is not a valid path template: {exc!r}"
+            ) from exc
+        return meta
+
+    @property
+    def fps(self) -> float:
+        return float(self.info["fps"])
+
+    @property
+    def chunks_size(self) -> int:
+        size = self.info.get("chunks_size")
+        return size if isinstance(size, int) and size > 0 else DEFAULT_CHUNK_SIZE
+
+    def data_path(self, episode_index: int) -> Path:
+        template = self.info.get("data_path") or DEFAULT_DATA_PATH
+        return episode_file(self.root, template, episode_index, self.chunks_size)
+
+    def video_path(self, video_key: str, episode_index: int) -> Path:
+        template = self.info.get("video_path") or DEFAULT_VIDEO_PATH
+        return episode_file(self.root, template, episode_index, self.chunks_size, video_key)
+
+    def video_keys(self) -> list[str]:
+        """Features declared with dtype ``video`` in info.json, in file order."""
+        return [
+            key for key, feature in self.info["features"].items()
+            if isinstance(feature, dict) and feature.get("dtype") == "video"
+        ]
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file.
+
+    Raises:
+        DatasetError: the file is missing or not valid JSON.
+    """
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read JSON: {exc}") from exc
+
+
+def load_jsonlines(path: Path) -> list[dict[str, Any]]:
+    """Parse a JSON-lines file (blank lines skipped).
+
+    Raises:
+        DatasetError: the file is missing or a line is not a JSON object.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{number}: not valid JSON: {exc}") from exc
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}:{number}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+def write_json(data: Any, path: Path) -> None:
+    """Write ``data`` as indented JSON, creating parent directories."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def write_jsonlines(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write one JSON object per line, creating parent directories."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def load_info(root: Path) -> dict[str, Any]:
+    """Read ``meta/info.json`` and check its codebase version and fps.
+
+    Raises:
+        DatasetError: ``root`` is not a dataset, or the version/fps is unsupported.
+    """
+    path = root / INFO_PATH
+    if not path.is_file():
+        raise DatasetError(f"{root}: not a LeRobot dataset ({INFO_PATH} is missing)")
+    info = load_json(path)
+    version = info.get("codebase_version") if isinstance(info, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise DatasetError(
+            f"{path}: codebase_version {version!r} is not one of {list(READABLE_VERSIONS)}"
+        )
+    fps = info.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise DatasetError(f"{path}: fps {fps!r} is not a positive number")
+    if not isinstance(info.get("features"), dict):
+        raise DatasetError(f"{path}: has no 'features' mapping")
+    return info
+
+
+def load_tasks(root: Path) -> dict[int, str]:
+    """Read ``meta/tasks.jsonl`` as task_index -> text.
+
+    Raises:
+        DatasetError: missing file or a malformed row.
+    """
+    path = root / TASKS_PATH
+    tasks = {}
+    for row in load_jsonlines(path):
+        index, text = row.get("task_index"), row.get("task")
+        if not isinstance(index, int) or not isinstance(text, str):
+            raise DatasetError(f"{path}: row {row} lacks an int task_index and a str task")
+        tasks[index] = text
+    return tasks
+
+
+def load_episodes(root: Path) -> list[dict[str, Any]]:
+    """Read ``meta/episodes.jsonl`` sorted by episode_index.
+
+    Raises:
+        DatasetError: missing file, no episodes, or a missing, negative or repeated
+            episode_index.
+    """
+    path = root / EPISODES_PATH
+    rows = load_jsonlines(path)
+    if not rows:
+        raise DatasetError(f"{path}: lists no episodes")
+    seen = set()
+    for row in rows:
+        index = row.get("episode_index")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise DatasetError(f"{path}: row {row} lacks a non-negative int episode_index")
+        if index in seen:
+            raise DatasetError(f"{path}: episode_index {index} is listed twice")
+        seen.add(index)
+    return sorted(rows, key=lambda row: row["episode_index"])
+
+
+def load_modality(root: Path) -> Modality:
+    """Read the state/action slices of ``meta/modality.json``.
+
+    Raises:
+        DatasetError: the file is missing, or a slice is malformed or read from a column
+            other than observation.state / action.
+    """
+    path = root / MODALITY_PATH
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: file is missing; GR00T-layout datasets need it to split state and action"
+        )
+    doc = load_json(path)
+    groups = {}
+    for group, column in (("state", STATE_KEY), ("action", ACTION_KEY)):
+        parts = doc.get(group) if isinstance(doc, dict) else None
+        if not isinstance(parts, dict) or not parts:
+            raise DatasetError(f"{path}: has no '{group}' parts")
+        groups[group] = {}
+        for name, spec in parts.items():
+            start, end = (spec.get(k) if isinstance(spec, dict) else None for k in ("start", "end"))
+            if not isinstance(start, int) or not isinstance(end, int):
+                raise DatasetError(f"{path}: {group}.{name} lacks int 'start' and 'end'")
+            original = spec.get("original_key", column)
+            if original != column:
+                raise DatasetError(
+                    f"{path}: {group}.{name} reads column {original!r}; only {column!r} "
+                    "is supported"
+                )
+            groups[group][name] = (start, end)
+    return Modality(state=groups["state"], action=groups["action"])
+
+
+def load_stats(root: Path) -> dict[str, dict[str, np.ndarray]] | None:
+    """Read ``meta/stats.json`` as feature -> stat name -> float64 array, or None if absent.
+
+    Raises:
+        DatasetError: the file exists but is malformed.
+    """
+    path = root / STATS_PATH
+    if not path.is_file():
+        return None
+    doc = load_json(path)
+    try:
+        return {
+            key: {name: np.asarray(value, dtype=np.float64) for name, value in stats.items()}
+            for key, stats in doc.items()
+        }
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a mapping of feature -> stat -> numbers: {exc}") from exc
+
+
+def write_stats(stats: dict[str, dict[str, np.ndarray]], path: Path) -> None:
+    """Write statistics (arrays become lists) as ``stats.json``."""
+    write_json(stats_to_json(stats), path)
+
+
+def stats_to_json(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """Statistics with arrays turned into (nested) lists."""
+    return {
+        key: {name: np.asarray(value).tolist() for name, value in values.items()}
+        for key, values in stats.items()
+    }
+
+
+def compute_stats(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-dimension ``mean, std, min, max, q01, q99`` (float64) of (N, D) rows."""
+    rows = np.asarray(rows, dtype=np.float64)
+    q01, q99 = np.quantile(rows, [0.01, 0.99], axis=0)
+    return {
+        "mean": rows.mean(axis=0),
+        "std": rows.std(axis=0),
+        "min": rows.min(axis=0),
+        "max": rows.max(axis=0),
+        "q01": q01,
+        "q99": q99,
+    }
