@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay_commands = replay.add_subparsers(dest="replay_command", metavar="SUBCOMMAND", required=True)
     stats = replay_commands.add_parser(
         "stats", parents=[state], help="episodes and steps per table",
-        description="Show episodes and steps per replay table. Reads --redis-url, or the run directory's embedded "
+        description="Show per replay table: episodes, steps, bytes, sources, embodiments and policy versions. Reads --redis-url, or the run directory's embedded "
                     "server (started for the duration of the command if it is not running).")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -55,6 +55,43 @@ class Selector(ABC):
         """Whether ``key`` is held."""
 
 
+
+class DenseKeySelector(Selector, ABC):
+    """Base of selectors that keep their keys in a dense list: O(1) insert and swap-remove."""
+
+    def __init__(self) -> None:
+        self._keys: list[str] = []
+        self._pos: dict[str, int] = {}
+
+    def _append(self, key: str) -> int:
+        """Add a new ``key`` at the end; returns its position."""
+        self._pos[key] = len(self._keys)
+        self._keys.append(key)
+        return self._pos[key]
+
+    def _remove(self, key: str) -> tuple[int, int] | None:
+        """Remove ``key`` by moving the last key into its place.
+
+        Returns:
+            (pos, last): the key formerly at position ``last`` now sits at ``pos`` (equal
+            when the removed key was the last); None for an unknown key.
+        """
+        pos = self._pos.pop(key, None)
+        if pos is None:
+            return None
+        moved = self._keys.pop()
+        last = len(self._keys)
+        if pos < last:
+            self._keys[pos] = moved
+            self._pos[moved] = pos
+        return pos, last
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._pos
+
 def check_priority(key: str, priority: float) -> float:
     """Return ``priority`` as a float if it is finite and >= 0.
 

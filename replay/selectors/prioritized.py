@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from .interface import Selector, check_priority
+from .interface import DenseKeySelector, check_priority
 
 
-class PrioritizedSelector(Selector):
+class PrioritizedSelector(DenseKeySelector):
     """Prioritised sampling, as Reverb's Prioritized selector.
 
     ``P(key) = priority(key) ** priority_exponent / sum(priority ** priority_exponent)``;
@@ -26,9 +26,8 @@ class PrioritizedSelector(Selector):
             raise ValueError(
                 f"priority_exponent must be finite and >= 0, got {priority_exponent!r}"
             )
+        super().__init__()
         self.priority_exponent = float(priority_exponent)
-        self._keys: list[str] = []
-        self._pos: dict[str, int] = {}
         self._priorities = np.zeros(16)
         self._cumsum: np.ndarray | None = None
 
@@ -39,19 +38,14 @@ class PrioritizedSelector(Selector):
             return
         if len(self._keys) == len(self._priorities):
             self._priorities = np.concatenate([self._priorities, np.zeros(len(self._keys))])
-        self._pos[key] = len(self._keys)
-        self._keys.append(key)
-        self._set(len(self._keys) - 1, value)
+        self._set(self._append(key), value)
 
     def delete(self, key: str) -> None:
-        pos = self._pos.pop(key, None)
-        if pos is None:
+        removed = self._remove(key)
+        if removed is None:
             return
-        last = self._keys.pop()
-        if pos < len(self._keys):
-            self._keys[pos] = last
-            self._pos[last] = pos
-            self._priorities[pos] = self._priorities[len(self._keys)]
+        pos, last = removed
+        self._priorities[pos] = self._priorities[last]
         self._cumsum = None
 
     def update(self, key: str, priority: float) -> None:
@@ -80,12 +74,6 @@ class PrioritizedSelector(Selector):
             picks = np.searchsorted(self._cumsum, rng.random(n) * total, side="right")
             picks = np.minimum(picks, len(self._keys) - 1)
         return [self._keys[i] for i in picks]
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._pos
 
     def _set(self, pos: int, value: float) -> None:
         self._priorities[pos] = value
