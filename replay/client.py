@@ -20,7 +20,6 @@ from redis.retry import Retry
 from . import keys, scripts, stats
 from .episode import Episode, EpisodeInfo, decode_floats, decode_png, parse_info
 from .errors import (
-    EmptyReplayError,
     InvalidEpisodeError,
     RateLimitedError,
     ReplayError,

@@ -1,5 +1,7 @@
-"""Fixtures shared by every suite: a real embedded Valkey server and a replay client."""
+"""Fixtures shared by every suite: a real embedded Valkey server, a replay client, and the
+read-only material of ../shared (beside the checkout, as in CI)."""
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,3 +25,25 @@ def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
 def client(valkey: EmbeddedValkey) -> Iterator[ReplayClient]:
     with ReplayClient(valkey.url, socket_timeout=5.0) as replay:
         yield replay
+
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared/ folder beside the checkout (datasets, reference data)."""
+    assert SHARED_DIR.is_dir(), f"{SHARED_DIR} not found: these tests need shared/ beside the checkout, as CI has it"
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_dataset(shared_dir: Path) -> Path:
+    """The shared GR-1 pick-and-place dataset (LeRobot v2.0, GR00T layout); read-only."""
+    return shared_dir / "datasets" / "gr1_pick_place"
+
+
+@pytest.fixture(scope="session")
+def gr00t_reference(shared_dir: Path) -> dict[str, list]:
+    """Names -> [shape, dtype] of the released GR00T-N1-2B state dict."""
+    return json.loads((shared_dir / "reference" / "gr00t_n1_2b_state_dict.json").read_text())["params"]

@@ -131,15 +131,12 @@ def test_convert_gr00t_writes_a_loadable_policy(tmp_path):
     assert not (tmp_path / "bad" / "policy.safetensors").exists()
 
 
-SHARED_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gr1_pick_place"
-
-
-def test_ingest_stats_export_of_the_shared_dataset(tmp_path):
+def test_ingest_stats_export_of_the_shared_dataset(tmp_path, shared_dataset):
     run_dir = str(tmp_path / "run")
-    result = run_cli("ingest", str(SHARED_DATASET), "--embodiment", "gr1", "--run-dir", run_dir)
+    result = run_cli("ingest", str(shared_dataset), "--embodiment", "gr1", "--run-dir", run_dir)
     assert result.returncode == 0, result.stderr
     assert "5 episodes written, 0 already present, 2096 steps" in result.stderr
-    again = run_cli("ingest", str(SHARED_DATASET), "--embodiment", "gr1", "--run-dir", run_dir)
+    again = run_cli("ingest", str(shared_dataset), "--embodiment", "gr1", "--run-dir", run_dir)
     assert "0 episodes written, 5 already present" in again.stderr
 
     stats = json.loads(run_cli("replay", "stats", "--run-dir", run_dir, "--json").stdout)
@@ -156,11 +153,11 @@ def test_ingest_stats_export_of_the_shared_dataset(tmp_path):
     assert len(list((out / "data").glob("chunk-*/episode_*.parquet"))) == 5
 
 
-def test_ingest_refuses_a_broken_dataset_and_stores_nothing(tmp_path):
+def test_ingest_refuses_a_broken_dataset_and_stores_nothing(tmp_path, shared_dataset):
     import shutil
 
     broken = tmp_path / "broken"
-    shutil.copytree(SHARED_DATASET, broken)
+    shutil.copytree(shared_dataset, broken)
     (broken / "meta" / "modality.json").unlink()
     run_dir = str(tmp_path / "run")
     result = run_cli("ingest", str(broken), "--embodiment", "gr1", "--run-dir", run_dir)
@@ -169,5 +166,5 @@ def test_ingest_refuses_a_broken_dataset_and_stores_nothing(tmp_path):
     stats = json.loads(run_cli("replay", "stats", "--run-dir", run_dir, "--json").stdout)
     assert all(row["episodes"] == 0 for row in stats.values())
 
-    unknown = run_cli("ingest", str(SHARED_DATASET), "--embodiment", "gr9", "--run-dir", run_dir)
+    unknown = run_cli("ingest", str(shared_dataset), "--embodiment", "gr9", "--run-dir", run_dir)
     assert unknown.returncode == 1 and "unknown embodiment tag 'gr9'" in unknown.stderr

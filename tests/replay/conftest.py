@@ -46,25 +46,15 @@ def make_episode() -> Callable[..., Episode]:
     return make
 
 
-SHARED_DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "gr1_pick_place"
-"""The shared GR-1 pick-and-place dataset (LeRobot v2.0, GR00T layout); read-only."""
-
-
 @pytest.fixture
-def shared_dataset() -> Path:
-    """Path of the shared GR-1 pick-and-place dataset."""
-    return SHARED_DATASET
-
-
-@pytest.fixture
-def copy_dataset(tmp_path: Path) -> Callable[..., Path]:
+def copy_dataset(tmp_path: Path, shared_dataset: Path) -> Callable[..., Path]:
     """Factory copying the shared dataset's meta files and the given episodes into
     tmp_path (writable copies; episodes.jsonl lists only those episodes)."""
 
     def copy(episodes: tuple[int, ...] = (4,), name: str = "gr1_copy") -> Path:
         root = tmp_path / name
         (root / "meta").mkdir(parents=True)
-        for src in (SHARED_DATASET / "meta").iterdir():
+        for src in (shared_dataset / "meta").iterdir():
             shutil.copyfile(src, root / "meta" / src.name)
         listing = root / "meta/episodes.jsonl"
         rows = [json.loads(line) for line in listing.read_text().splitlines()]
@@ -73,10 +63,10 @@ def copy_dataset(tmp_path: Path) -> Callable[..., Path]:
         )
         for index in episodes:
             for src in (
-                SHARED_DATASET / f"data/chunk-000/episode_{index:06d}.parquet",
-                *SHARED_DATASET.glob(f"videos/chunk-000/*/episode_{index:06d}.mp4"),
+                shared_dataset / f"data/chunk-000/episode_{index:06d}.parquet",
+                *shared_dataset.glob(f"videos/chunk-000/*/episode_{index:06d}.mp4"),
             ):
-                dest = root / src.relative_to(SHARED_DATASET)
+                dest = root / src.relative_to(shared_dataset)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dest)
         return root

@@ -17,11 +17,8 @@ from fleetloop.system import (
     model_preset,
 )
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "gr00t_n1_2b_state_dict.json"
-
-
-def test_every_reference_tensor_maps_to_a_parameter_of_its_shape():
-    reference = json.loads(REFERENCE.read_text())["params"]
+def test_every_reference_tensor_maps_to_a_parameter_of_its_shape(gr00t_reference):
+    reference = gr00t_reference
     config = model_preset("n1-2b")
     names = gr00t_name_map(config)
     with torch.device("meta"):

@@ -4,9 +4,7 @@ For every reference name whose layer indices exist in the tiny model, the tiny m
 tensor of that name with the same number of dims.
 """
 
-import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +12,6 @@ import torch
 from fleetloop.system import DualSystemPolicy, gr00t_name_map, model_preset
 from fleetloop.system.normalization import statistics_buffers
 
-# shared/ sits beside the project root (see the README of ../shared).
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "gr00t_n1_2b_state_dict.json"
 LAYER_LISTS = {
     "vision_model.encoder.layers": lambda c: c.vision.num_layers,
     "language_model.model.layers": lambda c: c.llm.select_layer,
@@ -24,9 +20,8 @@ LAYER_LISTS = {
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict[str, list]:
-    assert REFERENCE.exists(), f"GR00T reference state_dict listing not found at {REFERENCE}"
-    return json.loads(REFERENCE.read_text())["params"]
+def reference(gr00t_reference) -> dict[str, list]:
+    return gr00t_reference
 
 
 def _built_in_tiny(name: str, config) -> bool:

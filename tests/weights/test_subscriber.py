@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.learner.publisher import WeightPublisher, WeightServicer
-from fleetloop.protos import weights_pb2, weights_pb2_grpc
+from fleetloop.protos import weights_pb2_grpc
 
 pytestmark = pytest.mark.timeout(30)
 
