@@ -1,23 +1,27 @@
 """WeightSubscriber: keeps an actor's weights current from the learner's WeightService.
 
-A daemon thread watches for new versions, pulls each newer one in full, checks every tensor's
-length and sha256 and the manifest checksum, and only then hands the tensors to ``on_version``;
-a version that arrives cut off or corrupt is discarded and counted, never partly applied. After
-``on_version`` returns, the subscriber reports the applied version to the publisher. When the
-server is unreachable or a stream breaks, it reconnects with exponential backoff.
-"""
+A daemon thread watches for new versions and pulls each newer one as a delta on the version it
+holds: the publisher sends only tensors whose sha256 changed, the rest are taken from the held
+tensors. Every tensor's length and sha256 and the manifest checksum are checked before the full
+state dict goes to ``on_version``; a version that arrives corrupt is discarded and counted, never
+partly applied. The intact tensors of a pull that broke off are kept, and the next pull of that
+version asks only for the rest. After ``on_version`` returns, the subscriber reports the applied
+version. When the server is unreachable or a stream breaks, it reconnects with exponential backoff."""
 
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 import torch
 from prometheus_client import Counter
 
 from fleetloop.protos import codec, weights_pb2, weights_pb2_grpc
+from fleetloop.protos.security import TlsConfig, open_channel
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,8 @@ _CHANNEL_KEEPALIVE_OPTIONS = [
 ]
 
 OnVersion = Callable[[int, dict[str, torch.Tensor]], None]
-"""Called as ``on_version(version, tensors)`` with a complete, verified state dict."""
+"""Called as ``on_version(version, tensors)`` with a complete, verified state dict. The tensors are
+shared with the subscriber's delta base: read them (e.g. ``load_state_dict``), never modify them in place."""
 
 
 class RejectedVersion(Exception):
@@ -60,6 +65,8 @@ class WeightSubscriber:
         max_message_bytes: Largest message accepted; must exceed the publisher's chunk size.
         backoff_initial_s: First reconnect delay; doubles per failure up to ``backoff_max_s``.
         backoff_max_s: Longest reconnect delay.
+        tls: Connect over TLS (with a client certificate for mutual TLS); plaintext when None.
+        token: Bearer token sent on every call, when the publisher requires one.
     """
 
     def __init__(
@@ -73,6 +80,8 @@ class WeightSubscriber:
         max_message_bytes: int = 16 << 20,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
     ):
         if not subscriber_id:
             raise ValueError("subscriber_id must be non-empty")
@@ -91,6 +100,8 @@ class WeightSubscriber:
         self.max_message_bytes = max_message_bytes
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.tls = tls
+        self._token = token
         self._on_version = on_version
         self._applied = known_version
         self._announced = known_version
@@ -98,6 +109,8 @@ class WeightSubscriber:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._channel: grpc.Channel | None = None
+        self._held: _Held | None = None
+        self._partial: _Partial | None = None
 
     @property
     def applied_version(self) -> int:
@@ -120,8 +133,10 @@ class WeightSubscriber:
             raise RuntimeError("WeightSubscriber already started")
         self._stop.clear()
         reconnect_ms = int(self.backoff_initial_s * 1000)
-        self._channel = grpc.insecure_channel(
+        self._channel = open_channel(
             self.target,
+            tls=self.tls,
+            token=self._token,
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", _MAX_REQUEST_BYTES),
@@ -181,31 +196,43 @@ class WeightSubscriber:
             backoff = min(backoff * 2, self.backoff_max_s)
 
     def _pull_and_apply(self, stub: weights_pb2_grpc.WeightServiceStub, notice: weights_pb2.VersionNotice) -> None:
-        """Pull ``notice.version``, verify it, apply it and report it.
+        """Pull ``notice.version`` (as a delta on the held version, resuming an interrupted pull),
+        verify it, apply it and report it.
 
         Raises:
-            RejectedVersion: the version arrived incomplete or corrupt (nothing was applied).
+            RejectedVersion: the version arrived incomplete or corrupt (nothing was applied); the
+                intact tensors of a truncated pull are kept for the next attempt.
             grpc.RpcError: the pull failed before any data arrived.
         """
         version = notice.version
-        request = weights_pb2.PullRequest(subscriber_id=self.subscriber_id, version=version)
+        partial = self._partial
+        done = dict(partial.tensors) if partial and partial.key == (version, notice.manifest_sha256) else {}
+        held = self._held
+        request = weights_pb2.PullRequest(subscriber_id=self.subscriber_id, version=version,
+                                          base_version=held.version if held else 0, have_tensors=sorted(done))
         call = stub.PullVersion(request, timeout=self.pull_timeout_s)
         try:
-            tensors = _assemble(call, notice)
+            metas, tensors = _assemble(call, notice, held, done)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
             logger.info("weight subscriber %r: version %d already evicted, waiting for a newer one",
                         self.subscriber_id, version)
             return
+        except RejectedVersion as exc:
+            keep = exc.reason == "truncated" and done
+            self._partial = _Partial((version, notice.manifest_sha256), done) if keep else None
+            raise
         finally:
             call.cancel()
+        self._partial = None
         try:
-            self._on_version(version, tensors)
+            self._on_version(version, dict(tensors))
         except Exception:
             logger.exception("weight subscriber %r: on_version(%d) failed; keeping version %d",
                              self.subscriber_id, version, self._applied)
             return
+        self._held = _Held(version, {meta.name: meta for meta in metas}, tensors)
         with self._applied_cond:
             self._applied = version
             self._applied_cond.notify_all()
@@ -224,9 +251,16 @@ class WeightSubscriber:
 
 
 def _assemble(
-    stream: Iterable[weights_pb2.WeightChunk], notice: weights_pb2.VersionNotice
-) -> dict[str, torch.Tensor]:
-    """Collect one PullVersion stream into tensors, verifying it against its manifest and ``notice``.
+    stream: Iterable[weights_pb2.WeightChunk],
+    notice: weights_pb2.VersionNotice,
+    held: "_Held | None",
+    done: dict[int, torch.Tensor],
+) -> tuple[list[weights_pb2.TensorMeta], dict[str, torch.Tensor]]:
+    """Collect one PullVersion stream into the version's metadata and full tensors, verifying it.
+
+    Tensors marked ``from_base`` come from ``held``, ``resumed`` ones from ``done``; every tensor that
+    arrives whole and matches its sha256 is added to ``done`` (index -> tensor) at once, so a caller
+    can resume a truncated pull.
 
     Raises:
         RejectedVersion: anything is missing, out of order, mis-sized or fails a checksum, or the
@@ -244,50 +278,103 @@ def _assemble(
         raise RejectedVersion("malformed", f"asked for version {version}, got a manifest of {manifest.version}")
     if len({meta.name for meta in metas}) != len(metas):
         raise RejectedVersion("malformed", f"version {version}: manifest repeats a tensor name")
+    digest = codec.manifest_sha256(manifest.version, metas)
+    if digest != notice.manifest_sha256:
+        raise RejectedVersion("checksum", f"version {version}: manifest sha256 {digest} does not match the notice")
     try:
         sizes = [codec.expected_nbytes(meta) for meta in metas]
     except codec.CodecError as exc:
         raise RejectedVersion("malformed", f"version {version}: {exc}") from exc
     if sum(sizes) != manifest.total_bytes:
         raise RejectedVersion("size", f"version {version}: tensor sizes do not add up to total_bytes")
+    _take_unsent(manifest, metas, held, done)
 
-    buffers = [bytearray(size) for size in sizes]
+    parts: dict[int, list[bytes]] = {}
     filled = [0] * len(metas)
     trailer = None
-    try:
-        for message in messages:
-            kind = message.WhichOneof("kind")
-            if trailer is not None or kind == "manifest":
-                raise RejectedVersion("malformed", f"version {version}: unexpected {kind} message")
-            if kind == "trailer":
-                trailer = message.trailer
-                continue
-            chunk = message.tensor_chunk
-            if chunk.tensor_index >= len(metas):
-                raise RejectedVersion("malformed", f"version {version}: chunk for unknown tensor {chunk.tensor_index}")
-            index, end = chunk.tensor_index, chunk.offset + len(chunk.data)
-            name = metas[index].name
-            if chunk.offset != filled[index]:
-                raise RejectedVersion("size", f"tensor {name!r}: chunk at byte {chunk.offset}, expected {filled[index]}")
-            if end > sizes[index]:
-                raise RejectedVersion("size", f"tensor {name!r}: chunk ends at byte {end}, past nbytes {sizes[index]}")
-            buffers[index][chunk.offset : end] = chunk.data
-            filled[index] = end
-    except grpc.RpcError as exc:
-        raise RejectedVersion("truncated", f"version {version}: stream broke off ({exc.code().name})") from exc
+    pending: dict[int, futures.Future] = {}
+    # Tensors are joined and checksummed on a second thread (hashlib releases the GIL) while chunks arrive.
+    with futures.ThreadPoolExecutor(1, thread_name_prefix="weight-verify") as verifier:
+        try:
+            for message in messages:
+                kind = message.WhichOneof("kind")
+                if trailer is not None or kind == "manifest":
+                    raise RejectedVersion("malformed", f"version {version}: unexpected {kind} message")
+                if kind == "trailer":
+                    trailer = message.trailer
+                    continue
+                chunk = message.tensor_chunk
+                index, data = chunk.tensor_index, chunk.data
+                end = chunk.offset + len(data)
+                if index >= len(metas) or index in done or index in pending:
+                    raise RejectedVersion("malformed", f"version {version}: unexpected chunk for tensor {index}")
+                name = metas[index].name
+                if chunk.offset != filled[index]:
+                    raise RejectedVersion("size", f"tensor {name!r}: chunk at byte {chunk.offset}, expected {filled[index]}")
+                if end > sizes[index]:
+                    raise RejectedVersion("size", f"tensor {name!r}: chunk ends at byte {end}, past nbytes {sizes[index]}")
+                parts.setdefault(index, []).append(data)
+                filled[index] = end
+                if end == sizes[index]:
+                    pending[index] = verifier.submit(_decode, metas[index], parts.pop(index))
+        except grpc.RpcError as exc:
+            raise RejectedVersion("truncated", f"version {version}: stream broke off ({exc.code().name})") from exc
+        finally:
+            for index, verified in pending.items():
+                done[index] = verified.result()
     if trailer is None:
         raise RejectedVersion("truncated", f"version {version}: stream ended without a trailer")
-    for meta, size, got in zip(metas, sizes, filled):
-        if got != size:
-            raise RejectedVersion("truncated", f"tensor {meta.name!r}: got {got} of {size} bytes")
+    if trailer.version != version or trailer.manifest_sha256 != digest:
+        raise RejectedVersion("checksum", f"version {version}: trailer does not match the manifest")
+    for index, (meta, size) in enumerate(zip(metas, sizes)):
+        if index not in done:
+            if filled[index] != size:
+                raise RejectedVersion("truncated", f"tensor {meta.name!r}: got {filled[index]} of {size} bytes")
+            done[index] = _decode(meta, [])
+    return metas, {meta.name: done[index] for index, meta in enumerate(metas)}
 
-    digest = codec.manifest_sha256(manifest.version, metas)
-    if trailer.version != version or not digest == trailer.manifest_sha256 == notice.manifest_sha256:
-        raise RejectedVersion("checksum", f"version {version}: manifest sha256 {digest} does not match trailer/notice")
-    tensors = {}
-    for meta, buffer in zip(metas, buffers):
-        try:
-            tensors[meta.name] = codec.decode_tensor(meta, buffer)
-        except codec.CodecError as exc:
-            raise RejectedVersion("checksum", str(exc)) from exc
-    return tensors
+
+def _take_unsent(
+    manifest: weights_pb2.Manifest, metas: list[weights_pb2.TensorMeta], held: "_Held | None",
+    done: dict[int, torch.Tensor],
+) -> None:
+    """Put the tensors the manifest marks as not sent into ``done``: ``from_base`` ones from ``held``
+    (which must be that base and hold identical metadata), ``resumed`` ones must be in ``done``.
+
+    Raises:
+        RejectedVersion: a tensor marked as not sent is not available here.
+    """
+    for index in manifest.from_base:
+        meta = metas[index] if index < len(metas) else None
+        if meta is None or held is None or held.version != manifest.base_version or held.metas.get(meta.name) != meta:
+            raise RejectedVersion("malformed", f"version {manifest.version}: tensor {index} marked unchanged since "
+                                               f"version {manifest.base_version}, which this subscriber does not hold")
+        done[index] = held.tensors[meta.name]
+    missing = [index for index in manifest.resumed if index not in done]
+    if missing:
+        raise RejectedVersion("malformed", f"version {manifest.version}: tensors {missing} marked resumed are not held")
+
+
+def _decode(meta: weights_pb2.TensorMeta, parts: list[bytes]) -> torch.Tensor:
+    """Join a tensor's chunks and decode them, checking length and sha256."""
+    try:
+        return codec.decode_tensor(meta, bytearray().join(parts))
+    except codec.CodecError as exc:
+        raise RejectedVersion("checksum", str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The last applied full version: the base of delta pulls."""
+
+    version: int
+    metas: dict[str, weights_pb2.TensorMeta]
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Partial:
+    """Intact tensors of an interrupted pull, keyed by (version, manifest sha256)."""
+
+    key: tuple[int, str]
+    tensors: dict[int, torch.Tensor]

@@ -1,11 +1,13 @@
 """WeightPublisher: serves versioned weights to subscribers over the gRPC WeightService.
 
 The learner calls ``publish(state_dict)``; the publisher snapshots the tensors into a
-*PublishedVersion* (metadata, raw bytes, manifest checksum), keeps the newest few, and wakes
-the watch streams. Serving, chunking and slow subscribers never hold up ``publish``: it only
-swaps in the new version under a lock and notifies. Subscribers report the version they
-applied, which feeds the subscriber count and the propagation histogram.
-"""
+*PublishedVersion* (metadata with per-tensor sha256, the tensor chunks serialized once for all
+subscribers, manifest checksum), keeps the newest few, and wakes the watch streams. Serving,
+chunking and slow subscribers never hold up ``publish``: it only swaps in the new version under a
+lock and notifies. A pull against a held base version sends only tensors whose checksum changed,
+and skips tensors a resuming subscriber already holds. Subscribers report the version they
+applied, which feeds the subscriber count and the propagation histogram. The server also answers
+gRPC health checks and, when configured, requires TLS and a bearer token (``protos/security.py``)."""
 
 import logging
 import threading
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 
 import grpc
 import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from fleetloop.protos import codec, weights_pb2, weights_pb2_grpc
+from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,10 @@ PROPAGATION_SECONDS = Histogram(
     "Time from publish to a subscriber's applied report, measured on the publisher's clock.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+
+SERVICE_NAME = weights_pb2.DESCRIPTOR.services_by_name["WeightService"].full_name
+HEALTH_SERVICES = ("", SERVICE_NAME)
+"""Names the health service reports SERVING while the publisher runs ("" is the whole server)."""
 
 SUBSCRIBER_ACTIVE_SECONDS = 60.0
 """A subscriber counts as active if it reported within this window."""
@@ -59,7 +67,8 @@ class PublishedVersion:
 
     version: int
     tensors: list[weights_pb2.TensorMeta]
-    blobs: list[bytes]
+    chunks: list[list[bytes]]
+    """Per tensor, its serialized WeightChunk messages: encoded once, streamed to every subscriber."""
     total_bytes: int
     manifest_sha256: str
     published_unix_ms: int
@@ -114,8 +123,13 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"{what} is not held by the weight publisher (held versions: {held or 'none'})",
             )
-        logger.debug("subscriber %r pulling version %d", request.subscriber_id, snapshot.version)
-        yield from _chunks(snapshot, self._publisher.chunk_bytes)
+        base = self._publisher._lookup(request.base_version) if request.base_version else None
+        if base is not None and base.version >= snapshot.version:
+            base = None
+        resumed = sorted({i for i in request.have_tensors if i < len(snapshot.tensors)})
+        logger.debug("subscriber %r pulling version %d (base %s, resuming %d tensors)", request.subscriber_id,
+                     snapshot.version, base.version if base else "none", len(resumed))
+        yield from _chunks(snapshot, base, resumed)
 
     def ReportApplied(self, request: weights_pb2.AppliedReport, context: grpc.ServicerContext):
         if not request.subscriber_id or request.version == 0:
@@ -124,24 +138,54 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
         return weights_pb2.Ack()
 
 
-def _chunks(snapshot: PublishedVersion, chunk_bytes: int) -> Iterator[weights_pb2.WeightChunk]:
-    """Manifest, then each tensor's bytes in slices of at most ``chunk_bytes``, then the trailer."""
+def unchanged_tensors(snapshot: PublishedVersion, base: PublishedVersion) -> list[int]:
+    """Indices of ``snapshot``'s tensors that ``base`` holds with the same name, dtype, shape and sha256."""
+    held = {meta.name: meta for meta in base.tensors}
+    return [index for index, meta in enumerate(snapshot.tensors) if held.get(meta.name) == meta]
+
+
+def _chunks(
+    snapshot: PublishedVersion, base: PublishedVersion | None, resumed: list[int]
+) -> Iterator[weights_pb2.WeightChunk | bytes]:
+    """Manifest, then the pre-serialized chunks of each tensor neither unchanged since ``base`` nor
+    ``resumed``, then the trailer."""
+    from_base = unchanged_tensors(snapshot, base) if base is not None else []
     yield weights_pb2.WeightChunk(
         manifest=weights_pb2.Manifest(
-            version=snapshot.version, tensors=snapshot.tensors, total_bytes=snapshot.total_bytes
+            version=snapshot.version, tensors=snapshot.tensors, total_bytes=snapshot.total_bytes,
+            base_version=base.version if base is not None else 0, from_base=from_base, resumed=resumed,
         )
     )
-    for index, blob in enumerate(snapshot.blobs):
-        view = memoryview(blob)
-        for offset in range(0, len(blob), chunk_bytes):
-            data = bytes(view[offset : offset + chunk_bytes])
-            yield weights_pb2.WeightChunk(
-                tensor_chunk=weights_pb2.TensorChunk(tensor_index=index, offset=offset, data=data)
-            )
-            BYTES_SENT.inc(len(data))
+    skipped = set(from_base) | set(resumed)
+    for index, (meta, chunks) in enumerate(zip(snapshot.tensors, snapshot.chunks)):
+        if index not in skipped:
+            yield from chunks
+            BYTES_SENT.inc(meta.nbytes)
     yield weights_pb2.WeightChunk(
         trailer=weights_pb2.Trailer(version=snapshot.version, manifest_sha256=snapshot.manifest_sha256)
     )
+
+
+def _serialize(message: weights_pb2.WeightChunk | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_servicer_to_server(servicer: WeightServicer, server: grpc.Server) -> None:
+    """Register ``servicer`` like the generated ``add_WeightServiceServicer_to_server``, except that
+    PullVersion may also yield WeightChunk messages serialized in advance."""
+    handlers = {
+        "WatchVersions": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchVersions, request_deserializer=weights_pb2.WatchRequest.FromString,
+            response_serializer=weights_pb2.VersionNotice.SerializeToString),
+        "PullVersion": grpc.unary_stream_rpc_method_handler(
+            servicer.PullVersion, request_deserializer=weights_pb2.PullRequest.FromString,
+            response_serializer=_serialize),
+        "ReportApplied": grpc.unary_unary_rpc_method_handler(
+            servicer.ReportApplied, request_deserializer=weights_pb2.AppliedReport.FromString,
+            response_serializer=weights_pb2.Ack.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class WeightPublisher:
@@ -154,7 +198,9 @@ class WeightPublisher:
         keep_versions: Versions held for pulling; older ones answer NOT_FOUND.
         max_message_bytes: Largest message the server sends; must exceed ``chunk_bytes``.
         max_watchers: Concurrent watch streams served; each holds one worker thread.
-        pull_workers: Extra worker threads for pulls and reports, so watchers cannot starve them.
+        pull_workers: Extra worker threads for pulls, reports and health checks, so watchers cannot starve them.
+        tls: Serve over TLS (mutual when ``tls.require_client_auth``); plaintext when None.
+        token: Bearer token every WeightService call must carry; none required when None.
     """
 
     def __init__(
@@ -166,6 +212,8 @@ class WeightPublisher:
         max_message_bytes: int = 4 << 20,
         max_watchers: int = 64,
         pull_workers: int = 16,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
     ):
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
@@ -185,6 +233,11 @@ class WeightPublisher:
         self.max_message_bytes = max_message_bytes
         self.max_watchers = max_watchers
         self.pull_workers = pull_workers
+        self.tls = tls
+        self._interceptors = [TokenAuthInterceptor(token)] if token else []
+        if tls is not None:
+            tls.server_credentials()  # fail here, not at start, on incomplete TLS material
+        self._health: health.HealthServicer | None = None
         self._cond = threading.Condition()
         self._versions: OrderedDict[int, PublishedVersion] = OrderedDict()
         self._latest: PublishedVersion | None = None
@@ -214,12 +267,18 @@ class WeightPublisher:
                 *_SERVER_KEEPALIVE_OPTIONS,
             ],
             maximum_concurrent_rpcs=workers,
+            interceptors=self._interceptors,
         )
-        weights_pb2_grpc.add_WeightServiceServicer_to_server(WeightServicer(self), server)
+        add_servicer_to_server(WeightServicer(self), server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = _address(self.host, self.port)
         failure = f"weight service cannot bind {address}: port in use or address unavailable"
         try:
-            bound = server.add_insecure_port(address)
+            if self.tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, self.tls.server_credentials())
         except RuntimeError as exc:
             server.stop(None)
             raise OSError(failure) from exc
@@ -229,10 +288,14 @@ class WeightPublisher:
         with self._cond:
             self._stopping = False
         server.start()
+        for service in HEALTH_SERVICES:
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self.port = bound
         SUBSCRIBERS.set_function(self.active_subscribers)
-        logger.info("weight service listening on %s", _address(self.host, bound))
+        logger.info("weight service listening on %s (%s, %s)", _address(self.host, bound),
+                    "plaintext" if self.tls is None else "mutual TLS" if self.tls.require_client_auth else "TLS",
+                    "bearer token" if self._interceptors else "no token")
         return bound
 
     def stop(self, grace: float | None = 1.0) -> None:
@@ -242,6 +305,7 @@ class WeightPublisher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self._server = None
         logger.info("weight service on %s stopped", _address(self.host, self.port))
@@ -265,14 +329,15 @@ class WeightPublisher:
         started = time.perf_counter()
         self._check_version(version)
         tensors, blobs = codec.encode_state_dict(state_dict)
+        chunks = [codec.encode_chunks(index, blob, self.chunk_bytes) for index, blob in enumerate(blobs)]
         with self._cond:
             self._check_version(version)
             number = version if version is not None else self.latest_version + 1
             snapshot = PublishedVersion(
                 version=number,
                 tensors=tensors,
-                blobs=blobs,
-                total_bytes=sum(len(b) for b in blobs),
+                chunks=chunks,
+                total_bytes=sum(meta.nbytes for meta in tensors),
                 manifest_sha256=codec.manifest_sha256(number, tensors),
                 published_unix_ms=time.time_ns() // 1_000_000,
                 published_monotonic=time.monotonic(),

@@ -103,6 +103,19 @@ def encode_state_dict(
     return metas, blobs
 
 
+def encode_chunks(index: int, blob: bytes, chunk_bytes: int) -> list[bytes]:
+    """Tensor ``index``'s bytes as serialized WeightChunk messages of at most ``chunk_bytes`` data each."""
+    view = memoryview(blob)
+    return [
+        weights_pb2.WeightChunk(
+            tensor_chunk=weights_pb2.TensorChunk(
+                tensor_index=index, offset=offset, data=bytes(view[offset : offset + chunk_bytes])
+            )
+        ).SerializeToString()
+        for offset in range(0, len(blob), chunk_bytes)
+    ]
+
+
 def expected_nbytes(meta: weights_pb2.TensorMeta) -> int:
     """Byte length implied by ``meta``'s dtype and shape.
 

@@ -29,12 +29,16 @@ class VersionNotice(_message.Message):
     def __init__(self, version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., manifest_sha256: _Optional[str] = ..., published_unix_ms: _Optional[int] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("subscriber_id", "version")
+    __slots__ = ("subscriber_id", "version", "base_version", "have_tensors")
     SUBSCRIBER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HAVE_TENSORS_FIELD_NUMBER: _ClassVar[int]
     subscriber_id: str
     version: int
-    def __init__(self, subscriber_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    base_version: int
+    have_tensors: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, subscriber_id: _Optional[str] = ..., version: _Optional[int] = ..., base_version: _Optional[int] = ..., have_tensors: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
     __slots__ = ("name", "dtype", "shape", "nbytes", "sha256")
@@ -51,14 +55,20 @@ class TensorMeta(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., nbytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("version", "tensors", "total_bytes")
+    __slots__ = ("version", "tensors", "total_bytes", "base_version", "from_base", "resumed")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FROM_BASE_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorMeta]
     total_bytes: int
-    def __init__(self, version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    base_version: int
+    from_base: _containers.RepeatedScalarFieldContainer[int]
+    resumed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., total_bytes: _Optional[int] = ..., base_version: _Optional[int] = ..., from_base: _Optional[_Iterable[int]] = ..., resumed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
     __slots__ = ("tensor_index", "offset", "data")

@@ -64,7 +64,9 @@ class WeightServiceServicer:
 
     def PullVersion(self, request, context):
         """Streams one version: a Manifest, then TensorChunks, then a Trailer. NOT_FOUND if the version
-        is no longer held (the publisher keeps only the last few).
+        is no longer held (the publisher keeps only the last few). Tensors the subscriber can take from
+        base_version (same name, dtype, shape and sha256) or already holds (have_tensors) are listed in
+        the manifest but their bytes are not sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,6 +1,5 @@
 """WeightSubscriber end to end against real WeightService servers on 127.0.0.1."""
 
-import threading
 import time
 from concurrent import futures
 
@@ -10,55 +9,11 @@ import torch
 from prometheus_client import REGISTRY
 
 from fleetloop.actors.subscriber import WeightSubscriber
-from fleetloop.learner.publisher import WeightPublisher, WeightServicer
-from fleetloop.protos import weights_pb2_grpc
+from fleetloop.learner.publisher import WeightPublisher, WeightServicer, add_servicer_to_server
+from tests.weights.conftest import WAIT_S
+from fleetloop.protos import weights_pb2
 
 pytestmark = pytest.mark.timeout(30)
-
-WAIT_S = 10.0
-
-
-class Recorder:
-    """on_version callback that keeps every applied version."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.applied: list[tuple[int, dict[str, torch.Tensor]]] = []
-
-    def __call__(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
-        with self.lock:
-            self.applied.append((version, tensors))
-
-    @property
-    def versions(self) -> list[int]:
-        with self.lock:
-            return [version for version, _ in self.applied]
-
-
-@pytest.fixture
-def publisher():
-    pub = WeightPublisher(chunk_bytes=4096, max_message_bytes=1 << 20)
-    pub.start()
-    yield pub
-    pub.stop(grace=None)
-
-
-@pytest.fixture
-def subscribe():
-    """Factory for started subscribers with fast reconnects; all are stopped at teardown."""
-    subscribers = []
-
-    def make(port: int, subscriber_id: str = "actor-0", **kwargs) -> tuple[WeightSubscriber, Recorder]:
-        recorder = Recorder()
-        sub = WeightSubscriber(f"127.0.0.1:{port}", subscriber_id, recorder, timeout_s=2.0, pull_timeout_s=10.0,
-                               backoff_initial_s=0.05, backoff_max_s=0.3, **kwargs)
-        sub.start()
-        subscribers.append(sub)
-        return sub, recorder
-
-    yield make
-    for sub in subscribers:
-        sub.stop()
 
 
 def _state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -146,6 +101,12 @@ def test_known_version_is_not_pulled_again(publisher, subscribe):
     assert recorder.versions == [2]
 
 
+def _parsed(messages):
+    """The servicer's PullVersion stream as WeightChunk messages (tensor chunks come pre-serialized)."""
+    for message in messages:
+        yield weights_pb2.WeightChunk.FromString(message) if isinstance(message, bytes) else message
+
+
 class FaultyServicer(WeightServicer):
     """The real servicer, except that from version 2 on it damages the pull stream as ``fault`` says."""
 
@@ -155,7 +116,7 @@ class FaultyServicer(WeightServicer):
 
     def PullVersion(self, request, context):
         damaged = False
-        for message in super().PullVersion(request, context):
+        for message in _parsed(super().PullVersion(request, context)):
             if message.WhichOneof("kind") == "tensor_chunk" and request.version >= 2 and not damaged:
                 damaged = True
                 if self.fault == "flip_byte":
@@ -174,7 +135,7 @@ class FaultyServicer(WeightServicer):
 def test_damaged_version_is_rejected_and_old_one_kept(subscribe, fault, reason):
     pub = WeightPublisher(chunk_bytes=64)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    weights_pb2_grpc.add_WeightServiceServicer_to_server(FaultyServicer(pub, fault), server)
+    add_servicer_to_server(FaultyServicer(pub, fault), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
