@@ -81,7 +81,9 @@ class EnvActor:
         base = cfg.metrics.actor_base_port
         self._metrics_server, _ = prom.start_http_server(base + actor_index if base else 0, addr=cfg.metrics.host)
         self.metrics_port = self._metrics_server.server_port
-        self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self._apply_weights)
+        tls, token = cfg.weights.credentials()
+        self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self._apply_weights, tls=tls,
+                                           token=token)
         self.subscriber.start()
 
     # -- weights ---------------------------------------------------------------------------

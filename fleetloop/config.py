@@ -96,8 +96,11 @@ class ReplaySection(_Section):
 
 class LearnerSection(_Section):
     steps_per_round: int = Field(250, ge=1, description="Optimizer steps in each round.")
-    batch_size: int = Field(32, ge=1, description="Windows per optimizer step (one rank).")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(32, ge=1, description="Windows per micro-batch (one rank).")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step (gradient accumulation).")
+    lr: float = Field(3e-4, gt=0, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(50, ge=0, description="Optimizer steps of linear learning-rate warm-up.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio after the run's last step.")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clipping.")
     zero_stage: Literal[1, 2] = Field(1, description="DeepSpeed ZeRO stage.")
@@ -116,6 +119,35 @@ class WeightsSection(_Section):
     port: int = Field(50051, ge=0, le=65535, description="WeightService port (0 = any free port).")
     chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Bytes per streamed weight chunk.")
     keep_versions: int = Field(2, ge=1, description="Published versions held for pulls.")
+    token_file: str | None = Field(None, description="File holding the bearer token every WeightService call must carry (None: no token).")
+    tls_ca_file: str | None = Field(None, description="PEM CA that verifies the peer; setting it turns TLS on (needs tls_cert_file and tls_key_file).")
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain of this role (the server's; a client's for mutual TLS).")
+    tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_require_client_auth: bool = Field(False, description="Mutual TLS: the server rejects clients without a certificate signed by tls_ca_file.")
+    tls_server_name: str | None = Field(None, description="Name clients verify in the server certificate instead of the target host.")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> "WeightsSection":
+        files = {"tls_ca_file": self.tls_ca_file, "tls_cert_file": self.tls_cert_file, "tls_key_file": self.tls_key_file}
+        if any(files.values()) and not all(files.values()):
+            missing = sorted(name for name, value in files.items() if not value)
+            raise ValueError(f"TLS needs tls_ca_file, tls_cert_file and tls_key_file together; missing {missing}")
+        for name, value in {**files, "token_file": self.token_file}.items():
+            if value and not Path(value).is_file():
+                raise ValueError(f"{name}: {value} is not a readable file")
+        return self
+
+    def credentials(self):
+        """(TlsConfig | None, token | None) for the WeightService server and its subscribers."""
+        from fleetloop.protos.security import TlsConfig  # grpc: import on use
+
+        tls = None
+        if self.tls_ca_file:
+            tls = TlsConfig.from_files(self.tls_ca_file, self.tls_cert_file, self.tls_key_file,
+                                       require_client_auth=self.tls_require_client_auth,
+                                       server_name=self.tls_server_name)
+        token = Path(self.token_file).read_text().strip() if self.token_file else None
+        return tls, token
 
 
 class DaggerSection(_Section):
@@ -163,6 +195,11 @@ class FleetloopConfig(_Section):
                 f"learner.steps_per_round ({self.learner.steps_per_round})"
             )
         return self
+
+    @property
+    def total_learner_steps(self) -> int:
+        """Derived: optimizer steps of the whole run (run.rounds x learner.steps_per_round)."""
+        return self.run.rounds * self.learner.steps_per_round
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

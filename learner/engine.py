@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -53,12 +54,28 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
-def deepspeed_config(batch_size: int, grad_clip: float, zero_stage: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config derived from fleetloop's learner section (one rank)."""
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Learning-rate multiplier per optimizer step: linear warm-up to 1 over ``warmup_steps``,
+    then a cosine decay to ``min_ratio`` at ``total_steps`` (held there afterwards)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def deepspeed_config(batch_size: int, grad_clip: float, zero_stage: int, grad_accum_steps: int = 1) -> dict[str, Any]:
+    """The DeepSpeed JSON config derived from fleetloop's learner section (one rank).
+
+    bf16 autocast is on where the accelerator supports it (CUDA with bf16); fp32 elsewhere.
+    """
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return {
         "train_micro_batch_size_per_gpu": batch_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": grad_accum_steps,
         "gradient_clipping": grad_clip,
         "zero_optimization": {"stage": zero_stage},
         "zero_allow_untested_optimizer": True,
@@ -69,8 +86,10 @@ def deepspeed_config(batch_size: int, grad_clip: float, zero_stage: int) -> dict
 
 
 def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batch_size: int,
-                 grad_clip: float, zero_stage: int):
-    """Wrap ``model`` in a DeepSpeed engine with a torch AdamW optimizer.
+                 grad_clip: float, zero_stage: int, grad_accum_steps: int = 1, warmup_steps: int = 0,
+                 total_steps: int = 1, min_lr_ratio: float = 1.0):
+    """Wrap ``model`` in a DeepSpeed engine with a torch AdamW optimizer and a warm-up +
+    cosine schedule (``warmup_cosine``) that DeepSpeed steps at every optimizer step.
 
     Returns:
         The DeepSpeed engine (``engine.module`` is the model).
@@ -79,7 +98,8 @@ def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batc
 
     init_distributed()
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
-    config = deepspeed_config(batch_size, grad_clip, zero_stage)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio))
+    config = deepspeed_config(batch_size, grad_clip, zero_stage, grad_accum_steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     log.info("DeepSpeed engine ready: ZeRO stage %d, accelerator %s", zero_stage, os.environ.get("DS_ACCELERATOR", "auto"))
     return engine

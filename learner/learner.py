@@ -62,12 +62,16 @@ class Learner:
         model.set_gradient_checkpointing(lcfg.gradient_checkpointing)
         self.processor = Processor(self.model_cfg, tokenizer_dir=self.cfg.model.tokenizer_dir)
         self.engine = build_engine(model, lr=lcfg.lr, weight_decay=lcfg.weight_decay, batch_size=lcfg.batch_size,
-                                   grad_clip=lcfg.grad_clip, zero_stage=lcfg.zero_stage)
+                                   grad_clip=lcfg.grad_clip, zero_stage=lcfg.zero_stage,
+                                   grad_accum_steps=lcfg.grad_accum_steps, warmup_steps=lcfg.warmup_steps,
+                                   total_steps=cfg.total_learner_steps, min_lr_ratio=lcfg.min_lr_ratio)
         self.replay = ReplayClient(redis_url)
         self.sampler = WindowSampler(self.replay, dict(self.cfg.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
                                      seed=self.cfg.run.seed, refresh_s=self.cfg.replay.refresh_s)
+        tls, token = self.cfg.weights.credentials()
         self.publisher = WeightPublisher(host=self.cfg.weights.host, port=self.cfg.weights.port,
-                                         chunk_bytes=self.cfg.weights.chunk_bytes, keep_versions=self.cfg.weights.keep_versions)
+                                         chunk_bytes=self.cfg.weights.chunk_bytes, keep_versions=self.cfg.weights.keep_versions,
+                                         tls=tls, token=token)
         self.weights_port = self.publisher.start()
         self._metrics_server, _ = prom.start_http_server(self.cfg.metrics.learner_port, addr=self.cfg.metrics.host)
         self.metrics_port = self._metrics_server.server_port
@@ -107,18 +111,23 @@ class Learner:
         self.engine.train()
         losses = []
         for _ in range(steps):
-            wait_start = time.perf_counter()
-            batch, windows = self.prefetch.next()
-            step_start = time.perf_counter()
-            BATCH_WAIT.observe(step_start - wait_start)
+            # One optimizer step: grad_accum_steps micro-batches; DeepSpeed steps at the boundary.
+            step_start, waited, micro_losses, windows = time.perf_counter(), 0.0, [], []
+            for _ in range(self.cfg.learner.grad_accum_steps):
+                wait_start = time.perf_counter()
+                batch, micro_windows = self.prefetch.next()
+                waited += time.perf_counter() - wait_start
+                BATCH_WAIT.observe(time.perf_counter() - wait_start)
 
-            loss = self.engine(batch)["loss"]
-            self.engine.backward(loss)
-            self.engine.step()
+                loss = self.engine(batch)["loss"]
+                self.engine.backward(loss)
+                self.engine.step()
+                micro_losses.append(loss.item())
+                windows += micro_windows
             self.step += 1
 
-            elapsed = time.perf_counter() - step_start
-            losses.append(loss.item())
+            elapsed = time.perf_counter() - step_start - waited
+            losses.append(float(np.mean(micro_losses)))
             STEPS.inc()
             LOSS.set(losses[-1])
             STEP_SECONDS.observe(elapsed)

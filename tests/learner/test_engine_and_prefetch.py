@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fleetloop.learner.data import Prefetcher
-from fleetloop.learner.engine import build_engine, deepspeed_config, param_groups
+from fleetloop.learner.engine import build_engine, deepspeed_config, param_groups, warmup_cosine
 from fleetloop.replay import EmptyReplayError
 
 
@@ -70,6 +70,30 @@ def test_engine_trains(zero_stage):
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0]
     assert engine.global_steps == 100
+
+
+def test_warmup_then_cosine_to_the_floor():
+    factor = warmup_cosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert factor(0) == pytest.approx(0.1)
+    assert factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.55)
+    assert factor(110) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 120))
+    assert warmup_cosine(0, 10, 0.0)(0) == pytest.approx(1.0)
+
+
+def test_accumulation_steps_the_optimizer_and_schedule_once_per_boundary():
+    torch.manual_seed(0)
+    engine = build_engine(Regressor(), lr=0.01, weight_decay=0.0, batch_size=4, grad_clip=1.0, zero_stage=1,
+                          grad_accum_steps=2, warmup_steps=4, total_steps=20, min_lr_ratio=0.0)
+    x = torch.randn(4, 4)
+    batch = {"x": x, "y": x.sum(-1)}
+    for _ in range(6):
+        engine.backward(engine(batch)["loss"])
+        engine.step()
+    assert engine.global_steps == 3
+    assert engine.get_lr()[0] == pytest.approx(0.01 * warmup_cosine(4, 20, 0.0)(3))
 
 
 def test_prefetcher_serves_batches_in_order():

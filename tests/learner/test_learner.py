@@ -86,6 +86,19 @@ def test_training_moves_the_weights_and_exports_metrics(learner):
         assert series in body
 
 
+def test_gradient_accumulation_consumes_micro_batches(valkey, demos, tmp_path):
+    cfg = load_config("smoke", ["learner.batch_size=2", "learner.grad_accum_steps=3", "learner.warmup_steps=2"])
+    learner = Learner(cfg, str(tmp_path), valkey.url)
+    try:
+        learner.fit_normalization("pretrain", demos)
+        result = learner.train(2)
+        assert result["step"] == 2 and learner.engine.global_steps == 2
+        assert learner.engine.micro_steps == 6
+        assert learner.engine.get_lr()[0] == pytest.approx(cfg.learner.lr)  # warm-up done after 2 steps
+    finally:
+        learner.close()
+
+
 def test_freeze_flags_keep_frozen_parts_fixed(valkey, demos, tmp_path):
     cfg = load_config("smoke", ["learner.batch_size=4", "learner.tune_llm=false", "learner.tune_visual=false",
                                 "learner.gradient_checkpointing=true"])

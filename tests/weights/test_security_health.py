@@ -164,3 +164,28 @@ def test_subscriber_over_mutual_tls_with_token(pki):
 def test_incomplete_server_tls_is_refused_at_construction():
     with pytest.raises(ValueError, match="cert_chain and private_key"):
         WeightPublisher(tls=TlsConfig(ca_cert=b"x"))
+
+
+def test_config_files_give_a_working_mutual_tls_and_token_pair(pki, tmp_path):
+    from fleetloop.config import ConfigError, load_config
+
+    files = {"ca.pem": pki["ca"][0], "cert.pem": pki["server"][0], "key.pem": pki["server"][1], "token": b"s3cret\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    overrides = [f"weights.tls_ca_file={tmp_path / 'ca.pem'}", f"weights.tls_cert_file={tmp_path / 'cert.pem'}",
+                 f"weights.tls_key_file={tmp_path / 'key.pem'}", "weights.tls_require_client_auth=true",
+                 f"weights.token_file={tmp_path / 'token'}"]
+    tls, token = load_config("smoke", overrides).weights.credentials()
+    assert token == "s3cret" and tls.require_client_auth and tls.ca_cert == pki["ca"][0]
+
+    pub = _serve(tls=tls, token=token)
+    try:
+        assert _pull_latest(pub.port, tls=tls, token=token) == 1
+        assert _code(pub.port, tls=tls, token="wrong") == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        pub.stop(grace=0)
+
+    with pytest.raises(ConfigError, match=r"missing \['tls_key_file'\]"):
+        load_config("smoke", overrides[:2])
+    with pytest.raises(ConfigError, match="token_file: .* is not a readable file"):
+        load_config("smoke", [f"weights.token_file={tmp_path / 'absent'}"])
