@@ -17,7 +17,6 @@ from fleetloop.replay import EmbeddedValkey, ReplayClient
 pytestmark = pytest.mark.integration
 
 FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
-RAY_PROCESS_NAMES = ("raylet", "gcs_server", "ray::")
 
 
 def free_ports(n: int) -> list[int]:
@@ -30,13 +29,32 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def ray_processes() -> set[int]:
+def descendants(pid: int) -> set[tuple[int, float]]:
+    """(pid, start time) of every process below ``pid`` now: Valkey, Ray's GCS, raylet, workers."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
     found = set()
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        text = " ".join([proc.info["name"] or ""] + (proc.info["cmdline"] or []))
-        if any(name in text for name in RAY_PROCESS_NAMES):
-            found.add(proc.info["pid"])
+    for child in children:
+        try:
+            found.add((child.pid, child.create_time()))
+        except psutil.NoSuchProcess:
+            continue
     return found
+
+
+def still_running(processes: set[tuple[int, float]]) -> list[str]:
+    """Those of ``processes`` that are still alive (same pid and start time, not a zombie)."""
+    alive = []
+    for pid, started in processes:
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{pid} {' '.join(proc.cmdline())[:80]}")
+        except psutil.NoSuchProcess:
+            continue
+    return alive
 
 
 def scrape(url: str) -> str | None:
@@ -61,19 +79,16 @@ def start_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, st
     return proc, endpoints
 
 
-@pytest.fixture
-def ray_before():
-    return ray_processes()
-
-
-def test_short_loop_every_role_does_its_part(tmp_path, ray_before):
+def test_short_loop_every_role_does_its_part(tmp_path):
     run_dir = tmp_path / "run"
     summary_path = tmp_path / "summary.json"
     proc, endpoints = start_up(run_dir, "--summary-json", str(summary_path))
 
     served: dict[str, str] = {}
+    started: set[tuple[int, float]] = set()
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline:
+        started |= descendants(proc.pid)
         for name, url in endpoints.items():
             if name not in served:
                 body = scrape(url)
@@ -112,22 +127,27 @@ def test_short_loop_every_role_does_its_part(tmp_path, ray_before):
             assert client.read_episode(episode_id).policy_version >= 1
         client.close()
 
-    assert ray_processes() <= ray_before, "Ray processes left running"
+    assert len(started) >= 4, "Valkey, Ray's services, the learner and the actors run below fleetloop up"
+    assert not still_running(started), f"processes left running: {still_running(started)}"
     assert not (run_dir / "replay" / "server.json").exists(), "embedded Valkey left running"
 
 
-def test_ctrl_c_stops_every_process(tmp_path, ray_before):
+def test_ctrl_c_stops_every_process(tmp_path):
     run_dir = tmp_path / "run"
     proc, endpoints = start_up(run_dir)
+    started: set[tuple[int, float]] = set()
     deadline = time.time() + 300
     while time.time() < deadline and not scrape(endpoints["actor-1"]):
         assert proc.poll() is None, proc.communicate()[0]
+        started |= descendants(proc.pid)
         time.sleep(0.5)
+    started |= descendants(proc.pid)
+    assert len(started) >= 4, "Valkey, Ray's services, the learner and the actors run below fleetloop up"
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, output
     assert "interrupted" in output
     time.sleep(2)
-    assert ray_processes() <= ray_before, "Ray processes left running"
+    assert not still_running(started), f"processes left running: {still_running(started)}"
     server_json = run_dir / "replay" / "server.json"
     assert not server_json.exists(), "embedded Valkey left running"
