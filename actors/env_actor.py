@@ -67,13 +67,14 @@ class EnvActor:
         self.expert = ReachExpert(self.env)
         self.embodiment = self.env.embodiment
         self.embodiment_id = embodiment_id(self.embodiment)
+        actor_seed = cfg.run.seed * 1000 + actor_index
         self.model = DualSystemPolicy(self.model_cfg).eval()
         self.policy = Policy(self.model, Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir),
-                             seed=cfg.run.seed * 1000 + actor_index, num_inference_steps=cfg.model.num_inference_steps,
+                             seed=actor_seed, num_inference_steps=cfg.model.num_inference_steps,
                              system2_every=cfg.model.system2_every)
         self.replay = ReplayClient(redis_url)
         self.rng = np.random.default_rng([cfg.run.seed, actor_index])
-        self.seed_base = (cfg.run.seed * 1000 + actor_index) * 100_000
+        self.seed_base = actor_seed * 100_000  # episode i of this actor resets its env with seed_base + i
         self.episode_count = 0
         self.written: dict[str, list[str]] = {}
         self.versions_applied: list[int] = []

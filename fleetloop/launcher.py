@@ -203,9 +203,10 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
     plot_learning_curves(rounds, run.plots / "learning_curves.png")
     # The audit trail of acknowledged writes: actor -> table -> episode ids.
     (run.root / "episodes_written.json").write_text(json.dumps({s["actor"]: s["written"] for s in statuses}, indent=1))
+    text = json.dumps(summary, indent=2)
+    (run.root / "summary.json").write_text(text)
     if summary_json:
-        Path(summary_json).write_text(json.dumps(summary, indent=2))
-    (run.root / "summary.json").write_text(json.dumps(summary, indent=2))
+        Path(summary_json).write_text(text)
     return summary
 
 

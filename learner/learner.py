@@ -116,8 +116,9 @@ class Learner:
             for _ in range(self.cfg.learner.grad_accum_steps):
                 wait_start = time.perf_counter()
                 batch, micro_windows = self.prefetch.next()
-                waited += time.perf_counter() - wait_start
-                BATCH_WAIT.observe(time.perf_counter() - wait_start)
+                wait = time.perf_counter() - wait_start
+                waited += wait
+                BATCH_WAIT.observe(wait)
 
                 loss = self.engine(batch)["loss"]
                 self.engine.backward(loss)

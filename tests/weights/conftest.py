@@ -29,8 +29,9 @@ class Recorder:
 
 
 @pytest.fixture
-def publisher():
-    pub = WeightPublisher(chunk_bytes=4096, max_message_bytes=1 << 20)
+def publisher(request):
+    """A started WeightPublisher; a test module may set CHUNK_BYTES to change its chunk size."""
+    pub = WeightPublisher(chunk_bytes=getattr(request.module, "CHUNK_BYTES", 4096), max_message_bytes=1 << 20)
     pub.start()
     yield pub
     pub.stop(grace=None)

@@ -15,14 +15,8 @@ from fleetloop.protos import codec, weights_pb2, weights_pb2_grpc
 pytestmark = pytest.mark.timeout(30)
 
 DEADLINE_S = 5.0
-
-
-@pytest.fixture
-def publisher():
-    pub = WeightPublisher(chunk_bytes=1024, max_message_bytes=1 << 20)
-    pub.start()
-    yield pub
-    pub.stop(grace=None)
+CHUNK_BYTES = 1024
+"""Chunk size of this module's `publisher` fixture (tests/weights/conftest.py)."""
 
 
 @pytest.fixture
