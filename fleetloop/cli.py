@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -25,6 +27,7 @@ and DAgger corrections flow back into the replay.
 
 commands:
   up              run the local continual-improvement loop (embedded Valkey, Ray, learner, actors)
+  learner         run the learner role alone: DeepSpeed ranks training from the replay, WeightService
   config show     print the validated configuration (with --describe: every field explained)
   replay stats    show episodes and steps per replay table
   ingest          load a LeRobot/GR00T dataset into a replay table
@@ -52,6 +55,8 @@ def _state_options() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetloop", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The deepspeed launcher passes --local_rank=N before the command; ranks read LOCAL_RANK instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     state = _state_options()
 
@@ -64,6 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory. Ctrl-C stops every process it started.")
     up.add_argument("--summary-json", metavar="PATH", type=Path,
                     help="also write the run summary (steps, versions, episodes, success rates, endpoints) here")
+    up.add_argument("--resume", action="store_true",
+                    help="continue the run in --run-dir after a crash: its config, replay data and newest learner "
+                         "checkpoint; completed rounds are kept and the weight version keeps counting up")
+
+    learner = commands.add_parser(
+        "learner", parents=[state], help="run the learner role alone (what a cluster deploys)",
+        description="Train the policy from the replay with DeepSpeed and serve each new version over the gRPC "
+                    "WeightService, publishing every learner.publish_every steps and checkpointing every "
+                    "learner.checkpoint_every steps. One process is one rank; --ranks N runs N data-parallel ranks "
+                    "as Ray Train workers; under the deepspeed launcher (`deepspeed --module fleetloop.cli learner "
+                    "...`) each launched process is one rank. Rank 0 serves the WeightService and /metrics. "
+                    "SIGTERM or Ctrl-C stops at the next publish boundary after a final checkpoint. The replay is "
+                    "--redis-url, replay.url, or (one process only) the run directory's embedded server; "
+                    "`pretrain` must hold data.")
+    learner.add_argument("--steps", type=int, metavar="N",
+                         help="train until optimizer step N (default: run.rounds x learner.steps_per_round; "
+                              "0: until stopped)")
+    learner.add_argument("--resume", action="store_true",
+                         help="continue from the newest checkpoint in --run-dir: step, optimizer, data-sampler state "
+                              "and weight version carry on")
+    learner.add_argument("--ranks", type=int, default=1, metavar="N",
+                         help="data-parallel ranks to start as Ray Train workers (default: 1, this process)")
+    learner.add_argument("--summary-json", metavar="PATH", type=Path, help="also write the final status here")
 
     config = commands.add_parser("config", help="inspect the configuration",
                                  description="Inspect the configuration.")
@@ -134,12 +162,63 @@ def _cmd_up(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     from fleetloop.launcher import run_up
     from fleetloop.rundir import RunDir
 
+    if args.resume:
+        _require_run_dir(args, "--resume")
     run = RunDir.create(args.run_dir)
-    print(f"fleetloop up: run directory {run.root}", file=sys.stderr)
-    summary = run_up(cfg, run, args.redis_url or cfg.replay.url, args.summary_json)
+    print(f"fleetloop up: run directory {run.root}{' (resuming)' if args.resume else ''}", file=sys.stderr)
+    summary = run_up(cfg, run, args.redis_url or cfg.replay.url, args.summary_json, resume=args.resume)
     print(f"done in {summary['wall_seconds']:.0f} s: {summary['learner_steps']} learner steps, "
           f"{summary['weight_versions_published']} weight versions, episodes {summary['episodes']}, "
           f"success rate by round {[round(s, 2) for s in summary['success_rate_by_round']]}", file=sys.stderr)
+    return 0
+
+
+def _require_run_dir(args: argparse.Namespace, why: str) -> Path:
+    if not args.run_dir:
+        raise ConfigError(f"{why} needs --run-dir DIR")
+    root = Path(args.run_dir)
+    if args.resume and not (root / "checkpoints").is_dir():
+        raise ConfigError(f"--run-dir: {root} holds no checkpoints/ folder to resume from")
+    return root
+
+
+def _cmd_learner(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+    from fleetloop.learner.role import run_learner
+    from fleetloop.rundir import RunDir, log_to_file
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if args.ranks < 1:
+        raise ConfigError(f"--ranks: expected at least 1, got {args.ranks}")
+    if world > 1 and args.ranks > 1:
+        raise ConfigError(f"--ranks: the launcher already started WORLD_SIZE={world} ranks; leave --ranks out")
+    if args.resume:
+        _require_run_dir(args, "--resume")
+    if (world > 1 or args.ranks > 1) and not args.run_dir:
+        raise ConfigError("--run-dir: every rank writes checkpoints to one run directory; give it explicitly")
+    if args.steps is not None and args.steps < 0:
+        raise ConfigError(f"--steps: expected 0 (until stopped) or more, got {args.steps}")
+    run = RunDir.create(args.run_dir or Path("runs") / time.strftime("learner-%Y%m%d-%H%M%S"))
+    if rank == 0:
+        run.write_config(cfg.to_dict())
+        print(f"fleetloop learner: run directory {run.root}", file=sys.stderr)
+    log_to_file(run.logs, f"learner-rank{rank}")
+    steps = cfg.total_learner_steps if args.steps is None else args.steps
+    with contextlib.ExitStack() as stack:
+        url = _replay_url(args, cfg, stack, "learner", allow_embedded=world == 1)
+        if args.ranks > 1:
+            from fleetloop.learner.ray_train import run_with_ray_train
+
+            status = run_with_ray_train(cfg, str(run.root), url, ranks=args.ranks, steps=steps, resume=args.resume)
+        else:
+            status = run_learner(cfg, str(run.root), url, steps=steps, resume=args.resume)
+    if rank == 0:
+        text = json.dumps(status, indent=2)
+        (run.root / "learner_status.json").write_text(text)
+        if args.summary_json:
+            args.summary_json.write_text(text)
+        resumed = "" if status["resumed_from_step"] is None else f" (resumed at step {status['resumed_from_step']})"
+        print(f"learner stopped at step {status['step']}{resumed}: weights version {status['version']}, "
+              f"{status['world_size']} rank(s), last loss {status['loss']:.4f}", file=sys.stderr)
     return 0
 
 
@@ -151,34 +230,46 @@ def _cmd_config_show(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _open_replay(args: argparse.Namespace, cfg: FleetloopConfig, command: str, create: bool = False):
-    """A ReplayClient for --redis-url, the config's URL, or the run directory's embedded server.
+def _replay_url(args: argparse.Namespace, cfg: FleetloopConfig, stack: contextlib.ExitStack, command: str,
+                create: bool = False, allow_embedded: bool = True) -> str:
+    """--redis-url, the config's URL, or the run directory's embedded server.
 
-    A run directory's server that is not running is started for the duration of the command
+    A run directory's server that is not running is started until ``stack`` closes
     (``create`` also makes a new run directory).
     """
-    from fleetloop.replay import EmbeddedValkey, ReplayClient
+    from fleetloop.replay import EmbeddedValkey
     from fleetloop.rundir import RunDir
 
     url = args.redis_url or cfg.replay.url
+    if url is not None:
+        return url
+    if not allow_embedded:
+        raise ConfigError(f"{command} with several ranks needs --redis-url URL (or replay.url): "
+                          "ranks cannot share one run directory's embedded server")
+    if not args.run_dir:
+        raise ConfigError(f"{command} needs --redis-url URL or --run-dir DIR (whose embedded replay to use)")
+    root = Path(args.run_dir).resolve()
+    if create:
+        run = RunDir.create(root)
+    elif (root / "replay").is_dir():
+        run = RunDir(root)
+    else:
+        raise ConfigError(f"{root} is not a fleetloop run directory (no replay/ folder)")
+    url = EmbeddedValkey.running_in(run.replay)
+    if url is None:
+        server = EmbeddedValkey(run.replay, appendfsync=cfg.replay.appendfsync).start()
+        stack.callback(server.stop)
+        url = server.url
+    return url
+
+
+@contextlib.contextmanager
+def _open_replay(args: argparse.Namespace, cfg: FleetloopConfig, command: str, create: bool = False):
+    """A ReplayClient for ``_replay_url``."""
+    from fleetloop.replay import ReplayClient
+
     with contextlib.ExitStack() as stack:
-        if url is None:
-            if not args.run_dir:
-                raise ConfigError(f"{command} needs --redis-url URL or --run-dir DIR (whose embedded replay to use)")
-            root = Path(args.run_dir).resolve()
-            if create:
-                run = RunDir.create(root)
-            elif (root / "replay").is_dir():
-                run = RunDir(root)
-            else:
-                raise ConfigError(f"{root} is not a fleetloop run directory (no replay/ folder)")
-            url = EmbeddedValkey.running_in(run.replay)
-            if url is None:
-                server = EmbeddedValkey(run.replay, appendfsync=cfg.replay.appendfsync).start()
-                stack.callback(server.stop)
-                url = server.url
-        client = ReplayClient(url)
+        client = ReplayClient(_replay_url(args, cfg, stack, command, create=create))
         stack.callback(client.close)
         yield client
 
@@ -260,10 +351,10 @@ def _cmd_model(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"up": _cmd_up, "config": _cmd_config_show, "replay": _cmd_replay_stats, "ingest": _cmd_ingest,
+    handlers = {"up": _cmd_up, "learner": _cmd_learner, "config": _cmd_config_show, "replay": _cmd_replay_stats, "ingest": _cmd_ingest,
                 "export": _cmd_export, "model": _cmd_model}
     try:
-        cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+        cfg = load_config(_config_source(args), getattr(args, "overrides", []))
         return handlers[args.command](args, cfg)
     except ConfigError as exc:
         print(f"fleetloop: {exc}", file=sys.stderr)
@@ -278,14 +369,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _config_source(args: argparse.Namespace) -> str | None:
+    """--config, else (when resuming) the run directory's saved config.yaml, else the default preset."""
+    config = getattr(args, "config", None)
+    if config is None and getattr(args, "resume", False) and args.run_dir:
+        saved = Path(args.run_dir) / "config.yaml"
+        if saved.is_file():
+            return str(saved)
+    return config
+
+
 def _operator_errors() -> tuple[type[Exception], ...]:
     """Errors whose message alone tells the operator what is wrong (imported lazily: --help stays fast)."""
     from fleetloop.launcher import LaunchError
+    from fleetloop.learner.learner import ResumeError
+    from fleetloop.learner.role import LearnerRoleError
     from fleetloop.replay.errors import ReplayError
     from fleetloop.replay.lerobot import DatasetError
     from fleetloop.system.errors import CheckpointMismatchError
 
-    return LaunchError, ReplayError, DatasetError, CheckpointMismatchError, FileNotFoundError, ValueError
+    return (LaunchError, ResumeError, LearnerRoleError, ReplayError, DatasetError, CheckpointMismatchError,
+            FileNotFoundError, ValueError)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 A config is a YAML preset (``fleetloop/presets/*.yaml`` or any file) plus command-line
 overrides ``--set key.path=value``; it is validated as a whole, and every error names the
 field path and why it is wrong. Sections follow the roles: ``run``, ``model``, ``replay``,
-``learner``, ``weights``, ``actors``, ``metrics``.
+``learner``, ``weights``, ``bridge``, ``actors``, ``metrics``.
 """
 
 from __future__ import annotations
@@ -103,8 +103,12 @@ class LearnerSection(_Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio after the run's last step.")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clipping.")
-    zero_stage: Literal[1, 2] = Field(1, description="DeepSpeed ZeRO stage.")
+    zero_stage: Literal[1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also "
+                                               "gradients, 3 also parameters (gathered for publish and export).")
     publish_every: int = Field(50, ge=1, description="Publish weights every N optimizer steps (and at round end).")
+    checkpoint_every: int = Field(250, ge=0, description="Save a resumable checkpoint every N optimizer steps "
+                                                        "(0: only at the end of a run).")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept on disk; older ones are deleted.")
     prefetch_batches: int = Field(4, ge=1, description="Batches prepared ahead by the background sampler.")
     torch_threads: int = Field(2, ge=1, description="torch intra-op threads of the learner process.")
     tune_llm: bool = Field(True, description="Train System 2's language model (False freezes it).")
@@ -150,6 +154,27 @@ class WeightsSection(_Section):
         return tls, token
 
 
+class BridgeSection(_Section):
+    """The robot bridge (`fleetloop robot-bridge`) and its clients; TLS and token work as in `weights`."""
+
+    env: str = Field("reach", description="Env the mujoco-twin backend simulates (a name registered in actors/envs).")
+    host: str = Field("127.0.0.1", description="Bind address of the RobotService.")
+    port: int = Field(50061, ge=0, le=65535, description="RobotService port (0 = any free port).")
+    realtime: bool = Field(False, description="mujoco-twin: pace every step at the control rate, like a real robot (False: as fast as it simulates).")
+    deadline_s: float = Field(5.0, gt=0, description="Deadline of each RobotClient call; Act adds the chunk's execution time at the control rate.")
+    max_message_bytes: int = Field(4 << 20, ge=1024, le=256 << 20, description="Largest RobotService message; larger ones get RESOURCE_EXHAUSTED.")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="/metrics port of `fleetloop robot-bridge` on metrics.host (None: off, 0: any free port).")
+    token_file: str | None = Field(None, description="File holding the bearer token every RobotService call must carry (None: no token).")
+    tls_ca_file: str | None = Field(None, description="PEM CA that verifies the peer; setting it turns TLS on (needs tls_cert_file and tls_key_file).")
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain of this role (the bridge's; a client's for mutual TLS).")
+    tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_require_client_auth: bool = Field(False, description="Mutual TLS: the bridge rejects clients without a certificate signed by tls_ca_file.")
+    tls_server_name: str | None = Field(None, description="Name clients verify in the bridge certificate instead of the target host.")
+
+    _check_tls = model_validator(mode="after")(WeightsSection._check_tls)
+    credentials = WeightsSection.credentials
+
+
 class DaggerSection(_Section):
     beta_start: float = Field(0.5, ge=0, le=1, description="Probability that the expert drives a chunk in round 0.")
     beta_decay: float = Field(0.5, ge=0, le=1, description="beta of round r = beta_start * beta_decay**r.")
@@ -184,6 +209,7 @@ class FleetloopConfig(_Section):
     replay: ReplaySection = Field(default_factory=ReplaySection)
     learner: LearnerSection = Field(default_factory=LearnerSection)
     weights: WeightsSection = Field(default_factory=WeightsSection)
+    bridge: BridgeSection = Field(default_factory=BridgeSection)
     actors: ActorsSection = Field(default_factory=ActorsSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
 

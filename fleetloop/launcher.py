@@ -2,8 +2,10 @@
 
 Starts the replay server (embedded Valkey unless a URL is given), a local Ray cluster, the
 learner (DeepSpeed + WeightService) and the env actors as Ray actors; seeds ``pretrain`` with
-expert demonstrations; then runs rounds of train -> publish -> roll out -> collect
-corrections, and writes the run directory and an optional JSON summary.
+expert demonstrations; then runs rounds of train -> checkpoint -> publish -> roll out ->
+collect corrections, and writes the run directory and an optional JSON summary. Each finished
+round is appended to ``rounds.json``; ``resume`` continues a crashed run from its newest
+learner checkpoint and the replay data in the run directory.
 """
 
 from __future__ import annotations
@@ -81,10 +83,11 @@ def _ray_call(ref_or_refs, what: str):
 class Loop:
     """Owns every process of a local run; ``close()`` leaves none of them running."""
 
-    def __init__(self, cfg: FleetloopConfig, run: RunDir, redis_url: str | None):
+    def __init__(self, cfg: FleetloopConfig, run: RunDir, redis_url: str | None, resume: bool = False):
         self.cfg = cfg
         self.run = run
         self.redis_url = redis_url
+        self.resume = resume
         self._stack = contextlib.ExitStack()
         self.learner = None
         self.actors: list = []
@@ -115,8 +118,10 @@ class Loop:
                  logging_level=logging.WARNING, object_store_memory=256 << 20,
                  runtime_env=_runtime_env(self.run))
         self._stack.callback(ray.shutdown)
-        self.learner = ray.remote(num_cpus=1)(Learner).remote(self.cfg, str(self.run.root), self.redis_url)
-        self.endpoints = _ray_call(self.learner.endpoints.remote(), "starting the learner")
+        self.learner = ray.remote(num_cpus=1)(Learner).remote(self.cfg, str(self.run.root), self.redis_url,
+                                                              resume=self.resume)
+        self.learner_status = _ray_call(self.learner.status.remote(), "starting the learner")
+        self.endpoints = {key: self.learner_status[key] for key in ("weights", "metrics")}
         actor_cls = ray.remote(num_cpus=1, max_restarts=0)(EnvActor)
         self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"]) for i in range(n)]
         self.actor_status = _ray_call([a.status.remote() for a in self.actors], "starting the actors")
@@ -132,19 +137,25 @@ class Loop:
         log.info("seeded pretrain with %d expert demonstrations (%d successful)", per_actor * len(refs), successes)
 
     def train_round(self, round_index: int) -> dict[str, Any]:
+        """Train up to the round's last step (all of it, or what a resumed learner still lacks),
+        checkpoint, and publish."""
         lcfg = self.cfg.learner
+        target = (round_index + 1) * lcfg.steps_per_round
+        step = self.learner_status["step"]
         losses = []
-        with tqdm(total=lcfg.steps_per_round, desc=f"round {round_index} train", unit="step", leave=False) as bar:
-            done = 0
-            while done < lcfg.steps_per_round:
-                steps = min(lcfg.publish_every, lcfg.steps_per_round - done)
+        with tqdm(total=lcfg.steps_per_round, initial=lcfg.steps_per_round - (target - step),
+                  desc=f"round {round_index} train", unit="step", leave=False) as bar:
+            while step < target:
+                steps = min(lcfg.publish_every - step % lcfg.publish_every, target - step)
                 result = _ray_call(self.learner.train.remote(steps), "training")
-                losses.append(result["loss"])
-                done += steps
+                losses += result["losses"]
+                step = result["step"]
                 bar.update(steps)
                 bar.set_postfix(loss=f"{result['loss']:.4f}", version=result["version"])
+        _ray_call(self.learner.save_checkpoint.remote(), "saving a checkpoint")
         version = _ray_call(self.learner.publish.remote(), "publishing weights")
-        return {"loss": sum(losses) / len(losses), "step": result["step"], "version": version}
+        self.learner_status = {**self.learner_status, "step": step, "version": version}
+        return {"loss": sum(losses) / len(losses) if losses else float("nan"), "step": step, "version": version}
 
     def rollout_round(self, round_index: int, version: int) -> dict[str, Any]:
         ready = _ray_call([a.wait_for_version.remote(version, WEIGHTS_WAIT_S) for a in self.actors], "waiting for weights")
@@ -176,23 +187,38 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_json: Path | None) -> dict[str, Any]:
+ROUNDS_FILE = "rounds.json"
+
+
+def _finished_rounds(run: RunDir, learner_step: int) -> list[dict[str, Any]]:
+    """Rounds recorded in the run directory that the resumed learner's checkpoint covers."""
+    path = run.root / ROUNDS_FILE
+    rounds = json.loads(path.read_text()) if path.is_file() else []
+    return [r for r in rounds if r["step"] <= learner_step]
+
+
+def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_json: Path | None,
+           resume: bool = False) -> dict[str, Any]:
     """Run the loop to the end and return its summary (also written to ``summary_json``)."""
     start = time.time()
     run.write_config(cfg.to_dict())
     log_to_file(run.logs, "fleetloop")
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    loop = Loop(cfg, run, redis_url)
-    rounds: list[dict[str, Any]] = []
+    loop = Loop(cfg, run, redis_url, resume=resume)
     try:
         loop.start()
-        loop.seed_pretrain()
-        embodiment = loop.actor_status[0]["embodiment"]
-        _ray_call(loop.learner.fit_normalization.remote("pretrain", embodiment), "fitting normalisation")
-        for r in range(cfg.run.rounds):
+        rounds = _finished_rounds(run, loop.learner_status["step"]) if resume else []
+        if resume:
+            log.info("resuming at learner step %d after %d finished rounds", loop.learner_status["step"], len(rounds))
+        else:
+            loop.seed_pretrain()
+            embodiment = loop.actor_status[0]["embodiment"]
+            _ray_call(loop.learner.fit_normalization.remote("pretrain", embodiment), "fitting normalisation")
+        for r in range(len(rounds), cfg.run.rounds):
             trained = loop.train_round(r)
             rolled = loop.rollout_round(r, trained["version"])
             rounds.append({"round": r, **trained, **rolled})
+            (run.root / ROUNDS_FILE).write_text(json.dumps(rounds, indent=1))
             tqdm.write(f"round {r}: loss {trained['loss']:.4f}  weights v{trained['version']}  "
                        f"success rate {rolled['success_rate']:.2f}")
         checkpoint = _ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")

@@ -14,23 +14,19 @@ log = logging.getLogger(__name__)
 
 
 class Prefetcher:
-    """Samples windows and collates them into batches on a daemon thread.
+    """Produces training batches on a daemon thread, in order, ``depth`` ahead of the consumer.
 
     Args:
-        sample: ``sample(batch_size) -> list[window dict]`` (a replay WindowSampler's method).
-        collate: turns a list of windows into model tensors (system Processor.collate).
-        batch_size: windows per batch.
-        depth: batches kept ready ahead of the consumer.
-        retry_s: pause before sampling again when the replay has nothing to serve yet.
+        produce: returns the next item (the learner's sample -> collate -> data-state step);
+            raises EmptyReplayError while the replay has nothing to serve yet.
+        depth: items kept ready ahead of the consumer.
+        retry_s: pause before producing again after EmptyReplayError.
     """
 
-    def __init__(self, sample: Callable[[int], list[dict]], collate: Callable[[list[dict]], dict],
-                 batch_size: int, depth: int, retry_s: float = 0.2):
-        self._sample = sample
-        self._collate = collate
-        self._batch_size = batch_size
+    def __init__(self, produce: Callable[[], Any], depth: int, retry_s: float = 0.2):
+        self._produce = produce
         self._retry_s = retry_s
-        self._queue: queue.Queue[tuple[dict[str, Any], list[dict]] | BaseException] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
         self._thread.start()
@@ -38,8 +34,7 @@ class Prefetcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                windows = self._sample(self._batch_size)
-                item: Any = (self._collate(windows), windows)
+                item = self._produce()
             except EmptyReplayError:
                 time.sleep(self._retry_s)
                 continue
@@ -54,8 +49,8 @@ class Prefetcher:
             if isinstance(item, BaseException):
                 return
 
-    def next(self, timeout: float = 60.0) -> tuple[dict[str, Any], list[dict]]:
-        """The next (batch, windows) pair; re-raises an error of the sampling thread."""
+    def next(self, timeout: float = 60.0) -> Any:
+        """The next item; re-raises an error of the producing thread."""
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:

@@ -22,19 +22,20 @@ def _free_port() -> int:
 def init_distributed() -> None:
     """Join (or create) the torch.distributed group DeepSpeed runs in.
 
-    Launched by the ``deepspeed`` launcher or Ray Train, RANK/WORLD_SIZE/MASTER_* are set
-    already; a standalone learner becomes rank 0 of a world of one on a free local port.
-    Without CUDA, DeepSpeed's CPU accelerator and the gloo backend are used.
+    Ray Train creates the group before the learner starts; the ``deepspeed`` launcher sets
+    RANK/WORLD_SIZE/MASTER_* for it. Otherwise (a world of one) the learner becomes rank 0 on a
+    fresh local port, whatever a parent process left in the environment. Without CUDA,
+    DeepSpeed's CPU accelerator and the gloo backend are used.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if torch.distributed.is_initialized():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     import deepspeed
 
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
 NO_DECAY_SUFFIXES = ("bias", ".b")

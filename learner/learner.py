@@ -1,12 +1,20 @@
 """The Learner: owns the model, the DeepSpeed engine, the data pipeline and the publisher.
 
 One optimizer step reads: take a prefetched batch, forward (flow-matching loss), backward,
-step, and every ``publish_every`` steps publish the weights as a new version.
+step; every ``publish_every`` steps publish the weights as a new version and every
+``checkpoint_every`` steps save a resumable checkpoint.
+
+A learner is one data-parallel rank: every rank samples its own micro-batches from the
+replay and DeepSpeed averages the gradients; rank 0 alone serves the WeightService and
+/metrics. Publishing and checkpointing are collective (ZeRO-3 gathers the shards for them).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +27,8 @@ from fleetloop.learner.data import Prefetcher
 from fleetloop.learner.engine import build_engine
 from fleetloop.learner.publisher import WeightPublisher
 from fleetloop.replay import ReplayClient, WindowSampler
-from fleetloop.system import DualSystemPolicy, Processor, embodiment_id, model_preset, save_policy
+from fleetloop.system import DualSystemPolicy, Processor, embodiment_id, flow_draws, model_preset
+from fleetloop.system.checkpoint import save_tensors
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -38,6 +47,16 @@ SAMPLES_PER_S = prom.Gauge("fleetloop_learner_samples_per_second", "Training win
 SAMPLE_LAG = prom.Gauge("fleetloop_learner_sample_lag_versions",
                         "Mean weight-version lag of the online (non-pretrain) windows in the latest batch.")
 VERSION = prom.Gauge("fleetloop_learner_weights_version", "Latest weight version the learner published.")
+CHECKPOINT_SECONDS = prom.Histogram("fleetloop_learner_checkpoint_seconds", "Wall time of saving one resumable checkpoint.",
+                                    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+CHECKPOINT_STEP = prom.Gauge("fleetloop_learner_checkpoint_step", "Optimizer step of the newest saved checkpoint.")
+
+PUBLISHED_RECORD = "published_version.json"
+"""In the checkpoint folder: the newest published version, so a resumed learner never reuses a number."""
+
+
+class ResumeError(RuntimeError):
+    """There is no checkpoint to resume from; the message names the folder."""
 
 
 class Learner:
@@ -47,14 +66,17 @@ class Learner:
         cfg: the validated run configuration.
         run_dir: the run directory (checkpoints go to ``run_dir/checkpoints``).
         redis_url: the replay server.
+        resume: continue from the newest checkpoint in ``run_dir/checkpoints``: step,
+            optimizer and schedule, data-sampler state, and weight version (never going back).
     """
 
-    def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str):
+    def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str, resume: bool = False):
         self.cfg = cfg
         lcfg = self.cfg.learner
         torch.set_num_threads(lcfg.torch_threads)
         torch.manual_seed(self.cfg.run.seed)
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.model_cfg = model_preset(self.cfg.model.preset)
         model = DualSystemPolicy(self.model_cfg)
         model.set_trainable(tune_llm=lcfg.tune_llm, tune_visual=lcfg.tune_visual, tune_projector=lcfg.tune_projector,
@@ -65,49 +87,86 @@ class Learner:
                                    grad_clip=lcfg.grad_clip, zero_stage=lcfg.zero_stage,
                                    grad_accum_steps=lcfg.grad_accum_steps, warmup_steps=lcfg.warmup_steps,
                                    total_steps=cfg.total_learner_steps, min_lr_ratio=lcfg.min_lr_ratio)
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.replay = ReplayClient(redis_url)
         self.sampler = WindowSampler(self.replay, dict(self.cfg.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
-                                     seed=self.cfg.run.seed, refresh_s=self.cfg.replay.refresh_s)
-        tls, token = self.cfg.weights.credentials()
-        self.publisher = WeightPublisher(host=self.cfg.weights.host, port=self.cfg.weights.port,
-                                         chunk_bytes=self.cfg.weights.chunk_bytes, keep_versions=self.cfg.weights.keep_versions,
-                                         tls=tls, token=token)
-        self.weights_port = self.publisher.start()
-        self._metrics_server, _ = prom.start_http_server(self.cfg.metrics.learner_port, addr=self.cfg.metrics.host)
-        self.metrics_port = self._metrics_server.server_port
+                                     seed=[self.cfg.run.seed, self.rank], refresh_s=self.cfg.replay.refresh_s)
         self.prefetch: Prefetcher | None = None
         self.step = 0
         self.version = 0
         self.published_step = -1
+        self.checkpoint_step = -1
+        self.resumed_from: int | None = None
+        self._micro_batches = 0
+        if resume:
+            try:
+                self._load_checkpoint()
+            except BaseException:
+                self.replay.close()
+                raise
+        self._data_state = self._current_data_state()
+        self.publisher: WeightPublisher | None = None
+        self._metrics_server = None
+        if self.rank == 0:
+            tls, token = self.cfg.weights.credentials()
+            self.publisher = WeightPublisher(host=self.cfg.weights.host, port=self.cfg.weights.port,
+                                             chunk_bytes=self.cfg.weights.chunk_bytes,
+                                             keep_versions=self.cfg.weights.keep_versions, tls=tls, token=token)
+            self.weights_port = self.publisher.start()
+            self._metrics_server, _ = prom.start_http_server(self.cfg.metrics.learner_port, addr=self.cfg.metrics.host)
+            self.metrics_port = self._metrics_server.server_port
+            VERSION.set(self.version)
 
     @property
     def model(self) -> DualSystemPolicy:
         return self.engine.module
 
     def endpoints(self) -> dict[str, str]:
+        """The WeightService and /metrics addresses (rank 0 serves both)."""
+        if self.rank != 0:
+            return {}
         return {
             "weights": f"{self.cfg.weights.host}:{self.weights_port}",
             "metrics": f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics",
         }
 
     def status(self) -> dict[str, Any]:
-        return {"step": self.step, "version": self.version, **self.endpoints()}
+        return {"step": self.step, "optimizer_steps": self.engine.global_steps, "version": self.version,
+                "rank": self.rank, "world_size": self.world_size,
+                "resumed_from_step": self.resumed_from, "checkpoint_step": self.checkpoint_step, **self.endpoints()}
 
     def fit_normalization(self, table: str, embodiment: str) -> None:
         """Set the embodiment's min/max statistics from every step of ``table``."""
         stats = self.replay.compute_stats(table, embodiment)
         self.model.set_normalization(embodiment_id(embodiment), **stats)
 
-    def _collate(self, windows: list[dict]) -> dict[str, torch.Tensor]:
+    # ---- data ---------------------------------------------------------------------------
+
+    def _current_data_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.get_state(), "micro_batches": self._micro_batches}
+
+    def _next_item(self) -> tuple[dict[str, torch.Tensor], list[dict], dict[str, Any]]:
+        """Sample and collate one micro-batch (prefetch thread); also returns the data state after it.
+
+        Samples are numbered globally (micro-batch m of rank r holds ids (m * world + r) * b + i)
+        and their flow-matching draws follow that number, so 2 ranks x b see exactly what
+        1 rank x 2b sees.
+        """
+        windows = self.sampler.sample(self.cfg.learner.batch_size)
         for window in windows:
             window["embodiment_id"] = embodiment_id(window["embodiment"])
-        return self.processor.collate(windows)
+        batch = self.processor.collate(windows)
+        first = (self._micro_batches * self.world_size + self.rank) * len(windows)
+        batch.update(flow_draws(self.model_cfg.action_head, range(first, first + len(windows)), self.cfg.run.seed))
+        self._micro_batches += 1
+        return batch, windows, self._current_data_state()
+
+    # ---- training -----------------------------------------------------------------------
 
     def train(self, steps: int) -> dict[str, Any]:
-        """Take ``steps`` optimizer steps; returns the mean loss and where the learner stands."""
+        """Take ``steps`` optimizer steps; returns the mean loss (over all ranks) and where the learner stands."""
         if self.prefetch is None:
-            self.prefetch = Prefetcher(self.sampler.sample, self._collate, self.cfg.learner.batch_size,
-                                       self.cfg.learner.prefetch_batches)
+            self.prefetch = Prefetcher(self._next_item, self.cfg.learner.prefetch_batches)
         self.engine.train()
         losses = []
         for _ in range(steps):
@@ -115,7 +174,7 @@ class Learner:
             step_start, waited, micro_losses, windows = time.perf_counter(), 0.0, [], []
             for _ in range(self.cfg.learner.grad_accum_steps):
                 wait_start = time.perf_counter()
-                batch, micro_windows = self.prefetch.next()
+                batch, micro_windows, self._data_state = self.prefetch.next()
                 wait = time.perf_counter() - wait_start
                 waited += wait
                 BATCH_WAIT.observe(wait)
@@ -123,16 +182,16 @@ class Learner:
                 loss = self.engine(batch)["loss"]
                 self.engine.backward(loss)
                 self.engine.step()
-                micro_losses.append(loss.item())
+                micro_losses.append(loss.detach())
                 windows += micro_windows
             self.step += 1
 
             elapsed = time.perf_counter() - step_start - waited
-            losses.append(float(np.mean(micro_losses)))
+            losses.append(self._mean_over_ranks(torch.stack(micro_losses).mean()))
             STEPS.inc()
             LOSS.set(losses[-1])
             STEP_SECONDS.observe(elapsed)
-            SAMPLES_PER_S.set(len(windows) / max(elapsed, 1e-9))
+            SAMPLES_PER_S.set(len(windows) * self.world_size / max(elapsed, 1e-9))
             LR.set(self.engine.get_lr()[0])
             grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None:
@@ -142,35 +201,125 @@ class Learner:
                 SAMPLE_LAG.set(float(np.mean(online)))
             if self.step % self.cfg.learner.publish_every == 0:
                 self.publish()
-        return {"step": self.step, "loss": float(np.mean(losses)), "version": self.version}
+            if self.cfg.learner.checkpoint_every and self.step % self.cfg.learner.checkpoint_every == 0:
+                self.save_checkpoint()
+        return {"step": self.step, "loss": float(np.mean(losses)) if losses else float("nan"),
+                "losses": [float(x) for x in losses], "version": self.version}
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (a collective)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor(int(flag))
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value)
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        if self.world_size > 1:
+            value = value.clone()
+            torch.distributed.all_reduce(value)
+            value /= self.world_size
+        return float(value)
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Every tensor of the model on rank 0 (None elsewhere); ZeRO-3 gathers the shards (collective)."""
+        if self.cfg.learner.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+            return state if self.rank == 0 else None
+        return self.model.state_dict() if self.rank == 0 else None
 
     def publish(self) -> int:
         """Publish the current weights (normalisation statistics included) as the next version.
 
-        Publishing twice at the same step is a no-op that returns the version already out.
+        Every rank calls it (ZeRO-3 gathers); rank 0 serves the version. Publishing twice at
+        the same step is a no-op that returns the version already out.
         """
         if self.published_step == self.step:
             return self.version
+        state = self._full_state_dict()
         self.published_step = self.step
-        self.version = self.publisher.publish(self.model.state_dict(), version=self.version + 1)
-        VERSION.set(self.version)
+        self.version += 1
+        if self.publisher is not None:
+            self.publisher.publish(state, version=self.version)
+            _write_json_atomic(self.checkpoint_dir / PUBLISHED_RECORD, {"version": self.version, "step": self.step})
+            VERSION.set(self.version)
         return self.version
 
-    def save_checkpoint(self) -> str:
-        """DeepSpeed checkpoint (for resume) plus a consolidated safetensors policy file."""
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def save_checkpoint(self) -> str | None:
+        """Resumable DeepSpeed checkpoint plus a consolidated safetensors policy file (collective).
+
+        The client state carries the step, the weight version and every rank's data-sampler
+        state; the newest ``keep_checkpoints`` are kept. Returns the policy file's path (rank 0).
+        """
         tag = f"step-{self.step:07d}"
-        self.engine.save_checkpoint(str(self.checkpoint_dir / "deepspeed"), tag=tag,
-                                    client_state={"step": self.step, "weights_version": self.version})
         path = self.checkpoint_dir / f"policy-{tag}.safetensors"
-        save_policy(self.model, path)
+        if self.checkpoint_step == self.step:
+            return str(path) if self.rank == 0 else None
+        start = time.perf_counter()
+        data_states: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(data_states, self._data_state)
+        self.engine.save_checkpoint(str(self.checkpoint_dir / "deepspeed"), tag=tag,
+                                    client_state={"step": self.step, "weights_version": self.version,
+                                                  "world_size": self.world_size, "data_states": data_states})
+        state = self._full_state_dict()
+        self.checkpoint_step = self.step
+        if self.rank != 0:
+            return None
+        save_tensors(state, self.model_cfg, path)
+        self._prune_checkpoints()
+        CHECKPOINT_SECONDS.observe(time.perf_counter() - start)
+        CHECKPOINT_STEP.set(self.step)
+        log.info("checkpoint %s saved in %.1f s", tag, time.perf_counter() - start)
         return str(path)
 
+    def _prune_checkpoints(self) -> None:
+        tags = sorted(p.name for p in (self.checkpoint_dir / "deepspeed").glob("step-*") if p.is_dir())
+        for tag in tags[: -self.cfg.learner.keep_checkpoints]:
+            shutil.rmtree(self.checkpoint_dir / "deepspeed" / tag, ignore_errors=True)
+            (self.checkpoint_dir / f"policy-{tag}.safetensors").unlink(missing_ok=True)
+
+    def _load_checkpoint(self) -> None:
+        folder = self.checkpoint_dir / "deepspeed"
+        if not (folder / "latest").is_file():
+            raise ResumeError(f"--resume: no checkpoint in {folder} (nothing saved yet: start without --resume)")
+        load_path, client = self.engine.load_checkpoint(str(folder))
+        if load_path is None:
+            raise ResumeError(f"--resume: the checkpoint in {folder} could not be loaded")
+        self.step = self.checkpoint_step = int(client["step"])
+        record = self.checkpoint_dir / PUBLISHED_RECORD
+        published = json.loads(record.read_text())["version"] if record.is_file() else 0
+        # Versions published after the checkpoint are gone with the crash, but their numbers stay used;
+        # the restored weights go out as the next version at the first publish.
+        self.version = max(int(client["weights_version"]), int(published))
+        states = client["data_states"]
+        if self.rank < len(states):
+            self.sampler.set_state(states[self.rank]["sampler"])
+            self._micro_batches = int(states[self.rank]["micro_batches"])
+        else:  # more ranks than when saved: a fresh stream, after every number the saved ranks used
+            self._micro_batches = max(int(s["micro_batches"]) for s in states)
+        self.resumed_from = self.step
+        log.info("resumed from %s: step %d, weights version %d", load_path, self.step, self.version)
+
     def applied_versions(self) -> dict[str, int]:
-        return self.publisher.applied_versions()
+        return self.publisher.applied_versions() if self.publisher else {}
 
     def close(self) -> None:
         if self.prefetch is not None:
             self.prefetch.close()
-        self.publisher.stop(grace=1.0)
-        self._metrics_server.shutdown()
+        if self.publisher is not None:
+            self.publisher.stop(grace=1.0)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         self.replay.close()
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON so that a crash leaves either the old or the new file, never a torn one."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as handle:
+        json.dump(value, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -107,7 +107,7 @@ class WindowSampler:
         client: ReplayClient,
         mixture: dict[str, float],
         horizon: int,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         refresh_s: float = 5.0,
         rate_limit_timeout_s: float | None = None,
     ) -> None:
@@ -144,6 +144,14 @@ class WindowSampler:
             for table in mixture
         }
         self._refreshed_at = -math.inf
+
+    def get_state(self) -> dict[str, Any]:
+        """The sampler's random state (JSON-able), for checkpoints."""
+        return {"rng": self._rng.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from a ``get_state()`` snapshot: the same replay yields the same windows."""
+        self._rng.bit_generator.state = state["rng"]
 
     # ---- index --------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ DiT action head), embodiment-specific layers, normalisation, the inference wrapp
 checkpoints and GR00T checkpoint conversion. Start from `model_preset("tiny")` (or
 "n1-2b") and `DualSystemPolicy`."""
 
-from fleetloop.system.action_head import ActionHeadConfig, FlowMatchingActionHead
+from fleetloop.system.action_head import ActionHeadConfig, FlowMatchingActionHead, flow_draws
 from fleetloop.system.backbone import LanguageConfig, VisionConfig, VisionLanguageBackbone
 from fleetloop.system.checkpoint import load_policy, save_policy
 from fleetloop.system.config import ModelConfig, model_preset, preset_names
@@ -50,6 +50,7 @@ __all__ = [
     "embodiment_id",
     "embodiment_layout",
     "embodiment_tag",
+    "flow_draws",
     "gr00t_name_map",
     "load_policy",
     "load_tokenizer",

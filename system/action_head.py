@@ -10,6 +10,9 @@ Flow matching (all values normalised to [-1, 1]):
 Inference integrates K Euler steps from Gaussian noise: t_k = k / K, a += v / K.
 """
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,6 +65,26 @@ class ActionHeadConfig(BaseModel):
         return self
 
 
+def flow_draws(config: ActionHeadConfig, sample_ids: Sequence[int], seed: int) -> dict[str, torch.Tensor]:
+    """The flow-matching noise and time of each training sample, keyed by its global index.
+
+    Each sample's draws come from its own generator seeded by (seed, sample id), so a batch
+    split across data-parallel ranks sees exactly the noise it would see on one rank, and a
+    resumed learner continues the same sequence.
+
+    Returns:
+        ``{"flow_noise": (B, H, max_action_dim), "flow_t": (B,)}`` float32 tensors.
+    """
+    noise = np.empty((len(sample_ids), config.action_horizon, config.max_action_dim), dtype=np.float32)
+    u = np.empty(len(sample_ids), dtype=np.float64)
+    for row, sample_id in enumerate(sample_ids):
+        rng = np.random.default_rng([seed, int(sample_id)])
+        noise[row] = rng.standard_normal(noise.shape[1:], dtype=np.float32)
+        u[row] = rng.beta(config.noise_beta_alpha, config.noise_beta_beta)
+    t = (config.noise_s - u) / config.noise_s
+    return {"flow_noise": torch.from_numpy(noise), "flow_t": torch.from_numpy(t.astype(np.float32))}
+
+
 class FlowMatchingActionHead(nn.Module):
     """State + noisy action chunk + vision-language tokens -> velocity, per embodiment."""
 
@@ -96,6 +119,8 @@ class FlowMatchingActionHead(nn.Module):
         action: torch.Tensor,
         action_mask: torch.Tensor,
         embodiment_id: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow-matching loss.
 
@@ -105,6 +130,7 @@ class FlowMatchingActionHead(nn.Module):
             action: (B, H, max_action_dim) normalised, zero-padded.
             action_mask: (B, H, max_action_dim) bool, True on real action dims.
             embodiment_id: (B,) long.
+            noise, t: the per-sample draws (``flow_draws``); sampled here from torch's RNG when None.
 
         Returns:
             Scalar loss: mean squared velocity error over the real action dims.
@@ -113,8 +139,14 @@ class FlowMatchingActionHead(nn.Module):
         batch = self._check_inputs(vl_tokens, vl_mask, state, embodiment_id)
         check_shape("action", action, (batch, cfg.action_horizon, cfg.max_action_dim))
         check_shape("action_mask", action_mask, tuple(action.shape))
-        noise = torch.randn_like(action)
-        t = self.sample_time(batch, action.device).to(action.dtype)
+        if (noise is None) != (t is None):
+            raise ValueError("flow_noise and flow_t: give both or neither")
+        if noise is None:
+            noise = torch.randn_like(action)
+            t = self.sample_time(batch, action.device)
+        check_shape("flow_noise", noise, tuple(action.shape))
+        check_shape("flow_t", t, (batch,))
+        noise, t = noise.to(action.dtype), t.to(action.dtype)
         noisy = (1 - t[:, None, None]) * noise + t[:, None, None] * action
         buckets = (t * cfg.num_timestep_buckets).long()
         state_tokens = self.state_encoder(state.unsqueeze(1), embodiment_id)

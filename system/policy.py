@@ -104,7 +104,8 @@ class DualSystemPolicy(NormalizationMixin, nn.Module):
         return self.backbone(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Training step: {"loss": scalar flow-matching loss} on a batch with actions."""
+        """Training step: {"loss": scalar flow-matching loss} on a batch with actions (and
+        optionally its ``flow_noise``/``flow_t`` draws, see ``action_head.flow_draws``)."""
         _require(batch, ("state", "state_mask", "action", "action_mask", "embodiment_id"))
         ids = batch["embodiment_id"]
         state = self._normalized_state(batch)
@@ -113,7 +114,9 @@ class DualSystemPolicy(NormalizationMixin, nn.Module):
         check_shape("action_mask", batch["action_mask"], tuple(batch["action"].shape))
         action = self.normalize_action(batch["action"], batch["action_mask"], ids)
         tokens, mask = self.encode_vision_language(batch)
-        return {"loss": self.action_head(tokens, mask, state, action, batch["action_mask"], ids)}
+        loss = self.action_head(tokens, mask, state, action, batch["action_mask"], ids,
+                                noise=batch.get("flow_noise"), t=batch.get("flow_t"))
+        return {"loss": loss}
 
     @torch.no_grad()
     def get_action(

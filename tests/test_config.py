@@ -37,7 +37,7 @@ def test_override_of_nested_mapping():
         pytest.param("bogus.section=1", "bogus: unknown field", id="unknown-section"),
         pytest.param("learner.batch_size=abc", "learner.batch_size: Input should be a valid integer", id="wrong-type"),
         pytest.param("learner.batch_size=0", "learner.batch_size: Input should be greater than or equal to 1", id="out-of-range"),
-        pytest.param("learner.zero_stage=3", "learner.zero_stage", id="unsupported-literal"),
+        pytest.param("learner.zero_stage=4", "learner.zero_stage", id="unsupported-literal"),
         pytest.param("replay.mixture={pretrain: 1, nope: 1}", "unknown table(s) ['nope']", id="unknown-table"),
         pytest.param("replay.mixture={pretrain: 0}", "at least one weight must be > 0", id="all-zero-mixture"),
         pytest.param("replay.tables={rollouts: {capacity: 0}}",

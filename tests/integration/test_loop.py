@@ -151,3 +151,45 @@ def test_ctrl_c_stops_every_process(tmp_path):
     assert not still_running(started), f"processes left running: {still_running(started)}"
     server_json = run_dir / "replay" / "server.json"
     assert not server_json.exists(), "embedded Valkey left running"
+
+
+def test_kill_9_mid_run_then_up_resume_finishes_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    proc, _ = start_up(run_dir, "--set", "run.rounds=3")
+    rounds_file = run_dir / "rounds.json"
+    started: set[tuple[int, float]] = set()
+    deadline = time.time() + 600
+    while time.time() < deadline and not rounds_file.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        started |= descendants(proc.pid)
+        time.sleep(0.2)
+    started |= descendants(proc.pid)
+    # A crash of the whole machine: every process of the run dies at once, no clean-up runs.
+    for pid, _ in started | {(proc.pid, 0.0)}:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            continue
+    proc.communicate(timeout=60)
+    time.sleep(1)
+    assert not still_running(started)
+    before = json.loads(rounds_file.read_text())
+    published_before = json.loads((run_dir / "checkpoints" / "published_version.json").read_text())["version"]
+    with EmbeddedValkey(run_dir / "replay") as server:
+        with ReplayClient(server.url) as client:
+            pretrain_before = sorted(client.episode_ids("pretrain"))
+
+    summary_path = tmp_path / "summary.json"
+    result = subprocess.run([FLEETLOOP, "up", "--resume", "--run-dir", str(run_dir), "--summary-json", str(summary_path)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["learner_steps"] == 30, "3 rounds of 10 steps, none repeated past the checkpoint"
+    assert len(summary["success_rate_by_round"]) == 3
+    assert summary["success_rate_by_round"][: len(before)] == [r["success_rate"] for r in before]
+    assert summary["weight_versions_published"] > published_before
+    assert all(min(v) > published_before for v in summary["weight_versions_applied_by_actor"].values()), \
+        "after the resume, actors only ever see versions above those published before the crash"
+    with EmbeddedValkey(run_dir / "replay") as server:
+        with ReplayClient(server.url) as client:
+            assert sorted(client.episode_ids("pretrain")) == pretrain_before, "pretrain is not seeded twice"

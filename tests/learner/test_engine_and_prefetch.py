@@ -102,9 +102,9 @@ def test_prefetcher_serves_batches_in_order():
     def sample(n):
         return [next(counter) for _ in range(n)]
 
-    prefetch = Prefetcher(sample, lambda windows: {"sum": sum(windows)}, batch_size=2, depth=2)
+    prefetch = Prefetcher(lambda: sample(2), depth=2)
     try:
-        assert [prefetch.next(timeout=5)[1] for _ in range(3)] == [[0, 1], [2, 3], [4, 5]]
+        assert [prefetch.next(timeout=5) for _ in range(3)] == [[0, 1], [2, 3], [4, 5]]
     finally:
         prefetch.close()
 
@@ -119,12 +119,12 @@ def test_prefetcher_waits_for_an_empty_replay_to_fill():
             raise EmptyReplayError("nothing yet")
         return [1] * n
 
-    prefetch = Prefetcher(sample, lambda w: {"n": len(w)}, batch_size=4, depth=1, retry_s=0.01)
+    prefetch = Prefetcher(lambda: sample(4), depth=1, retry_s=0.01)
     try:
-        batch, windows = prefetch.next(timeout=5)
+        windows = prefetch.next(timeout=5)
     finally:
         prefetch.close()
-    assert batch == {"n": 4} and windows == [1, 1, 1, 1]
+    assert windows == [1, 1, 1, 1]
     assert len(calls) > empty_calls
 
 
@@ -132,7 +132,7 @@ def test_prefetcher_reraises_sampling_errors_in_the_consumer():
     def sample(n):
         raise ConnectionError("replay went away")
 
-    prefetch = Prefetcher(sample, lambda w: w, batch_size=1, depth=1)
+    prefetch = Prefetcher(lambda: sample(1), depth=1)
     try:
         with pytest.raises(ConnectionError, match="replay went away"):
             prefetch.next(timeout=5)
@@ -147,7 +147,7 @@ def test_prefetcher_times_out_with_a_clear_message():
         release.wait(5)
         return [0] * n
 
-    prefetch = Prefetcher(sample, lambda w: w, batch_size=1, depth=1)
+    prefetch = Prefetcher(lambda: sample(1), depth=1)
     try:
         with pytest.raises(TimeoutError, match="no training batch within"):
             prefetch.next(timeout=0.2)

@@ -7,28 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from fleetloop.actors.dagger import SOURCE_DEMO, to_episode
-from fleetloop.actors.envs import make_env
-from fleetloop.actors.envs.expert import ReachExpert
-from fleetloop.actors.rollout import run_episode
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
 from fleetloop.learner.learner import Learner
 from fleetloop.system import DualSystemPolicy, load_policy
-
-
-@pytest.fixture
-def demos(client):
-    """Two expert demonstrations of the reach task in `pretrain`."""
-    env = make_env("reach", max_steps=16)
-    expert = ReachExpert(env)
-    rng = np.random.default_rng(0)
-    for seed in range(2):
-        traj = run_episode(env, expert, None, beta=1.0, horizon=16, execute_steps=8, frame_every=4, rng=rng, seed=seed)
-        client.write_episode("pretrain", to_episode(traj, relabel=False, source=SOURCE_DEMO, embodiment=env.embodiment,
-                                                    policy_version=0, actor_id="test"))
-    env.close()
-    return env.embodiment
 
 
 @pytest.fixture
