@@ -170,7 +170,7 @@ def encode_png(frame: np.ndarray) -> bytes:
 def decode_png(blob: bytes) -> np.ndarray:
     """Decode a stored frame into a uint8 (h, w, 3) array."""
     with Image.open(io.BytesIO(blob)) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def decode_floats(blob: bytes, shape: tuple[int, ...]) -> np.ndarray:
