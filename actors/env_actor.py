@@ -5,22 +5,32 @@ every round rolls out the newest applied policy: beta-mixture DAgger episodes (t
 drives a chunk with probability beta) and policy-only evaluation episodes. Every trajectory
 is written to ``rollouts`` (executed actions) and ``corrections`` (expert labels), stamped
 with the weight version that produced it.
+
+An episode reaches the replay only whole (one atomic write at its end), so an actor that
+crashes mid-episode leaves nothing partial; Ray restarts it, and the restarted actor
+re-subscribes to the weights and waits for the round's version before rolling out. Every
+acknowledged write is appended to the actor's audit file (``audit_dir/<actor>.jsonl``), which
+survives restarts and gives each new episode a fresh environment seed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import prometheus_client as prom
 import torch
 
-from fleetloop.actors.dagger import SOURCE_DEMO, SOURCE_RELABEL, SOURCE_ROLLOUT, beta_for_round, to_episode
+from fleetloop.actors.dagger import DEMO, RELABEL, ROBOT, beta_for_round, segments, to_episode
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
+from fleetloop.actors.gate import InterventionGate
 from fleetloop.actors.rollout import Trajectory, run_episode
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.replay import ReplayClient
@@ -34,11 +44,16 @@ log = logging.getLogger(__name__)
 EPISODES = prom.Counter("fleetloop_actor_episodes_total", "Episodes the actor wrote to the replay (acknowledged).",
                         ["actor", "table"])
 ENV_STEPS = prom.Counter("fleetloop_actor_env_steps_total", "Environment steps taken.", ["actor"])
+TASK_LABELS = ["actor", "task", "embodiment"]
 SUCCESS_RATE = prom.Gauge("fleetloop_actor_success_rate", "Success rate of the latest round's policy-only episodes.",
-                          ["actor", "task", "embodiment"])
+                          TASK_LABELS)
 INTERVENTION_RATE = prom.Gauge("fleetloop_actor_intervention_rate",
-                               "Fraction of steps the expert drove in the latest round's DAgger episodes.", ["actor"])
-EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the latest episode.", ["actor"])
+                               "Fraction of steps the expert or operator drove in the latest round's DAgger episodes.",
+                               TASK_LABELS)
+RETURN_ON_HUMAN_EFFORT = prom.Gauge(
+    "fleetloop_actor_return_on_human_effort",
+    "Successful episodes per minute of expert/operator control in the latest round's DAgger episodes.", TASK_LABELS)
+EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the latest episode.", TASK_LABELS)
 WEIGHTS_VERSION = prom.Gauge("fleetloop_actor_weights_version", "Weight version the actor's policy runs.", ["actor"])
 POLICY_LAG = prom.Gauge("fleetloop_actor_policy_lag_versions",
                         "Published versions the actor's policy is behind the newest it was told of.", ["actor"])
@@ -54,9 +69,11 @@ class EnvActor:
         cfg: the validated run configuration.
         redis_url: the replay server.
         weights_target: ``host:port`` of the learner's WeightService.
+        audit_dir: folder of the actors' audit files (kept across restarts).
     """
 
-    def __init__(self, actor_index: int, cfg: "FleetloopConfig", redis_url: str, weights_target: str):
+    def __init__(self, actor_index: int, cfg: "FleetloopConfig", redis_url: str, weights_target: str,
+                 audit_dir: str):
         self.cfg = cfg
         self.actor_id = f"actor-{actor_index}"
         acfg = cfg.actors
@@ -75,8 +92,11 @@ class EnvActor:
         self.replay = ReplayClient(redis_url)
         self.rng = np.random.default_rng([cfg.run.seed, actor_index])
         self.seed_base = actor_seed * 100_000  # episode i of this actor resets its env with seed_base + i
-        self.episode_count = 0
-        self.written: dict[str, list[str]] = {}
+        self.audit_path = Path(audit_dir) / f"{self.actor_id}.jsonl"
+        self.audit_path.parent.mkdir(parents=True, exist_ok=True)
+        # A restarted actor continues the seeds after every episode it wrote before.
+        self.episode_count = sum(len(ids) for ids in read_audit(self.audit_path).values())
+        self.labels = (self.actor_id, acfg.env, self.embodiment)
         self.versions_applied: list[int] = []
         self._lock = threading.Lock()
         base = cfg.metrics.actor_base_port
@@ -113,23 +133,30 @@ class EnvActor:
         return chunk
 
     # -- episodes --------------------------------------------------------------------------
-    def _episode(self, *, beta: float, use_policy: bool, frame_every: int) -> tuple[Trajectory, int]:
+    def _episode(self, *, beta: float, use_policy: bool, frame_every: int,
+                 gate: InterventionGate | None = None) -> tuple[Trajectory, int]:
         version = self.version
         self.policy.reset()
         POLICY_LAG.labels(self.actor_id).set(max(0, self.subscriber.latest_announced - version))
         traj = run_episode(self.env, self.expert, self._plan if use_policy else None, beta=beta,
                            horizon=self.model_cfg.action_head.action_horizon, execute_steps=self.cfg.actors.execute_steps,
-                           frame_every=frame_every, rng=self.rng, seed=self.seed_base + self.episode_count)
+                           frame_every=frame_every, rng=self.rng, seed=self.seed_base + self.episode_count, gate=gate)
         self.episode_count += 1
         ENV_STEPS.labels(self.actor_id).inc(len(traj.states))
-        EPISODE_LENGTH.labels(self.actor_id).set(len(traj.states))
+        EPISODE_LENGTH.labels(*self.labels).set(len(traj.states))
         return traj, version
 
-    def _write(self, table: str, traj: Trajectory, *, relabel: bool, source: str, version: int) -> str:
-        episode = to_episode(traj, relabel=relabel, source=source, embodiment=self.embodiment,
-                             policy_version=version, actor_id=self.actor_id)
-        episode_id = self.replay.write_episode(table, episode)
-        self.written.setdefault(table, []).append(episode_id)
+    def _write(self, table: str, traj: Trajectory, cls: str, version: int, *, relabel: bool = False,
+               start: int = 0, end: int | None = None) -> str:
+        """Write steps [start, end) as one episode of correction class ``cls`` (its priority is
+        the class weight); once Redis acknowledged it, record it in the audit file."""
+        episode = to_episode(traj, relabel=relabel, source=cls, embodiment=self.embodiment, policy_version=version,
+                             actor_id=self.actor_id, start=start, end=end)
+        episode_id = self.replay.write_episode(table, episode, priority=self.cfg.actors.dagger.class_weights[cls])
+        with open(self.audit_path, "a") as audit:
+            audit.write(json.dumps({"table": table, "episode_id": episode_id}) + "\n")
+            audit.flush()
+            os.fsync(audit.fileno())
         EPISODES.labels(self.actor_id, table).inc()
         return episode_id
 
@@ -138,36 +165,62 @@ class EnvActor:
         successes = 0
         for _ in range(count):
             traj, _ = self._episode(beta=1.0, use_policy=False, frame_every=self.cfg.actors.demo_frame_every)
-            self._write("pretrain", traj, relabel=False, source=SOURCE_DEMO, version=0)
+            self._write("pretrain", traj, DEMO, version=0)
             successes += traj.success
         return successes
 
-    def run_round(self, round_index: int) -> dict[str, Any]:
-        """DAgger episodes with this round's beta, then policy-only episodes; all relabelled."""
-        acfg = self.cfg.actors
-        beta = beta_for_round(acfg.dagger.beta_start, acfg.dagger.beta_decay, round_index)
-        plans: list[float] = [beta] * acfg.dagger_episodes_per_round + [0.0] * acfg.eval_episodes_per_round
-        eval_successes, expert_steps, dagger_steps, versions = 0, 0, 0, set()
-        for i, episode_beta in enumerate(plans):
-            traj, version = self._episode(beta=episode_beta, use_policy=True, frame_every=acfg.execute_steps)
+    def run_round(self, round_index: int, min_version: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
+        """This round's DAgger episodes (mode ``actors.dagger.mode``), then policy-only evaluation
+        episodes, written to the replay by correction class (actors/dagger.py).
+
+        Waits first until a weights version >= ``min_version`` is applied (a restarted actor
+        pulls it anew).
+
+        Raises:
+            TimeoutError: that version did not arrive within ``timeout_s``.
+        """
+        if not self.wait_for_version(min_version, timeout_s):
+            raise TimeoutError(f"{self.actor_id}: weights version {min_version} not applied within {timeout_s:.0f} s")
+        acfg, dcfg = self.cfg.actors, self.cfg.actors.dagger
+        gated = dcfg.mode == "hg-dagger"
+        beta = 0.0 if gated else beta_for_round(dcfg.beta_start, dcfg.beta_decay, round_index)
+        gate = InterventionGate(dcfg.gate_threshold, dcfg.gate_patience, dcfg.takeover_steps) if gated else None
+        eval_successes, dagger_successes, expert_steps, dagger_steps, versions = 0, 0, 0, 0, set()
+        for i in range(acfg.dagger_episodes_per_round + acfg.eval_episodes_per_round):
+            training = i < acfg.dagger_episodes_per_round
+            traj, version = self._episode(beta=beta if training else 0.0, use_policy=True,
+                                          frame_every=acfg.execute_steps, gate=gate if training else None)
             versions.add(version)
-            self._write("rollouts", traj, relabel=False, source=SOURCE_ROLLOUT, version=version)
-            self._write("corrections", traj, relabel=True, source=SOURCE_RELABEL, version=version)
-            if i < acfg.dagger_episodes_per_round:
+            if gated and training:  # only the takeovers are corrections
+                for seg in segments(traj.intervened, dcfg.pre_intervention_steps):
+                    table = "corrections" if seg.cls == "intervention" else "rollouts"
+                    self._write(table, traj, seg.cls, version, start=seg.start, end=seg.end)
+            else:
+                self._write("rollouts", traj, ROBOT, version)
+                if not gated:
+                    self._write("corrections", traj, RELABEL, version, relabel=True)
+            if training:
                 expert_steps += sum(traj.intervened)
                 dagger_steps += len(traj.intervened)
+                dagger_successes += traj.success
             else:
                 eval_successes += traj.success
         success_rate = eval_successes / acfg.eval_episodes_per_round
-        SUCCESS_RATE.labels(self.actor_id, acfg.env, self.embodiment).set(success_rate)
-        if dagger_steps:
-            INTERVENTION_RATE.labels(self.actor_id).set(expert_steps / dagger_steps)
-        return {"actor": self.actor_id, "round": round_index, "beta": beta, "eval_episodes": acfg.eval_episodes_per_round,
-                "eval_successes": eval_successes, "success_rate": success_rate, "versions_used": sorted(versions)}
+        intervention_rate = expert_steps / dagger_steps if dagger_steps else 0.0
+        SUCCESS_RATE.labels(*self.labels).set(success_rate)
+        INTERVENTION_RATE.labels(*self.labels).set(intervention_rate)
+        if expert_steps:
+            operator_minutes = expert_steps * self.env.control_dt / 60.0
+            RETURN_ON_HUMAN_EFFORT.labels(*self.labels).set(dagger_successes / operator_minutes)
+        return {"actor": self.actor_id, "round": round_index, "mode": dcfg.mode, "beta": beta,
+                "eval_episodes": acfg.eval_episodes_per_round, "eval_successes": eval_successes,
+                "success_rate": success_rate, "intervention_rate": intervention_rate,
+                "versions_used": sorted(versions)}
 
     def status(self) -> dict[str, Any]:
         return {"actor": self.actor_id, "embodiment": self.embodiment, "versions_applied": list(self.versions_applied),
-                "written": {table: list(ids) for table, ids in self.written.items()},
+                "restarted": _restarted_by_ray(),
+                "written": read_audit(self.audit_path),
                 "metrics": f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics"}
 
     def close(self) -> None:
@@ -175,3 +228,27 @@ class EnvActor:
         self._metrics_server.shutdown()
         self.env.close()
         self.replay.close()
+
+
+def _restarted_by_ray() -> bool:
+    """True in a Ray actor that Ray restarted after a crash."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+
+
+def read_audit(path: Path) -> dict[str, list[str]]:
+    """Table -> ids of the episodes an actor had acknowledged, from its audit file.
+
+    A line torn by a crash mid-write is ignored (its episode's write was not acknowledged to
+    the audit, though Redis may hold it).
+    """
+    written: dict[str, list[str]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            written.setdefault(entry["table"], []).append(entry["episode_id"])
+    return written

@@ -29,7 +29,7 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering of the demonstrations (before mujoco loads)
 
-from fleetloop.actors.dagger import SOURCE_DEMO, to_episode
+from fleetloop.actors.dagger import DEMO, to_episode
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
 from fleetloop.actors.rollout import run_episode
@@ -60,7 +60,7 @@ def fill_replay(url: str, episodes: int) -> None:
         for seed in range(episodes):
             traj = run_episode(env, expert, None, beta=1.0, horizon=16, execute_steps=8, frame_every=4, rng=rng,
                                seed=seed)
-            client.write_episode("pretrain", to_episode(traj, relabel=False, source=SOURCE_DEMO,
+            client.write_episode("pretrain", to_episode(traj, relabel=False, source=DEMO,
                                                         embodiment=env.embodiment, policy_version=0, actor_id="bench"))
     env.close()
 

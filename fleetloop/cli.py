@@ -33,6 +33,7 @@ commands:
   ingest          load a LeRobot/GR00T dataset into a replay table
   export          write a replay table as a LeRobot v2.1 dataset
   model convert-gr00t   convert a released GR00T-N1 checkpoint into a fleetloop policy
+  robot-bridge    serve a robot (the MuJoCo twin) over the gRPC RobotService
 
 Run `fleetloop COMMAND --help` for a command's options."""
 
@@ -142,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--preset", default="n1-2b", help="fleetloop model preset with that architecture (default: n1-2b)")
     convert.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                          help="dtype of the written parameters (default: float32)")
+
+    bridge = commands.add_parser(
+        "robot-bridge", help="serve a robot over the gRPC RobotService (the robot bridge)",
+        description="Serve a robot backend over the gRPC RobotService, so an actor drives a simulated twin or a real "
+                    "robot through the same calls (GetInfo, Reset, Observe, Act, StreamInterventions; see "
+                    "docs/robot_bridge.md). The mujoco-twin backend simulates --env with its scripted expert as the "
+                    "operator who takes over when the policy diverges. Prints the address it listens on, answers "
+                    "gRPC health checks, and uses the bridge.* config (TLS, token, limits). Serves until SIGTERM "
+                    "(exit 0) or Ctrl-C (exit 130).")
+    bridge.add_argument("--backend", required=True, choices=("mujoco-twin",), help="robot backend to serve")
+    bridge.add_argument("--env", help="env the twin simulates (default: bridge.env, reach)")
+    bridge.add_argument("--host", help="bind address (default: bridge.host)")
+    bridge.add_argument("--port", type=int, help="port, 0 for any free one (default: bridge.port)")
+    bridge.add_argument("--config", metavar="FILE", help="YAML config file or preset name (default: default)")
+    bridge.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one config field, e.g. --set bridge.realtime=true (repeatable)")
     return parser
 
 
@@ -348,11 +365,43 @@ def _cmd_model(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     return 0
 
 
+def _cmd_robot_bridge(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+    import signal
+    import threading
+
+    import prometheus_client as prom
+
+    from fleetloop.actors.bridge import MujocoTwinBackend, RobotBridgeServer
+    from fleetloop.actors.bridge.twin import TWINS
+
+    env = args.env or cfg.bridge.env
+    if env not in TWINS:
+        raise ConfigError(f"--env: no mujoco-twin for env {env!r}; choose from {sorted(TWINS)}")
+    tls, token = cfg.bridge.credentials()
+    server = RobotBridgeServer(MujocoTwinBackend(env, realtime=cfg.bridge.realtime), host=args.host or cfg.bridge.host,
+                               port=cfg.bridge.port if args.port is None else args.port,
+                               max_message_bytes=cfg.bridge.max_message_bytes, tls=tls, token=token)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        server.start()
+        if cfg.bridge.metrics_port is not None:
+            metrics, _ = prom.start_http_server(cfg.bridge.metrics_port, addr=cfg.metrics.host)
+            print(f"fleetloop robot-bridge: metrics on http://{cfg.metrics.host}:{metrics.server_port}/metrics",
+                  file=sys.stderr)
+        print(f"fleetloop robot-bridge: {args.backend} (env {env}) serving on {server.address}", flush=True)
+        while not stop.wait(0.5):  # wake regularly: a signal may land on another thread than this one
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"up": _cmd_up, "learner": _cmd_learner, "config": _cmd_config_show, "replay": _cmd_replay_stats, "ingest": _cmd_ingest,
-                "export": _cmd_export, "model": _cmd_model}
+                "export": _cmd_export, "model": _cmd_model, "robot-bridge": _cmd_robot_bridge}
     try:
         cfg = load_config(_config_source(args), getattr(args, "overrides", []))
         return handlers[args.command](args, cfg)

@@ -9,6 +9,7 @@ field path and why it is wrong. Sections follow the roles: ``run``, ``model``, `
 from __future__ import annotations
 
 import importlib.resources
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,8 @@ class ReplaySection(_Section):
         description="Sampling weight per table (renormalised over non-empty tables).",
     )
     tables: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"rollouts": {"capacity": 10_000}, "corrections": {"capacity": 10_000}},
+        default_factory=lambda: {"rollouts": {"capacity": 10_000, "sampler": "prioritized"},
+                                 "corrections": {"capacity": 10_000, "sampler": "prioritized"}},
         description="Per-table capacity (FIFO eviction), sampler (uniform|prioritized|fifo) and samples-per-insert "
                     "rate limiter (replay/table.py TableConfig); stored in Redis, so every writer obeys it.",
     )
@@ -176,8 +178,36 @@ class BridgeSection(_Section):
 
 
 class DaggerSection(_Section):
-    beta_start: float = Field(0.5, ge=0, le=1, description="Probability that the expert drives a chunk in round 0.")
-    beta_decay: float = Field(0.5, ge=0, le=1, description="beta of round r = beta_start * beta_decay**r.")
+    mode: Literal["dagger", "hg-dagger"] = Field(
+        "dagger", description="dagger: beta-mixture rollouts, the expert labels every visited state; hg-dagger: the "
+                              "policy drives, the expert takes over when the gate fires, only takeovers become "
+                              "corrections (actors/dagger.py).")
+    beta_start: float = Field(0.5, ge=0, le=1, description="dagger: probability that the expert drives a chunk in round 0.")
+    beta_decay: float = Field(0.5, ge=0, le=1, description="dagger: beta of round r = beta_start * beta_decay**r.")
+    gate_threshold: float = Field(0.3, gt=0, description="hg-dagger: action divergence from the expert (max abs, action "
+                                                        "units) that counts a step toward a takeover.")
+    gate_patience: int = Field(3, ge=1, description="hg-dagger: consecutive divergent steps that make the expert take over.")
+    takeover_steps: int = Field(16, ge=1, description="hg-dagger: steps the expert drives once it took over.")
+    pre_intervention_steps: int = Field(8, ge=0, description="hg-dagger: policy steps before a takeover classed "
+                                                             "pre_intervention.")
+    class_weights: dict[str, float] = Field(
+        default_factory=lambda: {"demo": 1.0, "relabel": 1.0, "intervention": 1.0, "pre_intervention": 0.1,
+                                 "robot": 1.0},
+        description="Initial replay priority of each correction class; steers sampling in tables whose sampler "
+                    "is prioritized.")
+
+    @field_validator("class_weights")
+    @classmethod
+    def _check_class_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        from fleetloop.actors.dagger import CLASSES  # imported on use
+
+        unknown = sorted(set(weights) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"unknown class(es) {unknown}; classes: {list(CLASSES)}")
+        bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"weights must be finite and >= 0, got {bad}")
+        return {name: weights.get(name, 1.0) for name in CLASSES}
 
 
 class ActorsSection(_Section):
@@ -191,6 +221,7 @@ class ActorsSection(_Section):
     execute_steps: int = Field(8, ge=1, description="Steps of each predicted action chunk executed before re-planning.")
     demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
+    max_restarts: int = Field(3, ge=0, description="Times Ray restarts a crashed actor (and retries its interrupted call).")
     dagger: DaggerSection = Field(default_factory=DaggerSection)
 
 

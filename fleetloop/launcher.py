@@ -122,8 +122,11 @@ class Loop:
                                                               resume=self.resume)
         self.learner_status = _ray_call(self.learner.status.remote(), "starting the learner")
         self.endpoints = {key: self.learner_status[key] for key in ("weights", "metrics")}
-        actor_cls = ray.remote(num_cpus=1, max_restarts=0)(EnvActor)
-        self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"]) for i in range(n)]
+        # A crashed actor is restarted and its interrupted call retried (episodes are written whole).
+        restarts = self.cfg.actors.max_restarts
+        actor_cls = ray.remote(num_cpus=1, max_restarts=restarts, max_task_retries=restarts)(EnvActor)
+        self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"], str(self.run.audit))
+                       for i in range(n)]
         self.actor_status = _ray_call([a.status.remote() for a in self.actors], "starting the actors")
 
     def seed_pretrain(self) -> None:
@@ -162,7 +165,7 @@ class Loop:
         if not all(ready):
             late = [i for i, ok in enumerate(ready) if not ok]
             raise LaunchError(f"actors {late} did not apply weights version {version} within {WEIGHTS_WAIT_S:.0f} s")
-        refs = [a.run_round.remote(round_index) for a in self.actors]
+        refs = [a.run_round.remote(round_index, version, WEIGHTS_WAIT_S) for a in self.actors]
         results = _ray_call(_progress(refs, f"round {round_index} rollouts", unit="actor"), "rolling out")
         episodes = sum(r["eval_episodes"] for r in results)
         return {"success_rate": sum(r["eval_successes"] for r in results) / episodes, "actors": results}
@@ -253,6 +256,7 @@ def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, 
         "weight_versions_applied_by_actor": applied,
         "min_weight_version_applied_by_actors": min((v[-1] if v else 0) for v in applied.values()),
         "min_weight_versions_applied_count": min(len(v) for v in applied.values()),
+        "actors_restarted": sorted(s["actor"] for s in statuses if s["restarted"]),
         "episodes": {table: s["episodes"] for table, s in stats.items()},
         "episodes_reported_by_actors": reported,
         "corrections": stats.get("corrections", {}).get("episodes", 0),

@@ -1,4 +1,5 @@
-"""The run directory: one folder per run holding config, logs, replay data, checkpoints, plots."""
+"""The run directory: one folder per run holding config, logs, replay data, checkpoints, plots
+and the actors' audit of acknowledged writes."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def audit(self) -> Path:
+        """Per-actor logs of acknowledged episode writes (``<actor>.jsonl``)."""
+        return self.root / "audit"
 
     @property
     def plots(self) -> Path:

@@ -234,7 +234,7 @@ class WeightPublisher:
         self.max_watchers = max_watchers
         self.pull_workers = pull_workers
         self.tls = tls
-        self._interceptors = [TokenAuthInterceptor(token)] if token else []
+        self._interceptors = [TokenAuthInterceptor(token, "weights")] if token else []
         if tls is not None:
             tls.server_credentials()  # fail here, not at start, on incomplete TLS material
         self._health: health.HealthServicer | None = None

@@ -18,7 +18,8 @@ from prometheus_client import Counter
 logger = logging.getLogger(__name__)
 
 AUTH_FAILURES = Counter(
-    "fleetloop_weights_auth_failures_total", "WeightService calls rejected for a missing or wrong bearer token."
+    "fleetloop_grpc_auth_failures_total", "gRPC calls rejected for a missing or wrong bearer token, by service.",
+    ["service"],
 )
 
 AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -83,12 +84,14 @@ class TlsConfig:
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
-    """Rejects calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED, except exempt methods."""
+    """Rejects calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED, except exempt
+    methods; counts rejections under ``service`` (e.g. ``weights``, ``robot``)."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, service: str):
         if not token:
             raise ValueError("token must be non-empty")
         self._expected = f"Bearer {token}".encode()
+        self._service = service
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -97,7 +100,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        AUTH_FAILURES.inc()
+        AUTH_FAILURES.labels(self._service).inc()
         logger.warning("rejected %s: missing or wrong bearer token", method)
 
         def deny(request, context):

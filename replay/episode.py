@@ -41,7 +41,8 @@ class Episode:
     embodiment: str
     """Embodiment tag selecting the state/action heads, e.g. ``"so100"``."""
     source: str
-    """Who produced the actions, e.g. ``"expert_demo"``, ``"policy"``, ``"dagger_expert"``."""
+    """Who produced the actions; actors write their correction class (``"demo"``, ``"relabel"``,
+    ``"intervention"``, ``"pre_intervention"``, ``"robot"``: actors/dagger.py)."""
     policy_version: int
     """weights_version of the policy that acted; 0 when no learned policy did."""
     actor_id: str

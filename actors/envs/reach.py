@@ -118,6 +118,7 @@ class ReachEnv(ParallelEnv):
         self.possible_agents = ["arm_0"]
         self.model = mujoco.MjModel.from_xml_path(str(ASSET_PATH))
         self.data = mujoco.MjData(self.model)
+        self.control_dt = self.model.opt.timestep * _SUBSTEPS  # simulated seconds per control step
         self.agents: list[str] = []
         self._arms = {agent: _Arm.resolve(self.model, agent) for agent in self.possible_agents}
         self._target_mocap = {

@@ -28,11 +28,12 @@ def publisher():
     publisher.stop(grace=0.5)
 
 
+SMALL = ["actors.max_steps=16", "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1"]
+
+
 @pytest.fixture
-def actor(valkey, publisher):
-    cfg = load_config("smoke", ["actors.max_steps=16", "actors.dagger_episodes_per_round=1",
-                                "actors.eval_episodes_per_round=1"])
-    actor = EnvActor(0, cfg, valkey.url, publisher[1])
+def actor(valkey, publisher, tmp_path):
+    actor = EnvActor(0, load_config("smoke", SMALL), valkey.url, publisher[1], str(tmp_path / "audit"))
     yield actor
     actor.close()
 
@@ -62,13 +63,34 @@ def test_rounds_write_versioned_rollouts_and_corrections(actor, publisher, clien
     assert versions == [1, 1, 2, 2]
     for episode_id in client.episode_ids("corrections"):
         episode = client.read_episode(episode_id)
-        assert episode.source == "dagger_relabel" and episode.actor_id == "actor-0"
+        assert episode.source == "relabel" and episode.actor_id == "actor-0"
 
     with urllib.request.urlopen(status["metrics"], timeout=5) as response:
         body = response.read().decode()
     assert 'fleetloop_actor_weights_version{actor="actor-0"} 2.0' in body
     assert 'fleetloop_actor_episodes_total{actor="actor-0",table="corrections"} 4.0' in body
-    assert "fleetloop_actor_success_rate" in body
+    assert 'fleetloop_actor_success_rate{actor="actor-0",embodiment="sim_arm",task="reach"}' in body
+    assert 'fleetloop_actor_intervention_rate{actor="actor-0",embodiment="sim_arm",task="reach"}' in body
+
+
+def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publisher, valkey, client, tmp_path):
+    publisher, target = publisher
+    actor.collect_demos(2)
+    first_seeds = actor.episode_count
+    actor.close()
+    restarted = EnvActor(0, load_config("smoke", SMALL), valkey.url, target, str(tmp_path / "audit"))
+    try:
+        assert restarted.episode_count == first_seeds == 2, "seeds continue after the episodes written before"
+        with pytest.raises(TimeoutError, match="weights version 1 not applied"):
+            restarted.run_round(0, min_version=1, timeout_s=0.5)
+        publisher.publish(policy_weights(0))
+        restarted.run_round(0, min_version=1, timeout_s=30)
+        written = restarted.status()["written"]
+        assert len(written["pretrain"]) == 2 and len(written["corrections"]) == 2
+        for table in ("pretrain", "rollouts", "corrections"):
+            assert sorted(written[table]) == sorted(client.episode_ids(table)), table
+    finally:
+        restarted.close()
 
 
 def test_the_policy_runs_the_weights_it_was_sent(actor, publisher):
@@ -78,3 +100,28 @@ def test_the_policy_runs_the_weights_it_was_sent(actor, publisher):
     assert actor.wait_for_version(1, timeout_s=30)
     for name, tensor in weights.items():
         assert torch.equal(actor.model.state_dict()[name], tensor), name
+
+
+def test_hg_dagger_round_writes_only_takeovers_as_corrections(valkey, publisher, client, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", "actors.dagger.mode=hg-dagger",
+                                "actors.dagger.gate_threshold=0.05", "actors.dagger.gate_patience=1",
+                                "actors.dagger.takeover_steps=8", "actors.dagger.pre_intervention_steps=2",
+                                "actors.dagger.class_weights={intervention: 3.0, pre_intervention: 0.5}"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        publisher.publish(policy_weights(0))  # an untrained policy: the operator has to step in
+        result = actor.run_round(0, min_version=1, timeout_s=30)
+    finally:
+        actor.close()
+    assert result["mode"] == "hg-dagger" and 0.0 < result["intervention_rate"] <= 1.0
+    corrections = [client.read_episode(i) for i in client.episode_ids("corrections")]
+    assert corrections and all(ep.source == "intervention" and ep.intervened.all() for ep in corrections)
+    assert set(client.priorities("corrections").values()) == {3.0}
+    rollouts = {i: client.read_episode(i) for i in client.episode_ids("rollouts")}
+    assert {ep.source for ep in rollouts.values()} <= {"robot", "pre_intervention"}
+    assert not any(ep.intervened.any() for ep in rollouts.values())
+    priorities = client.priorities("rollouts")
+    assert all(priorities[i] == (0.5 if ep.source == "pre_intervention" else 1.0) for i, ep in rollouts.items())
+    steps = sum(len(ep.states) for ep in corrections) + sum(len(ep.states) for ep in rollouts.values())
+    assert steps == 32 * 2, "the DAgger and the evaluation episode, every step written exactly once"

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from fleetloop.actors.dagger import SOURCE_RELABEL, beta_for_round, to_episode
+from fleetloop.actors.dagger import RELABEL, beta_for_round, segments, to_episode
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
+from fleetloop.actors.gate import InterventionGate
 from fleetloop.actors.rollout import run_episode
 
 
@@ -63,9 +64,9 @@ def test_chunk_and_frame_cadence_must_fit(env):
 
 def test_relabelled_episode_carries_labels_and_version(env):
     traj = episode(env, hold_still, beta=0.0)
-    rollout = to_episode(traj, relabel=False, source="policy_rollout", embodiment="sim_arm", policy_version=7,
+    rollout = to_episode(traj, relabel=False, source="robot", embodiment="sim_arm", policy_version=7,
                          actor_id="actor-3")
-    correction = to_episode(traj, relabel=True, source=SOURCE_RELABEL, embodiment="sim_arm", policy_version=7,
+    correction = to_episode(traj, relabel=True, source=RELABEL, embodiment="sim_arm", policy_version=7,
                             actor_id="actor-3")
     for ep in (rollout, correction):
         ep.validate()
@@ -83,3 +84,67 @@ def test_beta_schedule(round_index, expected):
 def test_beta_schedule_rejects_negative_rounds():
     with pytest.raises(ValueError, match="round_index"):
         beta_for_round(0.5, 0.5, -1)
+
+
+def test_gate_fires_after_patience_and_hands_back_after_the_takeover():
+    gate = InterventionGate(threshold=0.3, patience=2, takeover_steps=3)
+    far, near = np.array([1.0, 0.0]), np.array([0.1, 0.0])
+    assert not gate.check(far, np.zeros(2)) and not gate.operator_in_control
+    assert not gate.check(near, np.zeros(2)), "a close step resets the count"
+    assert not gate.check(far, np.zeros(2))
+    assert gate.check(far, np.zeros(2)) and gate.operator_in_control
+    for _ in range(3):
+        assert gate.operator_in_control
+        gate.operator_step()
+    assert not gate.operator_in_control
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        InterventionGate(threshold=0.0, patience=1, takeover_steps=1)
+
+
+def test_hg_dagger_expert_takes_over_a_failing_policy_and_succeeds(env):
+    gate = InterventionGate(threshold=0.1, patience=2, takeover_steps=24)
+    traj = run_episode(env, ReachExpert(env), hold_still, beta=0.0, horizon=16, execute_steps=8, frame_every=8,
+                       rng=np.random.default_rng(0), seed=3, gate=gate)
+    first = traj.intervened.index(True)
+    assert not any(traj.intervened[:first]) and first == 1, "the gate fires after 2 divergent policy steps"
+    assert all(traj.intervened[first:]), "the operator keeps control for takeover_steps"
+    assert traj.success, "the takeover finishes the task"
+    assert np.allclose(np.stack(traj.actions[first:]), np.stack(traj.labels[first:])), "the operator's actions run"
+
+
+def test_a_good_policy_is_never_taken_over(env):
+    expert = ReachExpert(env)
+    gate = InterventionGate(threshold=0.3, patience=2, takeover_steps=8)
+    traj = run_episode(env, expert, lambda image, state, instruction: expert.action_chunk("arm_0", 16), beta=0.0,
+                       horizon=16, execute_steps=8, frame_every=8, rng=np.random.default_rng(0), seed=4, gate=gate)
+    assert not any(traj.intervened) and traj.success
+
+
+def test_gate_needs_a_policy(env):
+    with pytest.raises(ValueError, match="a gate needs a policy"):
+        run_episode(env, ReachExpert(env), None, beta=0.0, horizon=16, execute_steps=8, frame_every=8,
+                    rng=np.random.default_rng(0), seed=0, gate=InterventionGate(0.3, 1, 1))
+
+
+@pytest.mark.parametrize(("intervened", "pre_steps", "expected"), [
+    ([False] * 4, 2, [("robot", 0, 4)]),
+    ([False, False, False, True, True, False], 2,
+     [("robot", 0, 1), ("pre_intervention", 1, 3), ("intervention", 3, 5), ("robot", 5, 6)]),
+    ([True, False, True], 5, [("intervention", 0, 1), ("pre_intervention", 1, 2), ("intervention", 2, 3)]),
+    ([False, True], 0, [("robot", 0, 1), ("intervention", 1, 2)]),
+])
+def test_segments_split_by_correction_class(intervened, pre_steps, expected):
+    assert [(s.cls, s.start, s.end) for s in segments(intervened, pre_steps)] == expected
+
+
+def test_segment_episode_starts_with_the_last_frame_the_robot_saw(env):
+    traj = episode(env, hold_still, beta=0.0)  # frames at steps 0, 8, 16
+    part = to_episode(traj, relabel=False, source="intervention", embodiment="sim_arm", policy_version=2,
+                      actor_id="a", start=5, end=13)
+    part.validate()
+    assert len(part.states) == 8 and np.array_equal(part.states, np.stack(traj.states[5:13]))
+    assert sorted(part.frames) == [0, 3]
+    assert np.array_equal(part.frames[0], traj.frames[0]) and np.array_equal(part.frames[3], traj.frames[8])
+    with pytest.raises(ValueError, match="outside the trajectory"):
+        to_episode(traj, relabel=False, source="robot", embodiment="sim_arm", policy_version=2, actor_id="a",
+                   start=20, end=30)

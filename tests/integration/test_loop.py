@@ -193,3 +193,34 @@ def test_kill_9_mid_run_then_up_resume_finishes_the_run(tmp_path):
     with EmbeddedValkey(run_dir / "replay") as server:
         with ReplayClient(server.url) as client:
             assert sorted(client.episode_ids("pretrain")) == pretrain_before, "pretrain is not seeded twice"
+
+
+def test_a_killed_actor_is_restarted_and_loses_no_acknowledged_episode(tmp_path):
+    run_dir = tmp_path / "run"
+    summary_path = tmp_path / "summary.json"
+    proc, _ = start_up(run_dir, "--set", "run.rounds=3", "--summary-json", str(summary_path))
+    victim = None
+    deadline = time.time() + 600
+    while time.time() < deadline and victim is None:
+        assert proc.poll() is None, proc.communicate()[0]
+        if (run_dir / "rounds.json").exists():
+            actors = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                      if "EnvActor" in " ".join(p.cmdline())]
+            victim = actors[0] if actors else None
+        time.sleep(0.2)
+    assert victim is not None, "no EnvActor process found after round 0"
+    victim.kill()  # SIGKILL mid-run: the episode in flight is lost, nothing else
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    summary = json.loads(summary_path.read_text())
+    assert len(summary["success_rate_by_round"]) == 3 and summary["learner_steps"] == 30
+    assert len(summary["actors_restarted"]) == 1, "Ray restarted the killed actor"
+    written = json.loads((run_dir / "episodes_written.json").read_text())
+    with EmbeddedValkey(run_dir / "replay") as server:
+        with ReplayClient(server.url) as client:
+            for table in ("pretrain", "rollouts", "corrections"):
+                reported = sorted(i for tables in written.values() for i in tables.get(table, []))
+                assert sorted(client.episode_ids(table)) == reported, table
+                for episode_id in client.episode_ids(table):
+                    episode = client.read_episode(episode_id)
+                    assert len(episode.states) == len(episode.actions) > 0, "no partial episode"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fleetloop.actors.dagger import SOURCE_DEMO, to_episode
+from fleetloop.actors.dagger import DEMO, to_episode
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
 from fleetloop.actors.rollout import run_episode
@@ -17,7 +17,7 @@ def demos(client):
     rng = np.random.default_rng(0)
     for seed in range(2):
         traj = run_episode(env, expert, None, beta=1.0, horizon=16, execute_steps=8, frame_every=4, rng=rng, seed=seed)
-        client.write_episode("pretrain", to_episode(traj, relabel=False, source=SOURCE_DEMO, embodiment=env.embodiment,
+        client.write_episode("pretrain", to_episode(traj, relabel=False, source=DEMO, embodiment=env.embodiment,
                                                     policy_version=0, actor_id="test"))
     env.close()
     return env.embodiment

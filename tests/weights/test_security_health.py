@@ -73,7 +73,7 @@ def _code(port: int, **kwargs) -> grpc.StatusCode:
 
 
 def _auth_failures() -> float:
-    return REGISTRY.get_sample_value("fleetloop_weights_auth_failures_total") or 0.0
+    return REGISTRY.get_sample_value("fleetloop_grpc_auth_failures_total", {"service": "weights"}) or 0.0
 
 
 def _health(port: int, service: str, **kwargs) -> int:

@@ -1,0 +1,316 @@
+"""MujocoTwinBackend: the robot bridge's simulated twin over our PettingZoo envs and scripted experts.
+
+The env (``make_env(name, **env_kwargs)``) must offer what ReachEnv does: ``possible_agents``
+(robot ids), ``state_dim``, ``action_dim``, ``embodiment``, ``image_size``, ``action_space(agent)``,
+``render_camera(agent)``, observations ``{"state", "instruction"}`` and infos with ``"success"``; its
+actions are absolute joint position targets and its state starts with the joint positions they
+target. Its expert offers ``action_chunk(agent, horizon)``. ``TWINS`` pairs each env name with its
+expert and control rate.
+
+All robots share one world: acting one robot steps the env with the others holding their last
+targets, and the episode's step is the world's. A simulated operator (the expert) takes over a
+robot when the *gate* fires: for ``gate_steps`` consecutive steps the commanded action differs from
+the expert's chunk, planned from the same state, by more than ``gate_threshold`` (max abs over
+dims); or on ``request_takeover``. The rest of the policy's chunk is then dropped, the operator
+executes ``takeover_steps`` steps in chunks of ``operator_horizon`` on a background thread, and
+Act is refused with "operator has control" until it hands back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fleetloop.actors.bridge.backend import (
+    ActResult,
+    Intervention,
+    InvalidRequest,
+    NotReady,
+    Observation,
+    RobotBackend,
+    RobotInfo,
+    StopReason,
+    check_robot,
+)
+from fleetloop.actors.envs import make_env
+from fleetloop.actors.envs.expert import ReachExpert
+from fleetloop.actors.gate import InterventionGate
+
+BACKEND_NAME = "mujoco-twin"
+OPERATOR_ID = "sim-expert"
+
+
+@dataclass(frozen=True)
+class TwinSpec:
+    """How to twin one env: its scripted expert (built from the env) and its control rate."""
+
+    expert: Callable[[Any], Any]
+    control_rate_hz: float
+
+
+TWINS: dict[str, TwinSpec] = {"reach": TwinSpec(ReachExpert, control_rate_hz=20.0)}
+"""Env name -> twin spec. ReachEnv: 5 physics steps of 10 ms per control step."""
+
+
+class _Pacer:
+    """Spaces calls of ``wait`` ``period`` seconds apart (no waiting when the period is 0)."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self._next = time.monotonic() + period
+
+    def wait(self) -> None:
+        if self.period:
+            time.sleep(max(0.0, self._next - time.monotonic()))
+            self._next += self.period
+
+
+class _Takeover:
+    """An operator takeover in progress; identity tells a cancelled one from its successor."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class MujocoTwinBackend(RobotBackend):
+    """A simulated robot bridge backend over ``make_env(env_name, **env_kwargs)``.
+
+    Args:
+        env_name: Registered env name (``actors/envs``) with an entry in ``TWINS`` (or ``spec``).
+        max_horizon: Largest action chunk accepted.
+        realtime: Pace every executed step (policy's and operator's) at the control rate; else
+            steps run as fast as the simulation goes.
+        gate_threshold: Divergence, in action units (radians), above which a step counts toward
+            a takeover; None disables the gate.
+        gate_steps: Consecutive divergent steps that make the operator take over.
+        takeover_steps: Steps the operator drives before handing back (fewer if the episode ends).
+        operator_horizon: Length of each corrective chunk.
+        spec: Expert and control rate, overriding ``TWINS[env_name]``.
+        **env_kwargs: Passed to the env, e.g. ``max_steps``, ``image_size``.
+
+    Raises:
+        ValueError: an unknown env, an env without a twin spec, or an argument out of range.
+    """
+
+    def __init__(self, env_name: str = "reach", *, max_horizon: int = 32, realtime: bool = False,
+                 gate_threshold: float | None = 0.3, gate_steps: int = 3, takeover_steps: int = 16,
+                 operator_horizon: int = 8, spec: TwinSpec | None = None, **env_kwargs: Any):
+        if max_horizon < 1 or gate_steps < 1 or takeover_steps < 1 or operator_horizon < 1:
+            raise ValueError("max_horizon, gate_steps, takeover_steps and operator_horizon must be >= 1")
+        spec = spec or TWINS.get(env_name)
+        if spec is None:
+            raise ValueError(f"env {env_name!r} has no twin spec; twinned envs: {sorted(TWINS)}")
+        super().__init__()
+        self.env = make_env(env_name, **env_kwargs)
+        self.expert = spec.expert(self.env)
+        self.takeover_steps = takeover_steps
+        self.operator_horizon = operator_horizon
+        self._period = 1.0 / spec.control_rate_hz if realtime else 0.0
+        agents = tuple(self.env.possible_agents)
+        space = self.env.action_space(agents[0])
+        self._info = RobotInfo(
+            robot_ids=agents, embodiment=self.env.embodiment, state_dim=int(self.env.state_dim),
+            action_dim=int(self.env.action_dim), max_horizon=max_horizon, control_rate_hz=spec.control_rate_hz,
+            image_size=(int(self.env.image_size), int(self.env.image_size)),
+            action_low=np.asarray(space.low, np.float32), action_high=np.asarray(space.high, np.float32),
+            backend=BACKEND_NAME,
+        )
+        self._lock = threading.Lock()
+        self._session = secrets.token_hex(4)
+        self._episodes = 0
+        self._episode_id: str | None = None
+        self._step = 0
+        self._obs: dict[str, dict] = {}
+        self._infos: dict[str, dict] = {}
+        self._done: dict[str, bool] = {}
+        self._targets: dict[str, np.ndarray] = {}
+        # The divergence gate of HG-DAgger rollouts (actors/gate.py), one per robot; None: no gate.
+        self._gates = None if gate_threshold is None else {
+            agent: InterventionGate(gate_threshold, gate_steps, takeover_steps) for agent in agents}
+        self._takeovers: dict[str, _Takeover] = {}
+        self._operators: list[threading.Thread] = []
+        # An EGL context is current on one thread only: every render and the close run on this one.
+        self._gl_thread = ThreadPoolExecutor(1, thread_name_prefix="twin-render")
+
+    # ---- RobotBackend ------------------------------------------------------------------------
+
+    def info(self) -> RobotInfo:
+        return self._info
+
+    def reset(self, seed: int | None, options: dict[str, str], want_image: bool) -> tuple[str, dict[str, Observation]]:
+        """Reset the env (``options`` go to ``env.reset``). A refused reset leaves no episode running."""
+        with self._lock:
+            self._end_takeovers()
+            self._episode_id = None
+            try:
+                observations, infos = self.env.reset(seed=seed, options=dict(options) or None)
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequest("bad_reset", f"reset refused: {exc}") from None
+            self._episodes += 1
+            self._episode_id = f"{self._session}-{self._episodes}"
+            self._step = 0
+            for agent in self._info.robot_ids:
+                self._obs[agent], self._infos[agent], self._done[agent] = observations[agent], infos[agent], False
+                self._targets[agent] = np.asarray(observations[agent]["state"][: self._info.action_dim], np.float64)
+                if self._gates is not None:
+                    self._gates[agent].reset()
+            return self._episode_id, {agent: self._observation(agent, want_image) for agent in self._info.robot_ids}
+
+    def observe(self, robot_id: str, want_image: bool) -> Observation:
+        with self._lock:
+            self._check_episode()
+            return self._observation(robot_id, want_image)
+
+    def act(self, robot_id: str, episode_id: str, step: int, actions: np.ndarray, execute_steps: int,
+            want_image: bool) -> ActResult:
+        with self._lock:
+            self._check_turn(robot_id, episode_id, step)
+            reference = None if self._gates is None else self.expert.action_chunk(robot_id, len(actions))
+            pacer = _Pacer(self._period)
+            states, stop = [], StopReason.COMPLETED
+            for index in range(execute_steps):
+                if reference is not None and self._gates[robot_id].check(actions[index], reference[index]):
+                    self._start_takeover(robot_id, "divergence")
+                    stop = StopReason.OPERATOR_TOOK_OVER
+                    break
+                self._advance(robot_id, actions[index])
+                states.append(self._obs[robot_id]["state"])
+                if self._done[robot_id]:
+                    stop = StopReason.EPISODE_ENDED
+                    break
+                pacer.wait()
+            step_states = np.asarray(states, np.float32).reshape(len(states), self._info.state_dim)
+            return ActResult(len(states), stop, self._observation(robot_id, want_image), step_states)
+
+    def close(self) -> None:
+        """End takeovers, wait for the operator threads, release the renderer and subscriptions."""
+        with self._lock:
+            self._end_takeovers()
+            self._episode_id = None
+            operators, self._operators = self._operators, []
+        for thread in operators:
+            thread.join(timeout=5.0)
+        super().close()
+        self._gl_thread.submit(self.env.close).result()
+        self._gl_thread.shutdown()
+
+    # ---- operator ----------------------------------------------------------------------------
+
+    def request_takeover(self, robot_id: str, reason: str = "requested") -> None:
+        """Make the simulated operator take over ``robot_id`` now (as a human pressing a button would).
+
+        Raises:
+            UnknownRobot: no such robot.
+            NotReady: no episode, the episode is over, or an operator already has control.
+        """
+        check_robot(self._info, robot_id)
+        with self._lock:
+            self._check_episode()
+            if robot_id in self._takeovers:
+                raise NotReady("operator_control", f"operator already has control of {robot_id}")
+            if self._done[robot_id]:
+                raise NotReady("episode_over", f"episode {self._episode_id} is over for {robot_id}; call Reset")
+            self._start_takeover(robot_id, reason)
+
+    def _start_takeover(self, robot_id: str, reason: str) -> None:
+        """Hand ``robot_id`` to the operator thread (caller holds the lock)."""
+        takeover = _Takeover(reason)
+        self._takeovers[robot_id] = takeover
+        if self._gates is not None:
+            self._gates[robot_id].take_over()  # divergence counts afresh after the takeover
+        self.feed.publish(Intervention(robot_id, self._episode_id, self._step, reason, OPERATOR_ID, started=True))
+        thread = threading.Thread(target=self._operate, args=(robot_id, takeover), daemon=True,
+                                  name=f"twin-operator-{robot_id}")
+        self._operators = [t for t in self._operators if t.is_alive()] + [thread]
+        thread.start()
+
+    def _operate(self, robot_id: str, takeover: _Takeover) -> None:
+        """Drive ``robot_id`` with expert chunks, publishing each after executing it, until
+        ``takeover_steps`` steps ran, the episode ended, or the takeover was cancelled."""
+        pacer = _Pacer(self._period)
+        executed = 0
+        while True:
+            with self._lock:
+                if self._takeovers.get(robot_id) is not takeover:
+                    return
+                start_step, start_state = self._step, self._obs[robot_id]["state"].copy()
+                chunk = self.expert.action_chunk(robot_id, min(self.operator_horizon, self.takeover_steps - executed))
+            ran = 0
+            for action in chunk:
+                with self._lock:
+                    if self._takeovers.get(robot_id) is not takeover:
+                        return
+                    self._advance(robot_id, action)
+                    done = self._done[robot_id]
+                ran += 1
+                if done:
+                    break
+                pacer.wait()
+            executed += ran
+            with self._lock:
+                if self._takeovers.get(robot_id) is not takeover:
+                    return
+                last = executed >= self.takeover_steps or self._done[robot_id]
+                if last:
+                    del self._takeovers[robot_id]
+                self.feed.publish(Intervention(
+                    robot_id, self._episode_id, start_step, takeover.reason, OPERATOR_ID, ended=last,
+                    actions=np.asarray(chunk[:ran], np.float32), state=np.asarray(start_state, np.float32)))
+            if last:
+                return
+
+    def _end_takeovers(self) -> None:
+        """Cancel every takeover, publishing its ``ended`` message (caller holds the lock)."""
+        for robot_id, takeover in self._takeovers.items():
+            self.feed.publish(Intervention(robot_id, self._episode_id, self._step, takeover.reason, OPERATOR_ID,
+                                           ended=True))
+        self._takeovers.clear()
+
+    # ---- helpers (caller holds the lock unless noted) ------------------------------------------
+
+    def _check_episode(self) -> None:
+        if self._episode_id is None:
+            raise NotReady("no_episode", "no episode is running; call Reset first")
+
+    def _check_turn(self, robot_id: str, episode_id: str, step: int) -> None:
+        """Raise NotReady unless ``robot_id`` may execute a chunk planned at (``episode_id``, ``step``)."""
+        self._check_episode()
+        if episode_id != self._episode_id:
+            raise NotReady("stale_episode", f"stale chunk: planned in episode {episode_id!r}, "
+                                            f"the current episode is {self._episode_id!r}")
+        if robot_id in self._takeovers:
+            raise NotReady("operator_control", f"operator has control of {robot_id}; Act is refused until the "
+                                               "intervention ends")
+        if self._done[robot_id]:
+            raise NotReady("episode_over", f"episode {self._episode_id} is over for {robot_id}; call Reset")
+        if step != self._step:
+            raise NotReady("stale_step", f"stale chunk: planned at step {step}, {robot_id} is at step {self._step}")
+
+    def _advance(self, robot_id: str, action: np.ndarray) -> None:
+        """One control step of the world: ``robot_id`` gets ``action``, live robots hold their targets."""
+        self._targets[robot_id] = np.asarray(action, np.float64)
+        observations, _, terminations, truncations, infos = self.env.step(
+            {agent: self._targets[agent] for agent in self.env.agents})
+        self._step += 1
+        for agent in observations:
+            self._obs[agent], self._infos[agent] = observations[agent], infos[agent]
+            self._done[agent] = bool(terminations[agent] or truncations[agent])
+
+    def _observation(self, robot_id: str, want_image: bool) -> Observation:
+        obs, info = self._obs[robot_id], self._infos[robot_id]
+        numeric = {key: float(value) for key, value in info.items()
+                   if isinstance(value, (bool, int, float, np.bool_, np.number))}
+        return Observation(
+            robot_id=robot_id, episode_id=self._episode_id, step=self._step,
+            state=np.asarray(obs["state"], np.float32).copy(), instruction=obs["instruction"],
+            done=self._done[robot_id], success=bool(info.get("success", False)), info=numeric,
+            image=self._gl_thread.submit(self.env.render_camera, robot_id).result() if want_image else None,
+            stamp_unix_ms=time.time_ns() // 1_000_000,
+        )
