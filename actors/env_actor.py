@@ -28,13 +28,12 @@ import prometheus_client as prom
 import torch
 
 from fleetloop.actors.dagger import DEMO, RELABEL, ROBOT, beta_for_round, segments, to_episode
-from fleetloop.actors.envs import make_env
-from fleetloop.actors.envs.expert import ReachExpert
+from fleetloop.actors.envs import make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
 from fleetloop.actors.rollout import Trajectory, run_episode
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.replay import ReplayClient
-from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id, model_preset
+from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id, embodiment_layout, model_preset
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -81,9 +80,10 @@ class EnvActor:
         self.model_cfg = model_preset(cfg.model.preset)
         self.env = make_env(acfg.env, image_size=self.model_cfg.vision.image_size, max_steps=acfg.max_steps,
                             shuffle_layout=acfg.shuffle_layout)
-        self.expert = ReachExpert(self.env)
+        self.expert = make_expert(acfg.env, self.env)
         self.embodiment = self.env.embodiment
         self.embodiment_id = embodiment_id(self.embodiment)
+        self.layout = embodiment_layout(self.embodiment)
         actor_seed = cfg.run.seed * 1000 + actor_index
         self.model = DualSystemPolicy(self.model_cfg).eval()
         self.policy = Policy(self.model, Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir),
@@ -130,6 +130,10 @@ class EnvActor:
             chunk = self.policy.act({"image": image, "state": state, "instruction": instruction,
                                      "embodiment_id": self.embodiment_id})
         INFERENCE_SECONDS.labels(self.actor_id).observe(time.perf_counter() - start)
+        if self.layout is not None and chunk.shape[-1] != self.env.action_dim:
+            # The model drives part of the robot (GR-1: arms and hands); the other joints hold
+            # their current positions (the GR-1 state is its joint positions, in action order).
+            chunk = self.layout.scatter("action", chunk, state)
         return chunk
 
     # -- episodes --------------------------------------------------------------------------

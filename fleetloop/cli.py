@@ -372,11 +372,11 @@ def _cmd_robot_bridge(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     import prometheus_client as prom
 
     from fleetloop.actors.bridge import MujocoTwinBackend, RobotBridgeServer
-    from fleetloop.actors.bridge.twin import TWINS
+    from fleetloop.actors.envs import EXPERTS
 
     env = args.env or cfg.bridge.env
-    if env not in TWINS:
-        raise ConfigError(f"--env: no mujoco-twin for env {env!r}; choose from {sorted(TWINS)}")
+    if env not in EXPERTS:
+        raise ConfigError(f"--env: no mujoco-twin for env {env!r}; choose from {sorted(EXPERTS)}")
     tls, token = cfg.bridge.credentials()
     server = RobotBridgeServer(MujocoTwinBackend(env, realtime=cfg.bridge.realtime), host=args.host or cfg.bridge.host,
                                port=cfg.bridge.port if args.port is None else args.port,
@@ -400,6 +400,8 @@ def _cmd_robot_bridge(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the console stays at warnings when run logs go to a file at INFO
+        handler.setLevel(logging.WARNING)
     handlers = {"up": _cmd_up, "learner": _cmd_learner, "config": _cmd_config_show, "replay": _cmd_replay_stats, "ingest": _cmd_ingest,
                 "export": _cmd_export, "model": _cmd_model, "robot-bridge": _cmd_robot_bridge}
     try:

@@ -212,7 +212,9 @@ class DaggerSection(_Section):
 
 class ActorsSection(_Section):
     num_actors: int = Field(2, ge=1, description="Ray actors, each owning one environment and a policy replica.")
-    env: Literal["reach"] = Field("reach", description="Simulated task (actors/envs).")
+    env: Literal["reach", "gr1_pick_place"] = Field(
+        "reach", description="Simulated task (actors/envs): reach (2-link arm) or gr1_pick_place (GR-1 humanoid; "
+                             "its expert needs about 64 steps, so give max_steps >= 96).")
     max_steps: int = Field(64, ge=8, description="Control steps per episode.")
     shuffle_layout: bool = Field(False, description="Reach task: shuffle the balls' places each episode (the policy must then find the named colour in the image).")
     demos_per_actor: int = Field(16, ge=1, description="Expert demonstrations each actor seeds into `pretrain`.")

@@ -92,6 +92,15 @@ class EmbodimentLayout:
             offset += end - start
         return out
 
+    def scatter(self, kind: str, vector: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Model (..., model_dim) -> raw (..., raw_dim): a copy of ``base`` with the consumed
+        keys' slices taken from ``vector`` (the inverse of ``select`` on those keys)."""
+        raw = np.array(np.broadcast_to(base, (*vector.shape[:-1], self.raw_dim(kind))), dtype=vector.dtype)
+        for key, part in self.split(kind, vector).items():
+            start, end = self.slices(kind)[key]
+            raw[..., start:end] = part
+        return raw
+
     def dim_modes(self, kind: str) -> tuple[str, ...]:
         """Normalisation mode of every model dim of `kind`."""
         modes = []

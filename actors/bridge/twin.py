@@ -4,8 +4,8 @@ The env (``make_env(name, **env_kwargs)``) must offer what ReachEnv does: ``poss
 (robot ids), ``state_dim``, ``action_dim``, ``embodiment``, ``image_size``, ``action_space(agent)``,
 ``render_camera(agent)``, observations ``{"state", "instruction"}`` and infos with ``"success"``; its
 actions are absolute joint position targets and its state starts with the joint positions they
-target. Its expert offers ``action_chunk(agent, horizon)``. ``TWINS`` pairs each env name with its
-expert and control rate.
+target. Its expert (``make_expert``) offers ``action_chunk(agent, horizon)``; the control rate is
+``1 / env.control_dt``.
 
 All robots share one world: acting one robot steps the env with the others holding their last
 targets, and the episode's step is the world's. A simulated operator (the expert) takes over a
@@ -21,9 +21,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,24 +37,11 @@ from fleetloop.actors.bridge.backend import (
     StopReason,
     check_robot,
 )
-from fleetloop.actors.envs import make_env
-from fleetloop.actors.envs.expert import ReachExpert
+from fleetloop.actors.envs import make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
 
 BACKEND_NAME = "mujoco-twin"
 OPERATOR_ID = "sim-expert"
-
-
-@dataclass(frozen=True)
-class TwinSpec:
-    """How to twin one env: its scripted expert (built from the env) and its control rate."""
-
-    expert: Callable[[Any], Any]
-    control_rate_hz: float
-
-
-TWINS: dict[str, TwinSpec] = {"reach": TwinSpec(ReachExpert, control_rate_hz=20.0)}
-"""Env name -> twin spec. ReachEnv: 5 physics steps of 10 ms per control step."""
 
 
 class _Pacer:
@@ -83,7 +68,7 @@ class MujocoTwinBackend(RobotBackend):
     """A simulated robot bridge backend over ``make_env(env_name, **env_kwargs)``.
 
     Args:
-        env_name: Registered env name (``actors/envs``) with an entry in ``TWINS`` (or ``spec``).
+        env_name: Registered env name (``actors/envs``).
         max_horizon: Largest action chunk accepted.
         realtime: Pace every executed step (policy's and operator's) at the control rate; else
             steps run as fast as the simulation goes.
@@ -92,32 +77,29 @@ class MujocoTwinBackend(RobotBackend):
         gate_steps: Consecutive divergent steps that make the operator take over.
         takeover_steps: Steps the operator drives before handing back (fewer if the episode ends).
         operator_horizon: Length of each corrective chunk.
-        spec: Expert and control rate, overriding ``TWINS[env_name]``.
         **env_kwargs: Passed to the env, e.g. ``max_steps``, ``image_size``.
 
     Raises:
-        ValueError: an unknown env, an env without a twin spec, or an argument out of range.
+        ValueError: an unknown env or an argument out of range.
     """
 
     def __init__(self, env_name: str = "reach", *, max_horizon: int = 32, realtime: bool = False,
                  gate_threshold: float | None = 0.3, gate_steps: int = 3, takeover_steps: int = 16,
-                 operator_horizon: int = 8, spec: TwinSpec | None = None, **env_kwargs: Any):
+                 operator_horizon: int = 8, **env_kwargs: Any):
         if max_horizon < 1 or gate_steps < 1 or takeover_steps < 1 or operator_horizon < 1:
             raise ValueError("max_horizon, gate_steps, takeover_steps and operator_horizon must be >= 1")
-        spec = spec or TWINS.get(env_name)
-        if spec is None:
-            raise ValueError(f"env {env_name!r} has no twin spec; twinned envs: {sorted(TWINS)}")
         super().__init__()
         self.env = make_env(env_name, **env_kwargs)
-        self.expert = spec.expert(self.env)
+        self.expert = make_expert(env_name, self.env)
+        control_rate_hz = 1.0 / self.env.control_dt
         self.takeover_steps = takeover_steps
         self.operator_horizon = operator_horizon
-        self._period = 1.0 / spec.control_rate_hz if realtime else 0.0
+        self._period = self.env.control_dt if realtime else 0.0
         agents = tuple(self.env.possible_agents)
         space = self.env.action_space(agents[0])
         self._info = RobotInfo(
             robot_ids=agents, embodiment=self.env.embodiment, state_dim=int(self.env.state_dim),
-            action_dim=int(self.env.action_dim), max_horizon=max_horizon, control_rate_hz=spec.control_rate_hz,
+            action_dim=int(self.env.action_dim), max_horizon=max_horizon, control_rate_hz=control_rate_hz,
             image_size=(int(self.env.image_size), int(self.env.image_size)),
             action_low=np.asarray(space.low, np.float32), action_high=np.asarray(space.high, np.float32),
             backend=BACKEND_NAME,

@@ -2,8 +2,13 @@
 
 - ``reach``: ReachEnv, a planar two-link arm reaches the coloured ball named by a language
   instruction; ReachExpert is its scripted expert.
+- ``gr1_pick_place``: GR1PickPlaceEnv, a GR-1 humanoid puts the named object on the named
+  target; GR1PickPlaceExpert is its scripted expert (see docs/gr1_sim.md).
+- ``gr1_handover``: GR1HandoverEnv, one GR-1 hands the named object to another, who places it
+  on the named target; GR1HandoverExpert scripts both.
 
-``make_env(name, **kwargs)`` builds an environment by registry name.
+``make_env(name, **kwargs)`` builds an environment by registry name, ``make_expert(name, env)``
+its scripted expert.
 """
 
 from __future__ import annotations
@@ -13,9 +18,14 @@ from typing import Any
 from pettingzoo import ParallelEnv
 
 from fleetloop.actors.envs.expert import ReachExpert
+from fleetloop.actors.envs.gr1_expert import GR1HandoverExpert, GR1PickPlaceExpert
+from fleetloop.actors.envs.handover import GR1HandoverEnv
+from fleetloop.actors.envs.pick_place import GR1PickPlaceEnv
 from fleetloop.actors.envs.reach import COLOURS, ReachEnv
 
-ENVS: dict[str, type[ParallelEnv]] = {"reach": ReachEnv}
+ENVS: dict[str, type[ParallelEnv]] = {"reach": ReachEnv, "gr1_pick_place": GR1PickPlaceEnv, "gr1_handover": GR1HandoverEnv}
+EXPERTS: dict[str, type] = {"reach": ReachExpert, "gr1_pick_place": GR1PickPlaceExpert, "gr1_handover": GR1HandoverExpert}
+"""Env name -> its scripted expert class (``action_chunk(agent, horizon)``, ``action(agent)``)."""
 
 
 def make_env(name: str, **kwargs: Any) -> ParallelEnv:
@@ -29,4 +39,14 @@ def make_env(name: str, **kwargs: Any) -> ParallelEnv:
     return ENVS[name](**kwargs)
 
 
-__all__ = ["COLOURS", "ENVS", "ReachEnv", "ReachExpert", "make_env"]
+def make_expert(name: str, env: ParallelEnv) -> Any:
+    """The scripted expert of the env registered as ``name``, attached to ``env``."""
+    if name not in EXPERTS:
+        raise ValueError(f"unknown env {name!r}; known envs: {sorted(EXPERTS)}")
+    return EXPERTS[name](env)
+
+
+__all__ = [
+    "COLOURS", "ENVS", "EXPERTS", "GR1HandoverEnv", "GR1HandoverExpert", "GR1PickPlaceEnv", "GR1PickPlaceExpert",
+    "ReachEnv", "ReachExpert", "make_env", "make_expert",
+]

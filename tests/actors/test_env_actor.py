@@ -125,3 +125,27 @@ def test_hg_dagger_round_writes_only_takeovers_as_corrections(valkey, publisher,
     assert all(priorities[i] == (0.5 if ep.source == "pre_intervention" else 1.0) for i, ep in rollouts.items())
     steps = sum(len(ep.states) for ep in corrections) + sum(len(ep.states) for ep in rollouts.values())
     assert steps == 32 * 2, "the DAgger and the evaluation episode, every step written exactly once"
+
+
+def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher, client, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, "actors.env=gr1_pick_place", "actors.max_steps=24"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        actor.collect_demos(1)
+        model = DualSystemPolicy(model_preset("tiny"))
+        model.set_normalization(embodiment_id("gr1"), **client.compute_stats("pretrain", "gr1"))
+        publisher.publish(model.state_dict())
+        actor.run_round(0, min_version=1, timeout_s=30)
+    finally:
+        actor.close()
+    held = np.r_[13:22, 35:41, 41:44]  # legs, neck, right leg, waist: not among GR-1's 26 model actions
+    for episode_id in client.episode_ids("rollouts"):
+        episode = client.read_episode(episode_id)
+        assert episode.embodiment == "gr1" and episode.actions.shape == (24, 44)
+        chunk_starts = [t for t in range(0, 24, cfg.actors.execute_steps) if not episode.intervened[t]]
+        assert chunk_starts, "the policy drove some chunks"
+        for t in chunk_starts:  # held at the joint positions the chunk was planned from
+            chunk = episode.actions[t:t + cfg.actors.execute_steps]
+            np.testing.assert_allclose(chunk[:, held], np.broadcast_to(episode.states[t, held], chunk[:, held].shape),
+                                       atol=1e-6)

@@ -83,3 +83,14 @@ def test_register_embodiment_refuses_clashes():
         register_embodiment("my_bot", 24)
     with pytest.raises(ValueError, match="clashes"):
         register_embodiment("gr1", 5)
+
+
+def test_scatter_puts_model_actions_back_into_the_raw_vector():
+    layout = embodiment_layout("gr1")
+    base = np.arange(44, dtype=np.float32)
+    model = -layout.select("action", np.tile(base, (3, 1)))  # (3, 26) arms and hands, negated
+    raw = layout.scatter("action", model, base)
+    assert raw.shape == (3, 44)
+    np.testing.assert_array_equal(layout.select("action", raw), model)
+    untouched = np.r_[13:22, 35:44]  # legs, neck, waist keep the base values
+    np.testing.assert_array_equal(raw[:, untouched], np.broadcast_to(base[untouched], (3, 18)))
