@@ -30,7 +30,7 @@ import torch
 from fleetloop.actors.dagger import DEMO, RELABEL, ROBOT, beta_for_round, segments, to_episode
 from fleetloop.actors.envs import make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
-from fleetloop.actors.rollout import Trajectory, run_episode
+from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episode
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.replay import ReplayClient
 from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id, embodiment_layout, model_preset
@@ -52,6 +52,9 @@ INTERVENTION_RATE = prom.Gauge("fleetloop_actor_intervention_rate",
 RETURN_ON_HUMAN_EFFORT = prom.Gauge(
     "fleetloop_actor_return_on_human_effort",
     "Successful episodes per minute of expert/operator control in the latest round's DAgger episodes.", TASK_LABELS)
+DISCARDED = prom.Counter("fleetloop_actor_discarded_episodes_total",
+                         "Episodes stopped and not written (e.g. the policy returned NaN or a wrong-shaped chunk).",
+                         ["actor", "reason"])
 EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the latest episode.", TASK_LABELS)
 WEIGHTS_VERSION = prom.Gauge("fleetloop_actor_weights_version", "Weight version the actor's policy runs.", ["actor"])
 POLICY_LAG = prom.Gauge("fleetloop_actor_policy_lag_versions",
@@ -138,14 +141,22 @@ class EnvActor:
 
     # -- episodes --------------------------------------------------------------------------
     def _episode(self, *, beta: float, use_policy: bool, frame_every: int,
-                 gate: InterventionGate | None = None) -> tuple[Trajectory, int]:
+                 gate: InterventionGate | None = None) -> tuple[Trajectory | None, int]:
+        """Run one episode; (None, version) when the policy's output made it unusable (discarded)."""
         version = self.version
         self.policy.reset()
         POLICY_LAG.labels(self.actor_id).set(max(0, self.subscriber.latest_announced - version))
-        traj = run_episode(self.env, self.expert, self._plan if use_policy else None, beta=beta,
-                           horizon=self.model_cfg.action_head.action_horizon, execute_steps=self.cfg.actors.execute_steps,
-                           frame_every=frame_every, rng=self.rng, seed=self.seed_base + self.episode_count, gate=gate)
+        seed = self.seed_base + self.episode_count
         self.episode_count += 1
+        try:
+            traj = run_episode(self.env, self.expert, self._plan if use_policy else None, beta=beta,
+                               horizon=self.model_cfg.action_head.action_horizon,
+                               execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every, rng=self.rng,
+                               seed=seed, gate=gate)
+        except PolicyOutputError as exc:
+            log.warning("%s: episode (seed %d) discarded: %s", self.actor_id, seed, exc)
+            DISCARDED.labels(self.actor_id, "policy_output").inc()
+            return None, version
         ENV_STEPS.labels(self.actor_id).inc(len(traj.states))
         EPISODE_LENGTH.labels(*self.labels).set(len(traj.states))
         return traj, version
@@ -189,12 +200,15 @@ class EnvActor:
         gated = dcfg.mode == "hg-dagger"
         beta = 0.0 if gated else beta_for_round(dcfg.beta_start, dcfg.beta_decay, round_index)
         gate = InterventionGate(dcfg.gate_threshold, dcfg.gate_patience, dcfg.takeover_steps) if gated else None
-        eval_successes, dagger_successes, expert_steps, dagger_steps, versions = 0, 0, 0, 0, set()
+        eval_successes, dagger_successes, expert_steps, dagger_steps, discarded, versions = 0, 0, 0, 0, 0, set()
         for i in range(acfg.dagger_episodes_per_round + acfg.eval_episodes_per_round):
             training = i < acfg.dagger_episodes_per_round
             traj, version = self._episode(beta=beta if training else 0.0, use_policy=True,
                                           frame_every=acfg.execute_steps, gate=gate if training else None)
             versions.add(version)
+            if traj is None:  # discarded: nothing written; an evaluation episode counts as a failure
+                discarded += 1
+                continue
             if gated and training:  # only the takeovers are corrections
                 for seg in segments(traj.intervened, dcfg.pre_intervention_steps):
                     table = "corrections" if seg.cls == "intervention" else "rollouts"
@@ -218,7 +232,7 @@ class EnvActor:
             RETURN_ON_HUMAN_EFFORT.labels(*self.labels).set(dagger_successes / operator_minutes)
         return {"actor": self.actor_id, "round": round_index, "mode": dcfg.mode, "beta": beta,
                 "eval_episodes": acfg.eval_episodes_per_round, "eval_successes": eval_successes,
-                "success_rate": success_rate, "intervention_rate": intervention_rate,
+                "success_rate": success_rate, "intervention_rate": intervention_rate, "discarded": discarded,
                 "versions_used": sorted(versions)}
 
     def status(self) -> dict[str, Any]:

@@ -20,6 +20,26 @@ PlanFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 """``plan(image, state, instruction) -> (H, action_dim)`` action chunk of a policy."""
 
 
+class PolicyOutputError(ValueError):
+    """The policy returned an unusable action chunk; the episode cannot go on."""
+
+
+def checked_chunk(chunk, execute_steps: int, action_dim: int) -> np.ndarray:
+    """The policy's chunk as float32 (H, action_dim), H >= execute_steps, all finite.
+
+    Raises:
+        PolicyOutputError: naming the shape or the first non-finite entry.
+    """
+    array = np.asarray(chunk, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] < execute_steps or array.shape[1] != action_dim:
+        raise PolicyOutputError(f"policy chunk: expected shape (>= {execute_steps}, {action_dim}), got {array.shape}")
+    bad = np.argwhere(~np.isfinite(array))
+    if len(bad):
+        step, dim = bad[0]
+        raise PolicyOutputError(f"policy chunk: non-finite action {array[step, dim]} at step {step}, dim {dim}")
+    return array
+
+
 @dataclass
 class Trajectory:
     """What one agent saw and did during one episode."""
@@ -52,6 +72,10 @@ def run_episode(env, expert, plan: PlanFn | None, *, beta: float, horizon: int, 
         seed: the episode's environment seed.
         gate: HG-DAgger: decides when the expert takes over from the policy (``beta`` is
             then ignored); needs ``plan``.
+
+    Raises:
+        PolicyOutputError: the policy returned a chunk of the wrong shape or with NaN/inf;
+            the bad chunk is never executed.
     """
     if gate is not None and plan is None:
         raise ValueError("a gate needs a policy to take over from (plan is None)")
@@ -74,7 +98,8 @@ def run_episode(env, expert, plan: PlanFn | None, *, beta: float, horizon: int, 
                 frame = traj.frames.get(step)
                 if frame is None:
                     frame = traj.frames[step] = env.render_camera(agent)
-                chunk, chunk_start = plan(frame, state, traj.instruction), step
+                chunk = checked_chunk(plan(frame, state, traj.instruction), execute_steps, env.action_dim)
+                chunk_start = step
             expert_drives = gate.operator_in_control or gate.check(chunk[step - chunk_start], label)
             if expert_drives:
                 gate.operator_step()
@@ -85,7 +110,8 @@ def run_episode(env, expert, plan: PlanFn | None, *, beta: float, horizon: int, 
         else:
             if step % execute_steps == 0:
                 expert_drives = plan is None or rng.random() < beta
-                chunk = expert.action_chunk(agent, horizon) if expert_drives else plan(traj.frames[step], state, traj.instruction)
+                chunk = expert.action_chunk(agent, horizon) if expert_drives else checked_chunk(
+                    plan(traj.frames[step], state, traj.instruction), execute_steps, env.action_dim)
             action = np.asarray(chunk[step % execute_steps], dtype=np.float32)
         traj.states.append(state)
         traj.actions.append(action)

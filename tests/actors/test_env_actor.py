@@ -149,3 +149,16 @@ def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher,
             chunk = episode.actions[t:t + cfg.actors.execute_steps]
             np.testing.assert_allclose(chunk[:, held], np.broadcast_to(episode.states[t, held], chunk[:, held].shape),
                                        atol=1e-6)
+
+
+def test_an_actor_discards_episodes_its_policy_broke_and_carries_on(actor, publisher, client):
+    publisher, _ = publisher
+    publisher.publish(policy_weights(0))
+    actor._plan = lambda image, state, instruction: np.full((16, 2), np.nan, dtype=np.float32)
+    result = actor.run_round(0, min_version=1, timeout_s=30)
+    assert result["discarded"] == 2 and result["success_rate"] == 0.0
+    assert client.episode_ids("rollouts") == [] and client.episode_ids("corrections") == []
+    with urllib.request.urlopen(actor.status()["metrics"], timeout=5) as response:
+        body = response.read().decode()
+    assert 'fleetloop_actor_discarded_episodes_total{actor="actor-0",reason="policy_output"} 2.0' in body
+    assert actor.collect_demos(1) == 1, "the actor carries on"

@@ -7,7 +7,7 @@ from fleetloop.actors.dagger import RELABEL, beta_for_round, segments, to_episod
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
 from fleetloop.actors.gate import InterventionGate
-from fleetloop.actors.rollout import run_episode
+from fleetloop.actors.rollout import PolicyOutputError, run_episode
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,15 @@ def test_segment_episode_starts_with_the_last_frame_the_robot_saw(env):
     with pytest.raises(ValueError, match="outside the trajectory"):
         to_episode(traj, relabel=False, source="robot", embodiment="sim_arm", policy_version=2, actor_id="a",
                    start=20, end=30)
+
+
+@pytest.mark.parametrize(("chunk", "message"), [
+    (np.full((16, 2), np.nan, dtype=np.float32), "non-finite action nan at step 0, dim 0"),
+    (np.zeros((4, 2), dtype=np.float32), r"expected shape \(>= 8, 2\), got \(4, 2\)"),
+    (np.zeros((16, 3), dtype=np.float32), r"expected shape \(>= 8, 2\), got \(16, 3\)"),
+])
+def test_a_bad_policy_chunk_stops_the_episode_before_it_runs(env, chunk, message):
+    with pytest.raises(PolicyOutputError, match=message):
+        run_episode(env, ReachExpert(env), lambda image, state, instruction: chunk, beta=0.0, horizon=16,
+                    execute_steps=8, frame_every=8, rng=np.random.default_rng(0), seed=0)
+    assert np.isfinite(env.data.ctrl).all() and env.data.time == 0.0, "no step was taken with it"
