@@ -131,8 +131,8 @@ class Intervention:
     ended: bool = False
     actions: np.ndarray | None = None
     """float32 (H, action_dim) the operator executed; None for a message without a chunk."""
-    state: np.ndarray | None = None
-    """float32 (state_dim,) when ``actions`` started; None without a chunk."""
+    states: np.ndarray | None = None
+    """float32 (H, state_dim): the state before each of ``actions``; None without a chunk."""
 
 
 def check_robot(info: RobotInfo, robot_id: str) -> None:

@@ -222,13 +222,14 @@ class MujocoTwinBackend(RobotBackend):
             with self._lock:
                 if self._takeovers.get(robot_id) is not takeover:
                     return
-                start_step, start_state = self._step, self._obs[robot_id]["state"].copy()
+                start_step = self._step
                 chunk = self.expert.action_chunk(robot_id, min(self.operator_horizon, self.takeover_steps - executed))
-            ran = 0
+            ran, states = 0, []
             for action in chunk:
                 with self._lock:
                     if self._takeovers.get(robot_id) is not takeover:
                         return
+                    states.append(self._obs[robot_id]["state"].copy())
                     self._advance(robot_id, action)
                     done = self._done[robot_id]
                 ran += 1
@@ -244,7 +245,7 @@ class MujocoTwinBackend(RobotBackend):
                     del self._takeovers[robot_id]
                 self.feed.publish(Intervention(
                     robot_id, self._episode_id, start_step, takeover.reason, OPERATOR_ID, ended=last,
-                    actions=np.asarray(chunk[:ran], np.float32), state=np.asarray(start_state, np.float32)))
+                    actions=np.asarray(chunk[:ran], np.float32), states=np.asarray(states, np.float32)))
             if last:
                 return
 

@@ -141,8 +141,8 @@ def intervention_to_proto(item: Intervention) -> robot_pb2.Intervention:
     if item.actions is not None:
         message.horizon, message.action_dim = item.actions.shape
         message.actions = f32_bytes(item.actions)
-        message.state = f32_bytes(item.state)
-        message.state_dim = len(item.state)
+        message.states = f32_bytes(item.states)
+        message.state_dim = item.states.shape[1]
     return message
 
 
@@ -152,5 +152,5 @@ def intervention_from_proto(message: robot_pb2.Intervention) -> Intervention:
         robot_id=message.robot_id, episode_id=message.episode_id, step=message.step, reason=message.reason,
         operator_id=message.operator_id, started=message.started, ended=message.ended,
         actions=f32_array(message.actions, (message.horizon, message.action_dim), "actions") if has_chunk else None,
-        state=f32_array(message.state, (message.state_dim,), "state") if has_chunk else None,
+        states=f32_array(message.states, (message.horizon, message.state_dim), "states") if has_chunk else None,
     )

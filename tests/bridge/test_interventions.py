@@ -70,7 +70,7 @@ def test_a_diverging_policy_is_taken_over_and_corrected(serve):
     assert first.started and first.reason == "divergence" and first.operator_id == "sim-expert"
     assert first.robot_id == "arm_0" and first.episode_id == obs.episode_id and first.step == 3
     assert [m.actions.shape for m in chunks] == [(8, 2), (8, 2)] and [m.step for m in chunks] == [3, 11]
-    assert all(np.isfinite(m.actions).all() and m.state.shape == (4,) for m in chunks)
+    assert all(np.isfinite(m.actions).all() and m.states.shape == (len(m.actions), 4) for m in chunks)
     assert chunks[-1].ended
     assert metric("fleetloop_bridge_interventions_total", reason="divergence") == started + 1
     assert metric("fleetloop_bridge_rejected_total", reason="operator_control") == refused + 1
@@ -79,7 +79,9 @@ def test_a_diverging_policy_is_taken_over_and_corrected(serve):
     # The corrections moved the arm toward its goal, and control is back with the policy.
     after = client.observe("arm_0")
     assert after.step == 19 and after.info["distance"] < obs.info["distance"]
-    assert np.allclose(chunks[0].state, result.observation.state)
+    assert np.allclose(chunks[0].states[0], result.observation.state)
+    for earlier, later in zip(chunks, chunks[1:]):
+        assert not np.allclose(earlier.states[-1], later.states[0]), "each row is the state before its own action"
     good = client.act(after, np.tile(after.state[:2], (2, 1)))
     assert good.stop_reason is StopReason.COMPLETED and good.executed_steps == 2
 
