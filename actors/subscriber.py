@@ -188,6 +188,10 @@ class WeightSubscriber:
                 if not self._stop.is_set():
                     REJECTED.labels(reason=exc.reason).inc()
                 reason = f"discarded a version ({exc.reason}): {exc}"
+            except ValueError:  # "Cannot invoke RPC on closed channel": stop() closed it mid-call
+                if self._stop.is_set():
+                    break
+                raise
             if self._stop.is_set():
                 break
             delay = backoff * random.uniform(0.5, 1.0)

@@ -1,6 +1,5 @@
 """DualSystemPolicy: training loss, acting, normalisation, masking, embodiments."""
 
-import time
 
 import numpy as np
 import pytest
@@ -9,16 +8,9 @@ import torch
 from fleetloop.system import DualSystemPolicy
 
 
-def test_size_and_speed(model: DualSystemPolicy, processor, make_sample):
+def test_tiny_preset_stays_small_enough_for_cpu(model: DualSystemPolicy):
+    # Its speed is measured by bench/inference.py, not asserted here.
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
-    rng = np.random.default_rng(1)
-    batch = processor.collate([make_sample(rng) for _ in range(16)])
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model(batch)["loss"].backward()
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 1.0
 
 
 def test_forward_loss_is_finite(model: DualSystemPolicy, batch, register_stats):
