@@ -136,7 +136,7 @@ class EnvActor:
         if self.layout is not None and chunk.shape[-1] != self.env.action_dim:
             # The model drives part of the robot (GR-1: arms and hands); the other joints hold
             # their current positions (the GR-1 state is its joint positions, in action order).
-            chunk = self.layout.scatter("action", chunk, state)
+            chunk = self.layout.scatter("action", chunk, state[: self.env.action_dim])
         return chunk
 
     # -- episodes --------------------------------------------------------------------------
