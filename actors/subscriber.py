@@ -32,12 +32,6 @@ REJECTED = Counter(
 )
 
 _MAX_REQUEST_BYTES = 1 << 20
-_CHANNEL_KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 
 OnVersion = Callable[[int, dict[str, torch.Tensor]], None]
 """Called as ``on_version(version, tensors)`` with a complete, verified state dict. The tensors are
@@ -143,7 +137,6 @@ class WeightSubscriber:
                 ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
                 ("grpc.min_reconnect_backoff_ms", reconnect_ms),
                 ("grpc.max_reconnect_backoff_ms", int(self.backoff_max_s * 1000)),
-                *_CHANNEL_KEEPALIVE_OPTIONS,
             ],
         )
         self._thread = threading.Thread(

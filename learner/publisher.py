@@ -14,16 +14,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 from prometheus_client import Counter, Gauge, Histogram
 
 from fleetloop.protos import codec, weights_pb2, weights_pb2_grpc
-from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor
+from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor, address, start_server
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +50,6 @@ SUBSCRIBER_ACTIVE_SECONDS = 60.0
 
 _MAX_REQUEST_BYTES = 1 << 20
 _MESSAGE_OVERHEAD_BYTES = 1 << 16
-_SERVER_KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 2),
-]
 
 
 @dataclass(frozen=True)
@@ -82,10 +73,6 @@ class PublishedVersion:
             manifest_sha256=self.manifest_sha256,
             published_unix_ms=self.published_unix_ms,
         )
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
@@ -257,45 +244,16 @@ class WeightPublisher:
         """
         if self._server is not None:
             raise RuntimeError("WeightPublisher already started")
-        workers = self.max_watchers + self.pull_workers
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weight-service"),
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.max_receive_message_length", _MAX_REQUEST_BYTES),
-                *_SERVER_KEEPALIVE_OPTIONS,
-            ],
-            maximum_concurrent_rpcs=workers,
-            interceptors=self._interceptors,
-        )
-        add_servicer_to_server(WeightServicer(self), server)
-        self._health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        address = _address(self.host, self.port)
-        failure = f"weight service cannot bind {address}: port in use or address unavailable"
-        try:
-            if self.tls is None:
-                bound = server.add_insecure_port(address)
-            else:
-                bound = server.add_secure_port(address, self.tls.server_credentials())
-        except RuntimeError as exc:
-            server.stop(None)
-            raise OSError(failure) from exc
-        if bound == 0:
-            server.stop(None)
-            raise OSError(failure)
         with self._cond:
             self._stopping = False
-        server.start()
-        for service in HEALTH_SERVICES:
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._server = server
+        self._server, self._health, bound = start_server(
+            "weight service", self.host, self.port, workers=self.max_watchers + self.pull_workers,
+            max_send_bytes=self.max_message_bytes, max_receive_bytes=_MAX_REQUEST_BYTES,
+            add_servicers=lambda server: add_servicer_to_server(WeightServicer(self), server),
+            health_services=HEALTH_SERVICES, interceptors=self._interceptors, tls=self.tls,
+            token_required=bool(self._interceptors))
         self.port = bound
         SUBSCRIBERS.set_function(self.active_subscribers)
-        logger.info("weight service listening on %s (%s, %s)", _address(self.host, bound),
-                    "plaintext" if self.tls is None else "mutual TLS" if self.tls.require_client_auth else "TLS",
-                    "bearer token" if self._interceptors else "no token")
         return bound
 
     def stop(self, grace: float | None = 1.0) -> None:
@@ -308,7 +266,7 @@ class WeightPublisher:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self._server = None
-        logger.info("weight service on %s stopped", _address(self.host, self.port))
+        logger.info("weight service on %s stopped", address(self.host, self.port))
 
     # ---- publishing ------------------------------------------------------------------------
 

@@ -1,18 +1,23 @@
-"""TLS credentials and bearer-token checks shared by the WeightService server and its clients.
+"""gRPC set-up shared by our services (WeightService, RobotService) and their clients: TLS,
+bearer tokens, keep-alives, health checking.
 
 ``TlsConfig`` holds PEM bytes and builds server or channel credentials (mutual TLS when the
 server requires client certificates). A bearer token travels as ``authorization: Bearer <token>``
 metadata on every call: ``TokenAuthInterceptor`` rejects a missing or wrong one with
-UNAUTHENTICATED and counts it; ``bearer_token_channel`` adds it on the client side. The gRPC
-health service is exempt, so probes need no token.
+UNAUTHENTICATED and counts it; ``open_channel`` adds it on the client side. The gRPC health
+service is exempt, so probes need no token. ``start_server`` builds, binds and starts a server
+with the health service; ``open_channel`` opens a client channel; both set keep-alives.
 """
 
 import hmac
 import logging
+from collections.abc import Callable, Iterable
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
@@ -21,6 +26,21 @@ AUTH_FAILURES = Counter(
     "fleetloop_grpc_auth_failures_total", "gRPC calls rejected for a missing or wrong bearer token, by service.",
     ["service"],
 )
+
+SERVER_KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+]
+CHANNEL_KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 """Methods served without a token."""
@@ -143,9 +163,67 @@ class _CallDetails(grpc.ClientCallDetails):
 
 def open_channel(target: str, options: list[tuple[str, object]], tls: TlsConfig | None = None,
                  token: str | None = None) -> grpc.Channel:
-    """A channel to ``target``: TLS when ``tls`` is given, sending ``token`` on every call when given."""
+    """A channel to ``target`` with keep-alives: TLS when ``tls`` is given, sending ``token`` on
+    every call when given."""
+    options = [*options, *CHANNEL_KEEPALIVE_OPTIONS]
     if tls is not None:
         channel = grpc.secure_channel(target, tls.channel_credentials(), options=[*options, *tls.channel_options()])
     else:
         channel = grpc.insecure_channel(target, options=options)
     return grpc.intercept_channel(channel, _TokenClientInterceptor(token)) if token else channel
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` for gRPC, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def start_server(name: str, host: str, port: int, *, workers: int, max_send_bytes: int, max_receive_bytes: int,
+                 add_servicers: Callable[[grpc.Server], None], health_services: Iterable[str],
+                 interceptors: list[grpc.ServerInterceptor], tls: TlsConfig | None,
+                 token_required: bool) -> tuple[grpc.Server, health.HealthServicer, int]:
+    """Build, bind and start a gRPC server whose health service reports ``health_services`` SERVING.
+
+    Args:
+        name: the service as logs and errors name it, e.g. "weight service".
+        workers: handler threads, also the limit of concurrent calls.
+        add_servicers: registers the service's servicers on the server.
+
+    Returns:
+        (server, its health servicer, the bound port).
+
+    Raises:
+        OSError: the address cannot be bound (e.g. the port is in use).
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name.replace(" ", "-")),
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_send_message_length", max_send_bytes),
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            *SERVER_KEEPALIVE_OPTIONS,
+        ],
+        maximum_concurrent_rpcs=workers,
+        interceptors=interceptors,
+    )
+    add_servicers(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    where = address(host, port)
+    failure = f"{name} cannot bind {where}: port in use or address unavailable"
+    try:
+        bound = server.add_insecure_port(where) if tls is None else server.add_secure_port(
+            where, tls.server_credentials())
+    except RuntimeError as exc:
+        server.stop(None)
+        raise OSError(failure) from exc
+    if bound == 0:
+        server.stop(None)
+        raise OSError(failure)
+    server.start()
+    for service in health_services:
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    transport = "plaintext" if tls is None else "mutual TLS" if tls.require_client_auth else "TLS"
+    logger.info("%s listening on %s (%s, %s)", name, address(host, bound), transport,
+                "bearer token" if token_required else "no token")
+    return server, health_servicer, bound

@@ -20,12 +20,6 @@ from fleetloop.actors.bridge.backend import ActResult, Intervention, Observation
 from fleetloop.protos import robot_pb2, robot_pb2_grpc
 from fleetloop.protos.security import TlsConfig, open_channel
 
-_CHANNEL_KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -151,7 +145,6 @@ class RobotClient:
                 self._channel = open_channel(self.target, tls=self.tls, token=self._token, options=[
                     ("grpc.max_receive_message_length", self.max_message_bytes),
                     ("grpc.max_send_message_length", self.max_message_bytes),
-                    *_CHANNEL_KEEPALIVE_OPTIONS,
                 ])
                 self._stub = robot_pb2_grpc.RobotServiceStub(self._channel)
             return self._stub

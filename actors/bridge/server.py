@@ -13,36 +13,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent import futures
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 
 from fleetloop.actors.bridge import wire
 from fleetloop.actors.bridge.backend import RobotBackend, RobotError, check_chunk, check_robot
 from fleetloop.actors.bridge.metrics import ACT_SECONDS, REJECTED, REQUESTS
 from fleetloop.protos import robot_pb2, robot_pb2_grpc
-from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor
+from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor, start_server
+from fleetloop.protos.security import address as grpc_address
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = robot_pb2.DESCRIPTOR.services_by_name["RobotService"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 """Names the health service reports SERVING while the bridge runs ("" is the whole server)."""
-
-_SERVER_KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 2),
-]
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
 
 def _abort(context: grpc.ServicerContext, error: RobotError) -> None:
     REJECTED.labels(reason=error.reason).inc()
@@ -199,7 +185,7 @@ class RobotBridgeServer:
     @property
     def address(self) -> str:
         """``host:port`` the bridge listens on (the bound port once started)."""
-        return _address(self.host, self.port)
+        return grpc_address(self.host, self.port)
 
     def start(self) -> int:
         """Start serving and return the bound port.
@@ -210,43 +196,16 @@ class RobotBridgeServer:
         """
         if self._server is not None or self._backend_closed:
             raise RuntimeError("RobotBridgeServer already started or stopped")
-        workers = self.max_streams + self.workers
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robot-bridge"),
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                *_SERVER_KEEPALIVE_OPTIONS,
-            ],
-            maximum_concurrent_rpcs=workers,
-            interceptors=self._interceptors,
-        )
-        robot_pb2_grpc.add_RobotServiceServicer_to_server(RobotServicer(self.backend, self.max_streams), server)
-        self._health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        failure = f"robot bridge cannot bind {self.address}: port in use or address unavailable"
-        try:
-            if self.tls is None:
-                bound = server.add_insecure_port(self.address)
-            else:
-                bound = server.add_secure_port(self.address, self.tls.server_credentials())
-        except RuntimeError as exc:
-            server.stop(None)
-            raise OSError(failure) from exc
-        if bound == 0:
-            server.stop(None)
-            raise OSError(failure)
-        server.start()
-        for service in HEALTH_SERVICES:
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._server = server
-        self.port = bound
+        self._server, self._health, self.port = start_server(
+            "robot bridge", self.host, self.port, workers=self.max_streams + self.workers,
+            max_send_bytes=self.max_message_bytes, max_receive_bytes=self.max_message_bytes,
+            add_servicers=lambda server: robot_pb2_grpc.add_RobotServiceServicer_to_server(
+                RobotServicer(self.backend, self.max_streams), server),
+            health_services=HEALTH_SERVICES, interceptors=self._interceptors, tls=self.tls,
+            token_required=len(self._interceptors) > 1)
         info = self.backend.info()
-        logger.info("robot bridge (%s, %d robot(s)) listening on %s (%s, %s)", info.backend, len(info.robot_ids),
-                    self.address, "plaintext" if self.tls is None else "mutual TLS" if self.tls.require_client_auth
-                    else "TLS", "bearer token" if len(self._interceptors) > 1 else "no token")
-        return bound
+        logger.info("robot bridge %s serves %d robot(s) of %s", self.address, len(info.robot_ids), info.backend)
+        return self.port
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Report NOT_SERVING, end intervention streams, stop serving (in-flight calls get ``grace``
