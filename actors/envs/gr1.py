@@ -31,7 +31,8 @@ from typing import Any
 import gymnasium
 import mujoco
 import numpy as np
-from pettingzoo import ParallelEnv
+
+from fleetloop.actors.envs.base import MujocoTaskEnv
 
 JOINT_GROUPS: dict[str, int] = {
     "left_arm": 7,
@@ -577,7 +578,7 @@ class TableScene:
 # Base environment
 
 
-class GR1TableEnv(ParallelEnv, abc.ABC):
+class GR1TableEnv(MujocoTaskEnv):
     """PettingZoo base of the GR-1 table tasks: one GR-1 per agent, one named object and target.
 
     Observation per agent: ``{"state": float32 (44,) joint positions in JOINT_NAMES order,
@@ -618,7 +619,6 @@ class GR1TableEnv(ParallelEnv, abc.ABC):
         self._rng = np.random.default_rng(seed)
         self._steps = 0
         self._object, self._target = next(iter(OBJECTS)), next(iter(TARGETS))
-        self._renderer: mujoco.Renderer | None = None
         text = gymnasium.spaces.Text(max_length=96, charset=string.ascii_lowercase + " ")
         state = gymnasium.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)
         self._observation_spaces = {
@@ -697,58 +697,11 @@ class GR1TableEnv(ParallelEnv, abc.ABC):
             agent: self._info(agent) for agent in self.agents
         }
 
-    def step(
-        self, actions: dict[str, np.ndarray]
-    ) -> tuple[dict[str, dict], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict]]:
-        """Apply joint targets for every live agent and advance one control step (50 ms).
+    def _apply(self, actions: dict[str, np.ndarray]) -> None:
+        self.scene.step(actions)
 
-        Args:
-            actions: agent -> float (44,) absolute joint position targets; clipped to the ranges.
-
-        Returns:
-            (observations, rewards, terminations, truncations, infos) keyed by agent.
-
-        Raises:
-            RuntimeError: no episode is running (call ``reset``).
-            ValueError: an agent is unknown, missing, or its action is malformed or non-finite.
-        """
-        if not self.agents:
-            raise RuntimeError("no episode is running; call reset() first")
-        unknown = set(actions) - set(self.agents)
-        if unknown:
-            raise ValueError(f"actions for agents not in the episode: {sorted(unknown)}")
-        for agent in self.agents:
-            if agent not in actions:
-                raise ValueError(f"{agent}: missing action")
-        self.scene.step({agent: self._check_action(agent, actions[agent]) for agent in self.agents})
-        self._steps += 1
-
-        truncated = self._steps >= self.max_steps
-        observations = {agent: self._observe(agent) for agent in self.agents}
-        infos = {agent: self._info(agent) for agent in self.agents}
-        rewards = {agent: -infos[agent]["distance"] for agent in self.agents}
-        terminations = dict.fromkeys(self.agents, False)
-        truncations = dict.fromkeys(self.agents, truncated)
-        if truncated:
-            self.agents = []
-        return observations, rewards, terminations, truncations, infos
-
-    def render_camera(self, agent: str) -> np.ndarray:
-        """Render ``agent``'s head (ego) camera: uint8 (image_size, image_size, 3)."""
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
-        self._renderer.update_scene(self.data, camera=self.scene.robots[agent].camera)
-        return self._renderer.render()
-
-    def render(self) -> np.ndarray:
-        """Ego camera image of the first agent (``rgb_array`` mode)."""
-        return self.render_camera(self.possible_agents[0])
-
-    def close(self) -> None:
-        """Release the offscreen renderer, if one was created."""
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+    def _camera(self, agent: str) -> str:
+        return self.scene.robots[agent].camera
 
     def goal(self, agent: str) -> tuple[str, str]:
         """(object, target) named by the current episode's instructions."""
@@ -785,18 +738,6 @@ class GR1TableEnv(ParallelEnv, abc.ABC):
 
     def _goal_point(self, agent: str) -> np.ndarray:
         return self.target_position(agent)
-
-    def _check_action(self, agent: str, action: Any) -> np.ndarray:
-        """Return ``action`` as float64 (44,) or raise ValueError naming agent and problem."""
-        try:
-            array = np.asarray(action, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{agent}: action is not numeric ({error})") from error
-        if array.shape != (ACTION_DIM,):
-            raise ValueError(f"{agent}: action shape must be ({ACTION_DIM},), got {array.shape}")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{agent}: action has NaN or inf at indices {np.flatnonzero(~np.isfinite(array)).tolist()}")
-        return array
 
     def _observe(self, agent: str) -> dict[str, Any]:
         return {"state": self.scene.joint_positions(agent).astype(np.float32), "instruction": self.instruction(agent)}

@@ -23,7 +23,8 @@ from typing import Any
 import gymnasium
 import mujoco
 import numpy as np
-from pettingzoo import ParallelEnv
+
+from fleetloop.actors.envs.base import MujocoTaskEnv
 
 ASSET_PATH = Path(__file__).parent / "assets" / "reach_arm.xml"
 COLOURS = ("red", "green", "blue")
@@ -61,7 +62,7 @@ class _Arm:
         )
 
 
-class ReachEnv(ParallelEnv):
+class ReachEnv(MujocoTaskEnv):
     """Language-conditioned reaching with one planar arm per agent.
 
     Observation per agent: ``{"state": float32 (4,) = [q_shoulder, q_elbow, qd_shoulder,
@@ -128,7 +129,6 @@ class ReachEnv(ParallelEnv):
         self._goals: dict[str, str] = {}
         self._rng = np.random.default_rng(seed)
         self._steps = 0
-        self._renderer: mujoco.Renderer | None = None
 
         first = self.possible_agents[0]
         self.link_lengths = (
@@ -205,63 +205,14 @@ class ReachEnv(ParallelEnv):
             agent: self._info(agent) for agent in self.agents
         }
 
-    def step(
-        self, actions: dict[str, np.ndarray]
-    ) -> tuple[
-        dict[str, dict], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict]
-    ]:
-        """Apply joint targets for every live agent and advance one control step.
-
-        Args:
-            actions: agent -> float (2,) absolute joint position targets; clipped to limits.
-
-        Returns:
-            (observations, rewards, terminations, truncations, infos) keyed by agent.
-
-        Raises:
-            RuntimeError: no episode is running (call ``reset``).
-            ValueError: an agent is unknown, missing, or its action is malformed or non-finite.
-        """
-        if not self.agents:
-            raise RuntimeError("no episode is running; call reset() first")
-        unknown = set(actions) - set(self.agents)
-        if unknown:
-            raise ValueError(f"actions for agents not in the episode: {sorted(unknown)}")
-        for agent in self.agents:
-            if agent not in actions:
-                raise ValueError(f"{agent}: missing action")
-            target = self._check_action(agent, actions[agent])
+    def _apply(self, actions: dict[str, np.ndarray]) -> None:
+        for agent, target in actions.items():
             space = self._action_spaces[agent]
             self.data.ctrl[self._arms[agent].ctrl_adr] = np.clip(target, space.low, space.high)
         mujoco.mj_step(self.model, self.data, nstep=_SUBSTEPS)
-        self._steps += 1
 
-        truncated = self._steps >= self.max_steps
-        observations = {agent: self._observe(agent) for agent in self.agents}
-        infos = {agent: self._info(agent) for agent in self.agents}
-        rewards = {agent: -infos[agent]["distance"] for agent in self.agents}
-        terminations = dict.fromkeys(self.agents, False)
-        truncations = dict.fromkeys(self.agents, truncated)
-        if truncated:
-            self.agents = []
-        return observations, rewards, terminations, truncations, infos
-
-    def render_camera(self, agent: str) -> np.ndarray:
-        """Render ``agent``'s ego camera: uint8 (image_size, image_size, 3)."""
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
-        self._renderer.update_scene(self.data, camera=self._arms[agent].camera)
-        return self._renderer.render()
-
-    def render(self) -> np.ndarray:
-        """Ego camera image of the first agent (``rgb_array`` mode)."""
-        return self.render_camera(self.possible_agents[0])
-
-    def close(self) -> None:
-        """Release the offscreen renderer, if one was created."""
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+    def _camera(self, agent: str) -> str:
+        return self._arms[agent].camera
 
     def goal(self, agent: str) -> str:
         """Colour of ``agent``'s goal in the current episode."""
@@ -275,20 +226,6 @@ class ReachEnv(ParallelEnv):
     def joint_positions(self, agent: str) -> np.ndarray:
         """Current [q_shoulder, q_elbow] of ``agent``'s arm, float64 (2,)."""
         return self.data.qpos[self._arms[agent].qpos_adr].copy()
-
-    def _check_action(self, agent: str, action: Any) -> np.ndarray:
-        """Return ``action`` as float64 (2,) or raise ValueError naming agent and problem."""
-        try:
-            array = np.asarray(action, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{agent}: action is not numeric ({error})") from error
-        if array.shape != (self.action_dim,):
-            raise ValueError(
-                f"{agent}: action shape must be ({self.action_dim},), got {array.shape}"
-            )
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{agent}: action has NaN or inf: {array.tolist()}")
-        return array
 
     def _observe(self, agent: str) -> dict[str, Any]:
         arm = self._arms[agent]
