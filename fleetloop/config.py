@@ -212,9 +212,23 @@ class DaggerSection(_Section):
 
 class ActorsSection(_Section):
     num_actors: int = Field(2, ge=1, description="Ray actors, each owning one environment and a policy replica.")
-    env: Literal["reach", "gr1_pick_place"] = Field(
-        "reach", description="Simulated task (actors/envs): reach (2-link arm) or gr1_pick_place (GR-1 humanoid; "
-                             "its expert needs about 64 steps, so give max_steps >= 96).")
+    env: Literal["reach", "gr1_pick_place", "gr1_handover"] = Field(
+        "reach", description="Simulated task (actors/envs): reach (2-link arm), gr1_pick_place (GR-1 humanoid; "
+                             "its expert needs about 64 steps, so give max_steps >= 96) or gr1_handover (two GR-1s "
+                             "in one scene, one episode per robot written; max_steps >= 160).")
+    robot: Literal["sim", "bridge"] = Field(
+        "sim", description="sim: each actor steps its own MuJoCo env in process; bridge: each actor drives its "
+                           "robot only through a RobotService (`fleetloop robot-bridge`), and corrections come "
+                           "from the bridge's operator interventions (needs actors.dagger.mode=hg-dagger).")
+    bridge_targets: list[str] = Field(
+        default_factory=list, description="actors.robot=bridge: host:port of the running robot bridge of each actor "
+                                          "(one per actor); empty: `fleetloop up` starts a mujoco-twin bridge per actor.")
+    eval_seed_base: int | None = Field(
+        None, description="Evaluation episode i of every round resets its env with seed eval_seed_base + i (the "
+                          "same episodes each round); None: evaluation seeds continue the actor's own sequence.")
+    state_includes_object_pose: bool = Field(
+        False, description="gr1_pick_place: append the named object's and target's xyz (pelvis frame) to the "
+                           "state (embodiment gr1_pose), for policies that cannot find the object in images.")
     max_steps: int = Field(64, ge=8, description="Control steps per episode.")
     shuffle_layout: bool = Field(False, description="Reach task: shuffle the balls' places each episode (the policy must then find the named colour in the image).")
     demos_per_actor: int = Field(16, ge=1, description="Expert demonstrations each actor seeds into `pretrain`.")
@@ -225,6 +239,18 @@ class ActorsSection(_Section):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a crashed actor (and retries its interrupted call).")
     dagger: DaggerSection = Field(default_factory=DaggerSection)
+
+    @model_validator(mode="after")
+    def _check_robot(self) -> "ActorsSection":
+        if self.robot == "bridge" and self.dagger.mode != "hg-dagger":
+            raise ValueError("actors.robot=bridge needs actors.dagger.mode=hg-dagger: through a bridge only "
+                             f"operator takeovers give corrections, got mode {self.dagger.mode!r}")
+        if self.bridge_targets and len(self.bridge_targets) != self.num_actors:
+            raise ValueError(f"actors.bridge_targets lists {len(self.bridge_targets)} bridge(s) for "
+                             f"{self.num_actors} actor(s); give one per actor or none")
+        if self.state_includes_object_pose and self.env != "gr1_pick_place":
+            raise ValueError(f"actors.state_includes_object_pose applies to env gr1_pick_place, not {self.env!r}")
+        return self
 
 
 class MetricsSection(_Section):

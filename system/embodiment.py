@@ -20,10 +20,12 @@ KINDS = ("state", "action")
 
 EMBODIMENT_TAGS: dict[str, int] = {
     "gr1": 24,
+    "gr1_pose": 29,
     "sim_arm": 30,
     "new_embodiment": 31,
 }
-"""Embodiment tag -> slot id; "gr1" and "new_embodiment" as numbered by GR00T N1."""
+"""Embodiment tag -> slot id; "gr1" and "new_embodiment" as numbered by GR00T N1; "gr1_pose" is
+the simulated GR-1 whose state also carries the named object's pose (a free slot)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,12 @@ _LAYOUTS: dict[str, EmbodimentLayout] = {
         action=_GR1_PARTS,
         action_keys=("left_arm", "left_hand", "right_arm", "right_hand"),
     ),
+    "gr1_pose": EmbodimentLayout(
+        tag="gr1_pose",
+        state={**_GR1_PARTS, "object_pose": (44, 50)},
+        action=_GR1_PARTS,
+        action_keys=("left_arm", "left_hand", "right_arm", "right_hand"),
+    ),
     "sim_arm": EmbodimentLayout(
         tag="sim_arm",
         state={"joint_position": (0, 2), "joint_velocity": (2, 4)},
@@ -135,7 +143,9 @@ _LAYOUTS: dict[str, EmbodimentLayout] = {
     ),
 }
 """Layouts by tag. gr1's model actions are its arms and hands (26 dims), as GR00T's
-`fourier_gr1_arms_only` data config; all 44 actions do not fit max_action_dim = 32."""
+`fourier_gr1_arms_only` data config; all 44 actions do not fit max_action_dim = 32. gr1_pose
+is gr1 with ``object_pose`` appended to the state: the named object's xyz and its goal point's
+xyz in the pelvis frame (GR1PickPlaceEnv(state_includes_object_pose=True))."""
 
 
 def embodiment_id(tag: str) -> int:

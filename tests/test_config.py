@@ -47,6 +47,10 @@ def test_override_of_nested_mapping():
         pytest.param("replay.tables={nope: {}}", "replay.tables: unknown table 'nope'", id="table-unknown"),
         pytest.param("model.preset=n9", "model.preset: unknown model preset 'n9'", id="model-preset"),
         pytest.param("learner.publish_every=1000", "learner.publish_every (1000) must be <= learner.steps_per_round", id="cross-field"),
+        pytest.param("actors.robot=bridge", "actors.robot=bridge needs actors.dagger.mode=hg-dagger", id="bridge-mode"),
+        pytest.param("actors.bridge_targets=[a:1]", "lists 1 bridge(s) for 2 actor(s)", id="bridge-targets"),
+        pytest.param("actors.state_includes_object_pose=true", "applies to env gr1_pick_place, not 'reach'",
+                     id="object-pose-env"),
     ],
 )
 def test_bad_values_name_the_field(override, expected):

@@ -334,3 +334,26 @@ def test_make_env_and_invalid_arguments():
         GR1PickPlaceEnv(image_size=0)
     with pytest.raises(ValueError, match="max_steps"):
         GR1HandoverEnv(max_steps=0)
+
+
+def test_object_pose_flag_appends_the_privileged_state_and_switches_embodiment():
+    plain, posed = GR1PickPlaceEnv(seed=0), GR1PickPlaceEnv(seed=0, state_includes_object_pose=True)
+    try:
+        (base, _), (obs, _) = plain.reset(seed=3), posed.reset(seed=3)
+        assert plain.embodiment == "gr1" and posed.embodiment == "gr1_pose"
+        assert posed.state_dim == 50 and posed.action_dim == 44
+        state = obs[AGENT]["state"]
+        assert state.shape == (50,) and state.dtype == np.float32
+        assert posed.observation_space(AGENT)["state"].contains(state)
+        np.testing.assert_array_equal(state[:44], base[AGENT]["state"])
+        np.testing.assert_array_equal(state[44:], posed.privileged_state(AGENT))
+        obs, _, _, _, _ = posed.step({AGENT: posed.joint_positions(AGENT)})
+        np.testing.assert_array_equal(obs[AGENT]["state"][44:], posed.privileged_state(AGENT))
+        layout = embodiment_layout("gr1_pose")
+        assert layout.raw_dim("state") == layout.model_dim("state") == 50
+        assert layout.select("state", state)[44:].tolist() == state[44:].tolist()
+        assert layout.model_keys("action") == embodiment_layout("gr1").model_keys("action")
+        assert layout.raw_dim("action") == 44 and layout.model_dim("action") == 26
+    finally:
+        plain.close()
+        posed.close()
