@@ -1,8 +1,11 @@
 """EnvActor: owns one environment, an inference copy of the policy and a weight subscriber.
 
 Run as a Ray actor by the launcher. It seeds ``pretrain`` with expert demonstrations, and in
-every round rolls out the newest applied policy: beta-mixture DAgger episodes (the expert
-drives a chunk with probability beta) and policy-only evaluation episodes. Every trajectory
+every round rolls out the newest applied policy: DAgger episodes (``actors.dagger.mode``) and
+policy-only evaluation episodes (on fixed seeds when ``actors.eval_seed_base`` is set, so
+rounds are compared on the same episodes). A scene with several robots (gr1_handover) gives
+one trajectory per robot, each written as its own episode; every robot has its own policy
+(System 2 cache and noise) over the shared model. Every trajectory
 is written to ``rollouts`` (executed actions) and ``corrections`` (expert labels), stamped
 with the weight version that produced it.
 
@@ -15,6 +18,7 @@ survives restarts and gives each new episode a fresh environment seed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,7 +34,7 @@ import torch
 from fleetloop.actors.dagger import DEMO, RELABEL, ROBOT, beta_for_round, segments, to_episode
 from fleetloop.actors.envs import make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
-from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episode
+from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episodes
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.replay import ReplayClient
 from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id, embodiment_layout, model_preset
@@ -81,17 +85,21 @@ class EnvActor:
         acfg = cfg.actors
         torch.set_num_threads(acfg.torch_threads)
         self.model_cfg = model_preset(cfg.model.preset)
+        env_kwargs = {"state_includes_object_pose": True} if acfg.state_includes_object_pose else {}
         self.env = make_env(acfg.env, image_size=self.model_cfg.vision.image_size, max_steps=acfg.max_steps,
-                            shuffle_layout=acfg.shuffle_layout)
+                            shuffle_layout=acfg.shuffle_layout, **env_kwargs)
         self.expert = make_expert(acfg.env, self.env)
         self.embodiment = self.env.embodiment
         self.embodiment_id = embodiment_id(self.embodiment)
         self.layout = embodiment_layout(self.embodiment)
+        self.actor_index = actor_index
         actor_seed = cfg.run.seed * 1000 + actor_index
         self.model = DualSystemPolicy(self.model_cfg).eval()
-        self.policy = Policy(self.model, Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir),
-                             seed=actor_seed, num_inference_steps=cfg.model.num_inference_steps,
-                             system2_every=cfg.model.system2_every)
+        processor = Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir)
+        # One policy per robot of the scene (own System 2 cache and noise), sharing the model.
+        self.policies = {agent: Policy(self.model, processor, num_inference_steps=cfg.model.num_inference_steps,
+                                       system2_every=cfg.model.system2_every)
+                         for agent in self.env.possible_agents}
         self.replay = ReplayClient(redis_url)
         self.rng = np.random.default_rng([cfg.run.seed, actor_index])
         self.seed_base = actor_seed * 100_000  # episode i of this actor resets its env with seed_base + i
@@ -127,10 +135,10 @@ class EnvActor:
         """Block until a version >= ``version`` is applied; False on timeout."""
         return self.subscriber.wait_for_version(version, timeout_s)
 
-    def _plan(self, image: np.ndarray, state: np.ndarray, instruction: str) -> np.ndarray:
+    def _plan(self, policy: Policy, image: np.ndarray, state: np.ndarray, instruction: str) -> np.ndarray:
         start = time.perf_counter()
         with self._lock:
-            chunk = self.policy.act({"image": image, "state": state, "instruction": instruction,
+            chunk = policy.act({"image": image, "state": state, "instruction": instruction,
                                      "embodiment_id": self.embodiment_id})
         INFERENCE_SECONDS.labels(self.actor_id).observe(time.perf_counter() - start)
         if self.layout is not None and chunk.shape[-1] != self.env.action_dim:
@@ -140,26 +148,34 @@ class EnvActor:
         return chunk
 
     # -- episodes --------------------------------------------------------------------------
-    def _episode(self, *, beta: float, use_policy: bool, frame_every: int,
-                 gate: InterventionGate | None = None) -> tuple[Trajectory | None, int]:
-        """Run one episode; (None, version) when the policy's output made it unusable (discarded)."""
+    def _episode(self, *, beta: float, use_policy: bool, frame_every: int, gated: bool = False,
+                 seed: int | None = None) -> tuple[dict[str, Trajectory] | None, int]:
+        """Run one episode (one trajectory per robot of the scene); (None, version) when the
+        policy's output made it unusable (discarded). ``seed`` None takes the actor's next seed."""
         version = self.version
-        self.policy.reset()
         POLICY_LAG.labels(self.actor_id).set(max(0, self.subscriber.latest_announced - version))
-        seed = self.seed_base + self.episode_count
-        self.episode_count += 1
+        if seed is None:
+            seed = self.seed_base + self.episode_count
+            self.episode_count += 1
+        for k, policy in enumerate(self.policies.values()):
+            policy.reset(seed=seed * len(self.policies) + k)  # the same episode seed, the same noise
+        dcfg = self.cfg.actors.dagger
+        gates = {agent: InterventionGate(dcfg.gate_threshold, dcfg.gate_patience, dcfg.takeover_steps)
+                 for agent in self.policies} if gated else None
+        plans = {agent: functools.partial(self._plan, policy) for agent, policy in self.policies.items()}
         try:
-            traj = run_episode(self.env, self.expert, self._plan if use_policy else None, beta=beta,
-                               horizon=self.model_cfg.action_head.action_horizon,
-                               execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every, rng=self.rng,
-                               seed=seed, gate=gate)
+            trajs = run_episodes(self.env, self.expert, plans if use_policy else None, beta=beta,
+                                 horizon=self.model_cfg.action_head.action_horizon,
+                                 execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every, rng=self.rng,
+                                 seed=seed, gates=gates)
         except PolicyOutputError as exc:
             log.warning("%s: episode (seed %d) discarded: %s", self.actor_id, seed, exc)
             DISCARDED.labels(self.actor_id, "policy_output").inc()
             return None, version
-        ENV_STEPS.labels(self.actor_id).inc(len(traj.states))
-        EPISODE_LENGTH.labels(*self.labels).set(len(traj.states))
-        return traj, version
+        steps = len(next(iter(trajs.values())).states)
+        ENV_STEPS.labels(self.actor_id).inc(steps * len(trajs))
+        EPISODE_LENGTH.labels(*self.labels).set(steps)
+        return trajs, version
 
     def _write(self, table: str, traj: Trajectory, cls: str, version: int, *, relabel: bool = False,
                start: int = 0, end: int | None = None) -> str:
@@ -176,20 +192,29 @@ class EnvActor:
         return episode_id
 
     def collect_demos(self, count: int) -> int:
-        """Write ``count`` expert demonstrations to ``pretrain``; returns how many succeeded."""
+        """Write ``count`` expert demonstrations (one episode per robot) to ``pretrain``; returns
+        how many succeeded."""
         successes = 0
         for _ in range(count):
-            traj, _ = self._episode(beta=1.0, use_policy=False, frame_every=self.cfg.actors.demo_frame_every)
-            self._write("pretrain", traj, DEMO, version=0)
-            successes += traj.success
+            trajs, _ = self._episode(beta=1.0, use_policy=False, frame_every=self.cfg.actors.demo_frame_every)
+            for traj in trajs.values():
+                self._write("pretrain", traj, DEMO, version=0)
+            successes += all(traj.success for traj in trajs.values())
         return successes
+
+    def _eval_seed(self, index: int) -> int | None:
+        """Env seed of evaluation episode ``index``: fixed across rounds when actors.eval_seed_base is set."""
+        acfg = self.cfg.actors
+        if acfg.eval_seed_base is None:
+            return None
+        return acfg.eval_seed_base + self.actor_index * acfg.eval_episodes_per_round + index
 
     def run_round(self, round_index: int, min_version: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
         """This round's DAgger episodes (mode ``actors.dagger.mode``), then policy-only evaluation
         episodes, written to the replay by correction class (actors/dagger.py).
 
         Waits first until a weights version >= ``min_version`` is applied (a restarted actor
-        pulls it anew).
+        pulls it anew). An episode succeeds when every robot of the scene succeeded.
 
         Raises:
             TimeoutError: that version did not arrive within ``timeout_s``.
@@ -199,30 +224,25 @@ class EnvActor:
         acfg, dcfg = self.cfg.actors, self.cfg.actors.dagger
         gated = dcfg.mode == "hg-dagger"
         beta = 0.0 if gated else beta_for_round(dcfg.beta_start, dcfg.beta_decay, round_index)
-        gate = InterventionGate(dcfg.gate_threshold, dcfg.gate_patience, dcfg.takeover_steps) if gated else None
         eval_successes, dagger_successes, expert_steps, dagger_steps, discarded, versions = 0, 0, 0, 0, 0, set()
         for i in range(acfg.dagger_episodes_per_round + acfg.eval_episodes_per_round):
             training = i < acfg.dagger_episodes_per_round
-            traj, version = self._episode(beta=beta if training else 0.0, use_policy=True,
-                                          frame_every=acfg.execute_steps, gate=gate if training else None)
+            trajs, version = self._episode(
+                beta=beta if training else 0.0, use_policy=True, frame_every=acfg.execute_steps,
+                gated=gated and training, seed=None if training else self._eval_seed(i - acfg.dagger_episodes_per_round))
             versions.add(version)
-            if traj is None:  # discarded: nothing written; an evaluation episode counts as a failure
+            if trajs is None:  # discarded: nothing written; an evaluation episode counts as a failure
                 discarded += 1
                 continue
-            if gated and training:  # only the takeovers are corrections
-                for seg in segments(traj.intervened, dcfg.pre_intervention_steps):
-                    table = "corrections" if seg.cls == "intervention" else "rollouts"
-                    self._write(table, traj, seg.cls, version, start=seg.start, end=seg.end)
-            else:
-                self._write("rollouts", traj, ROBOT, version)
-                if not gated:
-                    self._write("corrections", traj, RELABEL, version, relabel=True)
+            for traj in trajs.values():
+                self._write_trajectory(traj, version, takeovers_only=gated and training)
+            success = all(traj.success for traj in trajs.values())
             if training:
-                expert_steps += sum(traj.intervened)
-                dagger_steps += len(traj.intervened)
-                dagger_successes += traj.success
+                expert_steps += sum(sum(traj.intervened) for traj in trajs.values())
+                dagger_steps += sum(len(traj.intervened) for traj in trajs.values())
+                dagger_successes += success
             else:
-                eval_successes += traj.success
+                eval_successes += success
         success_rate = eval_successes / acfg.eval_episodes_per_round
         intervention_rate = expert_steps / dagger_steps if dagger_steps else 0.0
         SUCCESS_RATE.labels(*self.labels).set(success_rate)
@@ -234,6 +254,19 @@ class EnvActor:
                 "eval_episodes": acfg.eval_episodes_per_round, "eval_successes": eval_successes,
                 "success_rate": success_rate, "intervention_rate": intervention_rate, "discarded": discarded,
                 "versions_used": sorted(versions)}
+
+    def _write_trajectory(self, traj: Trajectory, version: int, *, takeovers_only: bool) -> None:
+        """hg-dagger: only the takeover segments go to ``corrections`` (the steps before them to
+        ``rollouts``); otherwise the whole rollout, and in dagger mode its expert relabelling."""
+        dcfg = self.cfg.actors.dagger
+        if takeovers_only:
+            for seg in segments(traj.intervened, dcfg.pre_intervention_steps):
+                table = "corrections" if seg.cls == "intervention" else "rollouts"
+                self._write(table, traj, seg.cls, version, start=seg.start, end=seg.end)
+            return
+        self._write("rollouts", traj, ROBOT, version)
+        if dcfg.mode == "dagger":
+            self._write("corrections", traj, RELABEL, version, relabel=True)
 
     def status(self) -> dict[str, Any]:
         return {"actor": self.actor_id, "embodiment": self.embodiment, "versions_applied": list(self.versions_applied),

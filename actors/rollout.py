@@ -1,6 +1,7 @@
 """One episode of chunked control in a PettingZoo ParallelEnv, recorded for the replay.
 
-The actor plans an action chunk every ``execute_steps`` steps. Without a gate (DAgger), with
+Every agent of the env acts in every step (one trajectory each; the GR-1 handover has two).
+Each plans an action chunk every ``execute_steps`` steps. Without a gate (DAgger), with
 probability ``beta`` the scripted expert's chunk, otherwise the policy's. With a gate
 (HG-DAgger), the policy drives until the gate fires; then the expert (the operator) drives for
 the takeover and the policy re-plans when it gets control back. At every visited state the
@@ -10,6 +11,7 @@ expert's own action is recorded as well, which is the DAgger label of that state
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -57,68 +59,101 @@ class Trajectory:
 def run_episode(env, expert, plan: PlanFn | None, *, beta: float, horizon: int, execute_steps: int,
                 frame_every: int, rng: np.random.Generator, seed: int,
                 gate: InterventionGate | None = None) -> Trajectory:
-    """Run one episode of the env's single agent.
+    """``run_episodes`` for an env with a single agent: its one trajectory."""
+    (agent,) = env.possible_agents
+    return run_episodes(env, expert, None if plan is None else {agent: plan}, beta=beta, horizon=horizon,
+                        execute_steps=execute_steps, frame_every=frame_every, rng=rng, seed=seed,
+                        gates=None if gate is None else {agent: gate})[agent]
+
+
+def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, beta: float, horizon: int,
+                 execute_steps: int, frame_every: int, rng: np.random.Generator, seed: int,
+                 gates: Mapping[str, InterventionGate] | None = None) -> dict[str, Trajectory]:
+    """Run one episode of every agent of the env (all act in each step); one trajectory per agent.
 
     Args:
         env: a ParallelEnv with ``render_camera(agent)``.
         expert: scripted expert with ``action_chunk(agent, horizon)`` and ``action(agent)``.
-        plan: the policy; None means the expert drives every chunk (a demonstration).
-        beta: probability that the expert drives a chunk (ignored when ``plan`` is None).
+        plans: the policy of each agent; None means the expert drives every chunk (a demonstration).
+        beta: probability that the expert drives a chunk, drawn per agent and chunk (ignored
+            when ``plans`` is None).
         horizon: length H of a planned chunk.
         execute_steps: steps of a chunk executed before planning again (<= horizon).
         frame_every: render a camera frame every N steps; must divide ``execute_steps``
             so that the policy always plans from a fresh frame.
         rng: source of the beta coin flips.
         seed: the episode's environment seed.
-        gate: HG-DAgger: decides when the expert takes over from the policy (``beta`` is
-            then ignored); needs ``plan``.
+        gates: HG-DAgger: per agent, decides when the expert takes over from the policy
+            (``beta`` is then ignored); needs ``plans``.
 
     Raises:
         PolicyOutputError: the policy returned a chunk of the wrong shape or with NaN/inf;
             the bad chunk is never executed.
     """
-    if gate is not None and plan is None:
+    if gates is not None and plans is None:
         raise ValueError("a gate needs a policy to take over from (plan is None)")
     if execute_steps > horizon or execute_steps % frame_every:
         raise ValueError(f"execute_steps ({execute_steps}) must be <= horizon ({horizon}) and a multiple of frame_every ({frame_every})")
     observations, _ = env.reset(seed=seed)
-    if gate is not None:
-        gate.reset()
-    (agent,) = env.agents
-    traj = Trajectory(instruction=observations[agent]["instruction"])
+    drivers = {agent: _Driver(env, expert, None if plans is None else plans[agent], agent,
+                              None if gates is None else gates[agent], observations[agent]["instruction"])
+               for agent in env.agents}
     step = 0
-    chunk, chunk_start, expert_drives = None, 0, True
     while env.agents:
-        state = observations[agent]["state"]
-        label = np.asarray(expert.action(agent), dtype=np.float32)
-        if step % frame_every == 0:
-            traj.frames[step] = env.render_camera(agent)
+        actions = {agent: drivers[agent].act(observations[agent]["state"], step, beta=beta, horizon=horizon,
+                                             execute_steps=execute_steps, frame_every=frame_every, rng=rng)
+                   for agent in env.agents}
+        observations, rewards, _, _, infos = env.step(actions)
+        for agent in actions:
+            drivers[agent].traj.rewards.append(float(rewards[agent]))
+            drivers[agent].traj.success = bool(infos[agent]["success"])
+        step += 1
+    return {agent: driver.traj for agent, driver in drivers.items()}
+
+
+class _Driver:
+    """Chooses one agent's action each step (policy, expert or takeover) and records it."""
+
+    def __init__(self, env, expert, plan: PlanFn | None, agent: str, gate: InterventionGate | None,
+                 instruction: str):
+        self.env, self.expert, self.plan, self.agent, self.gate = env, expert, plan, agent, gate
+        self.traj = Trajectory(instruction=instruction)
+        self.chunk: np.ndarray | None = None
+        self.chunk_start = 0
+        self.expert_drives = True
         if gate is not None:
-            if not gate.operator_in_control and (chunk is None or step - chunk_start >= execute_steps):
-                frame = traj.frames.get(step)
-                if frame is None:
-                    frame = traj.frames[step] = env.render_camera(agent)
-                chunk = checked_chunk(plan(frame, state, traj.instruction), execute_steps, env.action_dim)
-                chunk_start = step
-            expert_drives = gate.operator_in_control or gate.check(chunk[step - chunk_start], label)
-            if expert_drives:
+            gate.reset()
+
+    def _policy_chunk(self, step: int, state: np.ndarray, execute_steps: int) -> np.ndarray:
+        frame = self.traj.frames.get(step)
+        if frame is None:
+            frame = self.traj.frames[step] = self.env.render_camera(self.agent)
+        return checked_chunk(self.plan(frame, state, self.traj.instruction), execute_steps, self.env.action_dim)
+
+    def act(self, state: np.ndarray, step: int, *, beta: float, horizon: int, execute_steps: int,
+            frame_every: int, rng: np.random.Generator) -> np.ndarray:
+        label = np.asarray(self.expert.action(self.agent), dtype=np.float32)
+        if step % frame_every == 0:
+            self.traj.frames[step] = self.env.render_camera(self.agent)
+        gate = self.gate
+        if gate is not None:
+            if not gate.operator_in_control and (self.chunk is None or step - self.chunk_start >= execute_steps):
+                self.chunk, self.chunk_start = self._policy_chunk(step, state, execute_steps), step
+            self.expert_drives = gate.operator_in_control or gate.check(self.chunk[step - self.chunk_start], label)
+            if self.expert_drives:
                 gate.operator_step()
-                chunk = None  # the policy re-plans from a fresh frame once it has control back
+                self.chunk = None  # the policy re-plans from a fresh frame once it has control back
                 action = label
             else:
-                action = np.asarray(chunk[step - chunk_start], dtype=np.float32)
+                action = np.asarray(self.chunk[step - self.chunk_start], dtype=np.float32)
         else:
             if step % execute_steps == 0:
-                expert_drives = plan is None or rng.random() < beta
-                chunk = expert.action_chunk(agent, horizon) if expert_drives else checked_chunk(
-                    plan(traj.frames[step], state, traj.instruction), execute_steps, env.action_dim)
-            action = np.asarray(chunk[step % execute_steps], dtype=np.float32)
-        traj.states.append(state)
-        traj.actions.append(action)
-        traj.labels.append(label)
-        traj.intervened.append(expert_drives)
-        observations, rewards, _, _, infos = env.step({agent: action})
-        traj.rewards.append(float(rewards[agent]))
-        traj.success = bool(infos[agent]["success"])
-        step += 1
-    return traj
+                self.expert_drives = self.plan is None or rng.random() < beta
+                self.chunk = (self.expert.action_chunk(self.agent, horizon) if self.expert_drives
+                              else self._policy_chunk(step, state, execute_steps))
+            action = np.asarray(self.chunk[step % execute_steps], dtype=np.float32)
+        self.traj.states.append(state)
+        self.traj.actions.append(action)
+        self.traj.labels.append(label)
+        self.traj.intervened.append(self.expert_drives)
+        return action

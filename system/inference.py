@@ -54,8 +54,11 @@ class Policy:
         self._vl_key: tuple[str, int] | None = None
         self._calls = 0
 
-    def reset(self) -> None:
-        """Start an episode: forget the cached System 2 tokens and restart the refresh schedule."""
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode: forget the cached System 2 tokens and restart the refresh schedule;
+        with ``seed``, re-seed the denoising noise (the same episode seed gives the same chunks)."""
+        if seed is not None:
+            self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._vl = None
         self._vl_key = None
         self._calls = 0

@@ -154,7 +154,7 @@ def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher,
 def test_an_actor_discards_episodes_its_policy_broke_and_carries_on(actor, publisher, client):
     publisher, _ = publisher
     publisher.publish(policy_weights(0))
-    actor._plan = lambda image, state, instruction: np.full((16, 2), np.nan, dtype=np.float32)
+    actor._plan = lambda policy, image, state, instruction: np.full((16, 2), np.nan, dtype=np.float32)
     result = actor.run_round(0, min_version=1, timeout_s=30)
     assert result["discarded"] == 2 and result["success_rate"] == 0.0
     assert client.episode_ids("rollouts") == [] and client.episode_ids("corrections") == []
@@ -162,3 +162,49 @@ def test_an_actor_discards_episodes_its_policy_broke_and_carries_on(actor, publi
         body = response.read().decode()
     assert 'fleetloop_actor_discarded_episodes_total{actor="actor-0",reason="policy_output"} 2.0' in body
     assert actor.collect_demos(1) == 1, "the actor carries on"
+
+
+def test_fixed_evaluation_seeds_replay_the_same_episodes_every_round(valkey, publisher, client, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, "actors.dagger_episodes_per_round=0", "actors.eval_episodes_per_round=2",
+                                "actors.eval_seed_base=5000"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        publisher.publish(policy_weights(3))
+        actor.run_round(0, min_version=1, timeout_s=30)
+        actor.run_round(1, min_version=1, timeout_s=30)
+        written = actor.status()["written"]["rollouts"]  # in the order they were written
+    finally:
+        actor.close()
+    assert len(written) == 4
+    episodes = [client.read_episode(i) for i in written]
+    first, second = episodes[:2], episodes[2:]
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.actions, b.actions)
+    assert not np.array_equal(first[0].states[0], first[1].states[0]), "each evaluation episode has its own seed"
+
+
+def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, client, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", ["actors.env=gr1_handover", "actors.max_steps=16", "actors.dagger.mode=hg-dagger",
+                                "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1",
+                                "actors.dagger.gate_threshold=0.05", "actors.dagger.gate_patience=1",
+                                "actors.dagger.takeover_steps=4"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        actor.collect_demos(1)
+        demos = [client.read_episode(i) for i in client.episode_ids("pretrain")]
+        assert sorted(ep.instruction.split()[0] for ep in demos) == ["pick", "take"], "giver and taker"
+        assert all(ep.embodiment == "gr1" and len(ep.actions) == 16 for ep in demos)
+        torch.manual_seed(0)
+        model = DualSystemPolicy(model_preset("tiny"))  # untrained: the operators have to step in
+        model.set_normalization(embodiment_id("gr1"), state_min=np.full(44, -3.0), state_max=np.full(44, 3.0),
+                                action_min=np.full(26, -3.0), action_max=np.full(26, 3.0))
+        publisher.publish(model.state_dict())
+        result = actor.run_round(0, min_version=1, timeout_s=30)
+    finally:
+        actor.close()
+    assert result["intervention_rate"] > 0
+    corrections = [client.read_episode(i) for i in client.episode_ids("corrections")]
+    assert {ep.instruction.split()[0] for ep in corrections} == {"pick", "take"}, "both robots were corrected"
