@@ -9,6 +9,11 @@ one trajectory per robot, each written as its own episode; every robot has its o
 is written to ``rollouts`` (executed actions) and ``corrections`` (expert labels), stamped
 with the weight version that produced it.
 
+With ``actors.robot=bridge`` the actor drives its robot only through a robot bridge
+(``actors/bridge/connection.py``, one robot per bridge): its rollouts and evaluations run there,
+the corrections are the operator's takeovers, and an episode during which the bridge went away
+is discarded. The local env and expert then only record the demonstrations (offline data).
+
 An episode reaches the replay only whole (one atomic write at its end), so an actor that
 crashes mid-episode leaves nothing partial; Ray restarts it, and the restarted actor
 re-subscribes to the weights and waits for the round's version before rolling out. Every
@@ -31,8 +36,11 @@ import numpy as np
 import prometheus_client as prom
 import torch
 
+from fleetloop.actors.bridge import RobotClient
+from fleetloop.actors.bridge.connection import BridgeConnection
+from fleetloop.actors.bridge.episode import EpisodeDiscarded
 from fleetloop.actors.dagger import DEMO, RELABEL, ROBOT, beta_for_round, segments, to_episode
-from fleetloop.actors.envs import make_env, make_expert
+from fleetloop.actors.envs import env_options, make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
 from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episodes
 from fleetloop.actors.subscriber import WeightSubscriber
@@ -57,7 +65,8 @@ RETURN_ON_HUMAN_EFFORT = prom.Gauge(
     "fleetloop_actor_return_on_human_effort",
     "Successful episodes per minute of expert/operator control in the latest round's DAgger episodes.", TASK_LABELS)
 DISCARDED = prom.Counter("fleetloop_actor_discarded_episodes_total",
-                         "Episodes stopped and not written (e.g. the policy returned NaN or a wrong-shaped chunk).",
+                         "Episodes stopped and not written (e.g. the policy returned NaN or a wrong-shaped chunk, "
+                         "the robot bridge went away).",
                          ["actor", "reason"])
 EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the latest episode.", TASK_LABELS)
 WEIGHTS_VERSION = prom.Gauge("fleetloop_actor_weights_version", "Weight version the actor's policy runs.", ["actor"])
@@ -76,23 +85,30 @@ class EnvActor:
         redis_url: the replay server.
         weights_target: ``host:port`` of the learner's WeightService.
         audit_dir: folder of the actors' audit files (kept across restarts).
+        bridge_target: actors.robot=bridge: ``host:port`` of the robot bridge (default: the
+            ``bridge`` section's host and port).
+
+    Raises:
+        BridgeMismatch: the bridge drives another robot than the model's embodiment.
+        BridgeUnavailable: no bridge answered within ``bridge.reconnect_timeout_s``.
     """
 
     def __init__(self, actor_index: int, cfg: "FleetloopConfig", redis_url: str, weights_target: str,
-                 audit_dir: str):
+                 audit_dir: str, bridge_target: str | None = None):
         self.cfg = cfg
         self.actor_id = f"actor-{actor_index}"
         acfg = cfg.actors
         torch.set_num_threads(acfg.torch_threads)
         self.model_cfg = model_preset(cfg.model.preset)
-        env_kwargs = {"state_includes_object_pose": True} if acfg.state_includes_object_pose else {}
-        self.env = make_env(acfg.env, image_size=self.model_cfg.vision.image_size, max_steps=acfg.max_steps,
-                            shuffle_layout=acfg.shuffle_layout, **env_kwargs)
+        self.env = make_env(acfg.env, **env_options(cfg))
         self.expert = make_expert(acfg.env, self.env)
         self.embodiment = self.env.embodiment
         self.embodiment_id = embodiment_id(self.embodiment)
         self.layout = embodiment_layout(self.embodiment)
         self.actor_index = actor_index
+        self.bridge = None if acfg.robot == "sim" else BridgeConnection(
+            RobotClient.from_config(cfg.bridge, bridge_target), self.actor_id, self.embodiment,
+            acfg.execute_steps, cfg.bridge.reconnect_timeout_s)
         actor_seed = cfg.run.seed * 1000 + actor_index
         self.model = DualSystemPolicy(self.model_cfg).eval()
         processor = Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir)
@@ -164,13 +180,17 @@ class EnvActor:
                  for agent in self.policies} if gated else None
         plans = {agent: functools.partial(self._plan, policy) for agent, policy in self.policies.items()}
         try:
-            trajs = run_episodes(self.env, self.expert, plans if use_policy else None, beta=beta,
-                                 horizon=self.model_cfg.action_head.action_horizon,
-                                 execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every, rng=self.rng,
-                                 seed=seed, gates=gates)
-        except PolicyOutputError as exc:
+            if self.bridge is not None and use_policy:  # the bridge's operator gates; evaluations it watches
+                trajs = {self.bridge.robot_id: self.bridge.episode(next(iter(plans.values())), seed=seed,
+                                                                   evaluation=not gated)}
+            else:
+                trajs = run_episodes(self.env, self.expert, plans if use_policy else None, beta=beta,
+                                     horizon=self.model_cfg.action_head.action_horizon,
+                                     execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every,
+                                     rng=self.rng, seed=seed, gates=gates)
+        except (PolicyOutputError, EpisodeDiscarded) as exc:
             log.warning("%s: episode (seed %d) discarded: %s", self.actor_id, seed, exc)
-            DISCARDED.labels(self.actor_id, "policy_output").inc()
+            DISCARDED.labels(self.actor_id, exc.reason if isinstance(exc, EpisodeDiscarded) else "policy_output").inc()
             return None, version
         steps = len(next(iter(trajs.values())).states)
         ENV_STEPS.labels(self.actor_id).inc(steps * len(trajs))
@@ -235,7 +255,8 @@ class EnvActor:
                 discarded += 1
                 continue
             for traj in trajs.values():
-                self._write_trajectory(traj, version, takeovers_only=gated and training)
+                # An operator may take over an evaluation on a robot too: its steps are corrections.
+                self._write_trajectory(traj, version, takeovers_only=gated and (training or any(traj.intervened)))
             success = all(traj.success for traj in trajs.values())
             if training:
                 expert_steps += sum(sum(traj.intervened) for traj in trajs.values())
@@ -277,6 +298,8 @@ class EnvActor:
     def close(self) -> None:
         self.subscriber.stop()
         self._metrics_server.shutdown()
+        if self.bridge is not None:
+            self.bridge.close()
         self.env.close()
         self.replay.close()
 

@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a robot backend over the gRPC RobotService, so an actor drives a simulated twin or a real "
                     "robot through the same calls (GetInfo, Reset, Observe, Act, StreamInterventions; see "
                     "docs/robot_bridge.md). The mujoco-twin backend simulates --env with its scripted expert as the "
-                    "operator who takes over when the policy diverges. Prints the address it listens on, answers "
-                    "gRPC health checks, and uses the bridge.* config (TLS, token, limits). Serves until SIGTERM "
+                    "operator who takes over when the policy diverges, built as the actors build their env "
+                    "(actors.max_steps, the camera size of model.preset, the gate of actors.dagger). Prints the "
+                    "address it listens on, answers gRPC health checks, and uses the bridge.* config (TLS, token, "
+                    "limits). Serves until SIGTERM "
                     "(exit 0) or Ctrl-C (exit 130).")
     bridge.add_argument("--backend", required=True, choices=("mujoco-twin",), help="robot backend to serve")
     bridge.add_argument("--env", help="env the twin simulates (default: bridge.env, reach)")
@@ -378,7 +380,7 @@ def _cmd_robot_bridge(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     if env not in EXPERTS:
         raise ConfigError(f"--env: no mujoco-twin for env {env!r}; choose from {sorted(EXPERTS)}")
     tls, token = cfg.bridge.credentials()
-    server = RobotBridgeServer(MujocoTwinBackend(env, realtime=cfg.bridge.realtime), host=args.host or cfg.bridge.host,
+    server = RobotBridgeServer(MujocoTwinBackend.from_config(cfg, env), host=args.host or cfg.bridge.host,
                                port=cfg.bridge.port if args.port is None else args.port,
                                max_message_bytes=cfg.bridge.max_message_bytes, tls=tls, token=token)
     stop = threading.Event()

@@ -105,6 +105,9 @@ class LearnerSection(_Section):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio after the run's last step.")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient norm clipping.")
+    min_stat_range: float = Field(0.01, ge=0, description="Normalisation: state/action dims whose min-max range in "
+                                                         "the data is below this (raw units) count as constant, so "
+                                                         "a joint that only jitters is not magnified to [-1, 1].")
     zero_stage: Literal[1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also "
                                                "gradients, 3 also parameters (gathered for publish and export).")
     publish_every: int = Field(50, ge=1, description="Publish weights every N optimizer steps (and at round end).")
@@ -165,6 +168,7 @@ class BridgeSection(_Section):
     realtime: bool = Field(False, description="mujoco-twin: pace every step at the control rate, like a real robot (False: as fast as it simulates).")
     deadline_s: float = Field(5.0, gt=0, description="Deadline of each RobotClient call; Act adds the chunk's execution time at the control rate.")
     max_message_bytes: int = Field(4 << 20, ge=1024, le=256 << 20, description="Largest RobotService message; larger ones get RESOURCE_EXHAUSTED.")
+    reconnect_timeout_s: float = Field(60.0, gt=0, description="actors.robot=bridge: how long an actor waits for an unreachable bridge (at start, or after losing it mid-run), retrying with backoff, before failing.")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="/metrics port of `fleetloop robot-bridge` on metrics.host (None: off, 0: any free port).")
     token_file: str | None = Field(None, description="File holding the bearer token every RobotService call must carry (None: no token).")
     tls_ca_file: str | None = Field(None, description="PEM CA that verifies the peer; setting it turns TLS on (needs tls_cert_file and tls_key_file).")

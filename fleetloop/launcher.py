@@ -1,7 +1,9 @@
 """`fleetloop up`: the local continual-improvement loop on real components.
 
 Starts the replay server (embedded Valkey unless a URL is given), a local Ray cluster, the
-learner (DeepSpeed + WeightService) and the env actors as Ray actors; seeds ``pretrain`` with
+learner (DeepSpeed + WeightService), with ``actors.robot=bridge`` and no ``actors.bridge_targets``
+one MuJoCo-twin robot bridge per actor (``fleetloop robot-bridge`` subprocesses), and the env
+actors as Ray actors; seeds ``pretrain`` with
 expert demonstrations; then runs rounds of train -> checkpoint -> publish -> roll out ->
 collect corrections, and writes the run directory and an optional JSON summary. Each finished
 round is appended to ``rounds.json``; ``resume`` continues a crashed run from its newest
@@ -16,6 +18,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ from fleetloop.rundir import LOG_DIR_ENV, RunDir, log_to_file
 log = logging.getLogger(__name__)
 
 WEIGHTS_WAIT_S = 120.0
+BRIDGE_STARTUP_S = 120.0
+BRIDGE_STOP_S = 10.0
 
 
 class LaunchError(RuntimeError):
@@ -46,6 +52,9 @@ def check_ports_free(cfg: FleetloopConfig) -> None:
     if cfg.metrics.actor_base_port:
         wanted += [(f"metrics.actor_base_port (+{i})", cfg.metrics.host, cfg.metrics.actor_base_port + i)
                    for i in range(cfg.actors.num_actors)]
+    if _starts_twin_bridges(cfg) and cfg.bridge.metrics_port:
+        wanted += [(f"bridge.metrics_port (+{i})", cfg.metrics.host, cfg.bridge.metrics_port + i)
+                   for i in range(cfg.actors.num_actors)]
     for setting, host, port in wanted:
         if not port:
             continue
@@ -58,6 +67,58 @@ def check_ports_free(cfg: FleetloopConfig) -> None:
                 key = setting.split(" ")[0]
                 raise LaunchError(f"port {host}:{port} ({setting}) is already in use: stop what holds it "
                                   f"or choose another, e.g. --set {key}=0 for any free port") from None
+
+
+def _starts_twin_bridges(cfg: FleetloopConfig) -> bool:
+    """Whether `up` serves each actor's robot itself: a mujoco-twin bridge per actor."""
+    return cfg.actors.robot == "bridge" and not cfg.actors.bridge_targets
+
+
+class TwinBridgeProcess:
+    """``fleetloop robot-bridge --backend mujoco-twin`` for actor ``index``, the very command that
+    serves a robot in production, as a subprocess on a free loopback port. The twin is built from
+    the run's config (``actors.env``, ``actors.max_steps``, the model's camera size, the gate of
+    ``actors.dagger``); its output goes to ``logs/robot-bridge-<index>.log``."""
+
+    def __init__(self, index: int, cfg: FleetloopConfig, config_file: Path, log_dir: Path):
+        self.index = index
+        self.log_path = log_dir / f"robot-bridge-{index}.log"
+        args = [sys.executable, "-m", "fleetloop.cli", "robot-bridge", "--backend", "mujoco-twin",
+                "--config", str(config_file), "--env", cfg.actors.env, "--host", "127.0.0.1", "--port", "0"]
+        if cfg.bridge.metrics_port:
+            args += ["--set", f"bridge.metrics_port={cfg.bridge.metrics_port + index}"]
+        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+        with open(self.log_path, "w") as log_file:
+            self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout_s: float = BRIDGE_STARTUP_S) -> str:
+        """The bridge's ``host:port`` once it serves.
+
+        Raises:
+            LaunchError: it exited or did not serve within ``timeout_s``; the message quotes its log.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text()
+            for line in text.splitlines():
+                if " serving on " in line:
+                    return line.rsplit(" ", 1)[-1]
+            if self.proc.poll() is not None:
+                raise LaunchError(f"robot bridge {self.index} exited with code {self.proc.returncode} before "
+                                  f"serving; {self.log_path} ends: {text[-1000:]}")
+            time.sleep(0.1)
+        raise LaunchError(f"robot bridge {self.index} did not serve within {timeout_s:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``BRIDGE_STOP_S``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(BRIDGE_STOP_S)
+            except subprocess.TimeoutExpired:
+                log.warning("robot bridge %d did not stop on SIGTERM within %.0f s: killed", self.index, BRIDGE_STOP_S)
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _runtime_env(run: RunDir) -> dict[str, Any]:
@@ -91,6 +152,8 @@ class Loop:
         self._stack = contextlib.ExitStack()
         self.learner = None
         self.actors: list = []
+        self.bridge_targets: list[str] = []
+        """actors.robot=bridge: the robot bridge of each actor."""
 
     def start(self) -> None:
         import ray
@@ -114,6 +177,12 @@ class Loop:
         self.replay_metrics = f"http://{self.cfg.metrics.host}:{server.server_port}/metrics"
 
         n = self.cfg.actors.num_actors
+        bridges = []
+        if _starts_twin_bridges(self.cfg):  # started first: they boot while Ray and the learner do
+            config_file = self.run.write_config(self.cfg.to_dict())
+            for i in range(n):
+                bridges.append(TwinBridgeProcess(i, self.cfg, config_file, self.run.logs))
+                self._stack.callback(bridges[-1].stop)
         ray.init(address="local", num_cpus=n + 2, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, object_store_memory=256 << 20,
                  runtime_env=_runtime_env(self.run))
@@ -125,7 +194,12 @@ class Loop:
         # A crashed actor is restarted and its interrupted call retried (episodes are written whole).
         restarts = self.cfg.actors.max_restarts
         actor_cls = ray.remote(num_cpus=1, max_restarts=restarts, max_task_retries=restarts)(EnvActor)
-        self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"], str(self.run.audit))
+        if self.cfg.actors.robot == "bridge":
+            self.bridge_targets = [bridge.wait_ready() for bridge in bridges] or list(self.cfg.actors.bridge_targets)
+        for i, target in enumerate(self.bridge_targets):
+            log.info("actor-%d drives the robot bridge at %s", i, target)
+        self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"], str(self.run.audit),
+                                        self.bridge_targets[i] if self.bridge_targets else None)
                        for i in range(n)]
         self.actor_status = _ray_call([a.status.remote() for a in self.actors], "starting the actors")
 
@@ -262,6 +336,7 @@ def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, 
         "corrections": stats.get("corrections", {}).get("episodes", 0),
         "success_rate_by_round": [r["success_rate"] for r in rounds],
         "loss_by_round": [r["loss"] for r in rounds],
+        "robot_bridges": loop.bridge_targets,
         "metrics_endpoints": {"learner": learner["metrics"], "replay": loop.replay_metrics,
                               **{s["actor"]: s["metrics"] for s in statuses}},
         "checkpoint": checkpoint,

@@ -29,6 +29,7 @@ from fleetloop.learner.publisher import WeightPublisher
 from fleetloop.replay import ReplayClient, WindowSampler
 from fleetloop.system import DualSystemPolicy, Processor, embodiment_id, flow_draws, model_preset
 from fleetloop.system.checkpoint import save_tensors
+from fleetloop.system.normalization import collapse_narrow_ranges
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -136,9 +137,14 @@ class Learner:
                 "resumed_from_step": self.resumed_from, "checkpoint_step": self.checkpoint_step, **self.endpoints()}
 
     def fit_normalization(self, table: str, embodiment: str) -> None:
-        """Set the embodiment's min/max statistics from every step of ``table``."""
+        """Set the embodiment's min/max statistics from every step of ``table`` (dims that move
+        less than ``learner.min_stat_range`` are treated as constant)."""
         stats = self.replay.compute_stats(table, embodiment)
-        self.model.set_normalization(embodiment_id(embodiment), **stats)
+        bounds = {}
+        for kind in ("state", "action"):
+            bounds[f"{kind}_min"], bounds[f"{kind}_max"] = collapse_narrow_ranges(
+                stats[f"{kind}_min"], stats[f"{kind}_max"], self.cfg.learner.min_stat_range)
+        self.model.set_normalization(embodiment_id(embodiment), **bounds)
 
     # ---- data ---------------------------------------------------------------------------
 

@@ -100,8 +100,9 @@ class RobotServiceServicer:
 
     def StreamInterventions(self, request, context):
         """Interventions of the requested robots (all when robot_ids is empty) as they happen, until
-        the call is cancelled or the bridge stops. NOT_FOUND for an unknown robot_id,
-        RESOURCE_EXHAUSTED when too many streams are open.
+        the call is cancelled or the bridge stops. The first message only confirms the subscription
+        (subscribed = true): every intervention published after it is delivered. NOT_FOUND for an
+        unknown robot_id, RESOURCE_EXHAUSTED when too many streams are open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

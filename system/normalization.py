@@ -58,6 +58,20 @@ class Statistics:
         return replace(self, modes=modes, **stats)
 
 
+def collapse_narrow_ranges(low: np.ndarray, high: np.ndarray, min_range: float) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) with every dim whose range is below ``min_range`` collapsed to its midpoint.
+
+    Min/max scaling maps a dim's range onto [-1, 1]; on a dim that only jitters (a joint held
+    still, 1e-4 rad of simulation noise) that magnifies the noise to the full range, and a new
+    episode's noise lands far outside it. A collapsed dim is constant: normalised to 0, and an
+    action dim unnormalises to the midpoint.
+    """
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    narrow = (high - low) < min_range
+    middle = (low + high) / 2
+    return np.where(narrow, middle, low), np.where(narrow, middle, high)
+
+
 def statistics_buffers(slots: int, max_dims: dict[str, int]) -> dict[str, torch.Tensor]:
     """Default (pass-through) statistics buffers, name -> tensor, for kinds with max dims `max_dims`."""
     buffers = {}

@@ -3,7 +3,11 @@
 - ``backend``: the ``RobotBackend`` contract a hardware integrator implements, and its types.
 - ``twin``: ``MujocoTwinBackend``, the simulated twin over our envs and scripted experts.
 - ``server``: ``RobotBridgeServer``, a backend served over gRPC (health, TLS, token, metrics).
-- ``client``: ``RobotClient``, typed calls with deadlines; ``BridgeUnavailable`` when the bridge is gone.
+- ``client``: ``RobotClient``, typed calls with deadlines; ``BridgeUnavailable`` when the bridge is gone;
+  ``InterventionStream``, a confirmed intervention subscription.
+- ``episode``: ``run_bridge_episode``, one episode of one robot recorded through the bridge.
+- ``connection``: ``BridgeConnection``, an actor's link to its bridge (checks, reconnects, discards);
+  it imports the model package (torch), so import it from its module.
 
 See docs/robot_bridge.md.
 """
@@ -20,12 +24,13 @@ from fleetloop.actors.bridge.backend import (
     StopReason,
     UnknownRobot,
 )
-from fleetloop.actors.bridge.client import BridgeError, BridgeUnavailable, RobotClient
+from fleetloop.actors.bridge.client import BridgeError, BridgeUnavailable, InterventionStream, RobotClient
 from fleetloop.actors.bridge.server import RobotBridgeServer
 from fleetloop.actors.bridge.twin import MujocoTwinBackend
 
 __all__ = [
-    "ActResult", "BridgeError", "BridgeUnavailable", "Intervention", "InvalidRequest", "MujocoTwinBackend",
+    "ActResult", "BridgeError", "BridgeUnavailable", "Intervention", "InterventionStream", "InvalidRequest",
+    "MujocoTwinBackend",
     "NotReady", "Observation", "RobotBackend", "RobotBridgeServer", "RobotClient", "RobotError", "RobotInfo",
     "StopReason", "UnknownRobot",
 ]

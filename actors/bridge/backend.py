@@ -30,6 +30,13 @@ import numpy as np
 from fleetloop.actors.bridge.metrics import ACTIVE_INTERVENTIONS, INTERVENTIONS
 
 
+OPERATOR_OPTION = "operator"
+"""Reset option naming the operator's role in the episode: ``gate`` (default: a simulated operator
+takes over when the policy diverges) or ``watch`` (an evaluation: no takeover by divergence). A
+hardware backend may ignore it: a human may always intervene for safety."""
+OPERATOR_MODES = ("gate", "watch")
+
+
 class RobotError(Exception):
     """A request the robot refuses; nothing was executed.
 

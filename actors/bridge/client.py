@@ -3,14 +3,16 @@
 Every unary call has a deadline: ``deadline_s``, plus for Act the time the chunk takes at the
 robot's control rate. A bridge that is down or does not answer in time raises ``BridgeUnavailable``
 (never a hang); the client then drops its channel and dials afresh on the next call, so it works
-again as soon as the bridge is back. Refusals raise ``BridgeError`` carrying the gRPC status code
-and the bridge's explanation.
+again as soon as the bridge is back. Refusals raise ``BridgeError`` carrying the gRPC status code,
+the bridge's explanation and the refusal's reason. ``subscribe_interventions`` opens an
+``InterventionStream`` only once the bridge confirmed it, so no takeover after it is missed.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 import grpc
 import numpy as np
@@ -24,12 +26,14 @@ _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class BridgeError(Exception):
-    """The bridge refused a call; ``code`` is the gRPC status, ``details`` its explanation."""
+    """The bridge refused a call; ``code`` is the gRPC status, ``details`` its explanation and
+    ``reason`` the refusal's short name (e.g. ``operator_control``; "" when the bridge gave none)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str):
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str = ""):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.reason = reason
 
 
 class BridgeUnavailable(BridgeError):
@@ -110,26 +114,35 @@ class RobotClient:
         timeout = self.deadline_s + steps / self.info().control_rate_hz
         return wire.act_result_from_proto(self._call("Act", request, timeout))
 
-    def interventions(self, robot_ids: Iterable[str] = (), timeout_s: float | None = None) -> Iterator[Intervention]:
-        """Interventions of ``robot_ids`` (all when empty) as they happen, for ``timeout_s`` seconds
-        (None: until the iterator is closed). A lost bridge raises BridgeUnavailable from the iterator."""
-        stub = self._connect()
-        call = stub.StreamInterventions(robot_pb2.InterventionRequest(robot_ids=list(robot_ids)), timeout=timeout_s)
+    def subscribe_interventions(self, robot_ids: Iterable[str] = ()) -> InterventionStream:
+        """Follow the interventions of ``robot_ids`` (all when empty). Returns once the bridge has
+        confirmed the subscription, so no takeover published afterwards is missed.
+
+        Raises:
+            BridgeError: the bridge refused (e.g. NOT_FOUND for an unknown robot id).
+            BridgeUnavailable: the bridge is down or did not confirm within ``deadline_s``.
+        """
+        call = self._connect().StreamInterventions(robot_pb2.InterventionRequest(robot_ids=list(robot_ids)))
+        stream = InterventionStream(self, call)
         try:
-            for message in call:
-                yield wire.intervention_from_proto(message)
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or timeout_s is None:
-                raise self._error("StreamInterventions", exc, timeout_s) from None
-        finally:
-            call.cancel()
+            first = stream._next(self.deadline_s)
+            if first is None or not first.subscribed:
+                raise BridgeUnavailable(grpc.StatusCode.DEADLINE_EXCEEDED, f"robot bridge at {self.target} did not "
+                                        f"confirm the intervention subscription within {self.deadline_s:.1f} s")
+        except BridgeError as exc:
+            stream.close()
+            if isinstance(exc, BridgeUnavailable):
+                self.close()
+            raise
+        return stream
 
     # ---- connection --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the channel (a later call opens a new one)."""
+        """Close the channel (a later call opens a new one, and fetches the info afresh: the bridge
+        answering there may have been replaced)."""
         with self._lock:
-            channel, self._channel, self._stub = self._channel, None, None
+            channel, self._channel, self._stub, self._info = self._channel, None, None, None
         if channel is not None:
             channel.close()
 
@@ -154,15 +167,88 @@ class RobotClient:
         try:
             return getattr(self._connect(), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            raise self._error(method, exc, timeout) from None
+            error = self._error(method, exc, timeout)
+            if isinstance(error, BridgeUnavailable):
+                self.close()  # dial afresh next time rather than wait out gRPC's reconnect backoff
+            raise error from None
 
     def _error(self, method: str, exc: grpc.RpcError, timeout: float | None) -> BridgeError:
-        """The error to raise for a failed call; drops the channel when the bridge is unavailable."""
+        """The error to raise for a failed call."""
         code, details = exc.code(), exc.details() or ""
         if code not in _UNAVAILABLE:
-            return BridgeError(code, details)
-        self.close()
+            reasons = [value for key, value in exc.trailing_metadata() or () if key == wire.REASON_METADATA]
+            return BridgeError(code, details, reasons[0] if reasons else "")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return BridgeUnavailable(code, f"robot bridge at {self.target} did not answer {method} "
                                            f"within {timeout:.1f} s")
         return BridgeUnavailable(code, f"robot bridge at {self.target} is unavailable for {method}: {details}")
+
+
+class InterventionStream:
+    """An open intervention subscription (``RobotClient.subscribe_interventions``): a reader thread
+    queues the bridge's messages for ``get``. Once the stream breaks, ``get`` returns what had
+    arrived, then raises the error (BridgeUnavailable when the bridge went away or ended the stream)."""
+
+    def __init__(self, client: RobotClient, call):
+        self._client = client
+        self._call = call
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._broken: BridgeError | None = None  # why the stream ended, once get reached that point
+        self._reader = threading.Thread(target=self._read, daemon=True, name="bridge-interventions")
+        self._reader.start()
+
+    def get(self, timeout: float | None = None) -> Intervention | None:
+        """The next intervention; None after ``timeout`` seconds without one, or once closed.
+
+        Raises:
+            BridgeError: the stream broke (BridgeUnavailable: the bridge is gone or stopping).
+        """
+        message = self._next(timeout)
+        return None if message is None else wire.intervention_from_proto(message)
+
+    @property
+    def open(self) -> bool:
+        """False once closed or once the bridge ended the stream (``get`` then raises why)."""
+        return not self._closed and self._reader.is_alive()
+
+    def close(self) -> None:
+        """Cancel the subscription and wait for the reader thread; idempotent."""
+        self._closed = True
+        self._call.cancel()
+        self._reader.join(timeout=self._client.deadline_s)
+
+    def __enter__(self) -> InterventionStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _next(self, timeout: float | None) -> robot_pb2.Intervention | None:
+        if self._broken is not None:
+            raise self._broken
+        if self._closed:
+            return None
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, BridgeError):
+            self._broken = item
+            raise item
+        return item
+
+    def _read(self) -> None:
+        try:
+            for message in self._call:
+                self._queue.put(message)
+            error = BridgeUnavailable(grpc.StatusCode.UNAVAILABLE,
+                                      f"robot bridge at {self._client.target} ended the intervention stream")
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                error = self._client._error("StreamInterventions", exc, None)
+            elif self._closed:
+                error = None  # wakes a blocked get
+            else:  # the client closed its channel after another call found the bridge unavailable
+                error = BridgeUnavailable(exc.code(), f"connection to robot bridge at {self._client.target} closed")
+        self._queue.put(error)

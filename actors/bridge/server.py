@@ -32,6 +32,7 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 
 def _abort(context: grpc.ServicerContext, error: RobotError) -> None:
     REJECTED.labels(reason=error.reason).inc()
+    context.set_trailing_metadata(((wire.REASON_METADATA, error.reason),))
     context.abort(grpc.StatusCode[error.status], str(error))
 
 
@@ -91,6 +92,7 @@ class RobotServicer(robot_pb2_grpc.RobotServiceServicer):
         try:
             if not context.add_callback(subscription.close):
                 return
+            yield robot_pb2.Intervention(subscribed=True)
             while (item := subscription.get()) is not None:
                 yield wire.intervention_to_proto(item)
         finally:

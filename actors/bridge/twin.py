@@ -13,7 +13,8 @@ robot when the *gate* fires: for ``gate_steps`` consecutive steps the commanded 
 the expert's chunk, planned from the same state, by more than ``gate_threshold`` (max abs over
 dims); or on ``request_takeover``. The rest of the policy's chunk is then dropped, the operator
 executes ``takeover_steps`` steps in chunks of ``operator_horizon`` on a background thread, and
-Act is refused with "operator has control" until it hands back.
+Act is refused with "operator has control" until it hands back. An episode reset with option
+``operator=watch`` (an evaluation) has no gate; ``request_takeover`` still works.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fleetloop.actors.bridge.backend import (
+    OPERATOR_MODES,
+    OPERATOR_OPTION,
     ActResult,
     Intervention,
     InvalidRequest,
@@ -37,8 +40,11 @@ from fleetloop.actors.bridge.backend import (
     StopReason,
     check_robot,
 )
-from fleetloop.actors.envs import make_env, make_expert
+from fleetloop.actors.envs import env_options, make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
+
+if TYPE_CHECKING:
+    from fleetloop.config import FleetloopConfig
 
 BACKEND_NAME = "mujoco-twin"
 OPERATOR_ID = "sim-expert"
@@ -116,10 +122,21 @@ class MujocoTwinBackend(RobotBackend):
         # The divergence gate of HG-DAgger rollouts (actors/gate.py), one per robot; None: no gate.
         self._gates = None if gate_threshold is None else {
             agent: InterventionGate(gate_threshold, gate_steps, takeover_steps) for agent in agents}
+        self._watching = False  # this episode's operator only watches (reset option operator=watch)
         self._takeovers: dict[str, _Takeover] = {}
         self._operators: list[threading.Thread] = []
         # An EGL context is current on one thread only: every render and the close run on this one.
         self._gl_thread = ThreadPoolExecutor(1, thread_name_prefix="twin-render")
+
+    @classmethod
+    def from_config(cls, cfg: FleetloopConfig, env_name: str | None = None) -> MujocoTwinBackend:
+        """The twin of a run's robot: ``env_name`` (default ``bridge.env``) built as the actors build
+        their own env (``actors.max_steps``, ``shuffle_layout``, ``state_includes_object_pose``, the
+        camera size of ``model.preset``), its operator gated as ``actors.dagger`` says
+        (``gate_threshold``, ``gate_patience``, ``takeover_steps``), paced when ``bridge.realtime``."""
+        dcfg = cfg.actors.dagger
+        return cls(env_name or cfg.bridge.env, realtime=cfg.bridge.realtime, gate_threshold=dcfg.gate_threshold,
+                   gate_steps=dcfg.gate_patience, takeover_steps=dcfg.takeover_steps, **env_options(cfg))
 
     # ---- RobotBackend ------------------------------------------------------------------------
 
@@ -127,14 +144,21 @@ class MujocoTwinBackend(RobotBackend):
         return self._info
 
     def reset(self, seed: int | None, options: dict[str, str], want_image: bool) -> tuple[str, dict[str, Observation]]:
-        """Reset the env (``options`` go to ``env.reset``). A refused reset leaves no episode running."""
+        """Reset the env (``options`` go to ``env.reset``, but for ``operator``: ``watch`` turns the
+        gate off for this episode). A refused reset leaves no episode running."""
+        options = dict(options)
+        operator = options.pop(OPERATOR_OPTION, OPERATOR_MODES[0])
         with self._lock:
             self._end_takeovers()
             self._episode_id = None
+            if operator not in OPERATOR_MODES:
+                raise InvalidRequest("bad_reset", f"reset refused: options[{OPERATOR_OPTION!r}] must be one of "
+                                                  f"{OPERATOR_MODES}, got {operator!r}")
             try:
-                observations, infos = self.env.reset(seed=seed, options=dict(options) or None)
+                observations, infos = self.env.reset(seed=seed, options=options or None)
             except (TypeError, ValueError) as exc:
                 raise InvalidRequest("bad_reset", f"reset refused: {exc}") from None
+            self._watching = operator == "watch"
             self._episodes += 1
             self._episode_id = f"{self._session}-{self._episodes}"
             self._step = 0
@@ -154,7 +178,8 @@ class MujocoTwinBackend(RobotBackend):
             want_image: bool) -> ActResult:
         with self._lock:
             self._check_turn(robot_id, episode_id, step)
-            reference = None if self._gates is None else self.expert.action_chunk(robot_id, len(actions))
+            gated = self._gates is not None and not self._watching
+            reference = self.expert.action_chunk(robot_id, len(actions)) if gated else None
             pacer = _Pacer(self._period)
             states, stop = [], StopReason.COMPLETED
             for index in range(execute_steps):

@@ -23,6 +23,9 @@ from fleetloop.protos import robot_pb2
 
 _F32 = np.dtype("<f4")
 
+REASON_METADATA = "fleetloop-reason"
+"""Trailing metadata key carrying a refusal's reason (``RobotError.reason``, e.g. ``operator_control``)."""
+
 
 def f32_bytes(array: np.ndarray) -> bytes:
     """``array`` as float32 little-endian bytes, row-major."""

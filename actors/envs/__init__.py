@@ -13,7 +13,7 @@ its scripted expert.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pettingzoo import ParallelEnv
 
@@ -22,6 +22,9 @@ from fleetloop.actors.envs.gr1_expert import GR1HandoverExpert, GR1PickPlaceExpe
 from fleetloop.actors.envs.handover import GR1HandoverEnv
 from fleetloop.actors.envs.pick_place import GR1PickPlaceEnv
 from fleetloop.actors.envs.reach import COLOURS, ReachEnv
+
+if TYPE_CHECKING:
+    from fleetloop.config import FleetloopConfig
 
 ENVS: dict[str, type[ParallelEnv]] = {"reach": ReachEnv, "gr1_pick_place": GR1PickPlaceEnv, "gr1_handover": GR1HandoverEnv}
 EXPERTS: dict[str, type] = {"reach": ReachExpert, "gr1_pick_place": GR1PickPlaceExpert, "gr1_handover": GR1HandoverExpert}
@@ -39,6 +42,19 @@ def make_env(name: str, **kwargs: Any) -> ParallelEnv:
     return ENVS[name](**kwargs)
 
 
+def env_options(cfg: "FleetloopConfig") -> dict[str, Any]:
+    """Constructor kwargs of a run's env as its actors and twin bridges build it: ``actors.max_steps``,
+    ``shuffle_layout``, ``state_includes_object_pose`` and the camera size of ``model.preset``."""
+    from fleetloop.system import model_preset  # torch: import on use
+
+    acfg = cfg.actors
+    options = {"image_size": model_preset(cfg.model.preset).vision.image_size, "max_steps": acfg.max_steps,
+               "shuffle_layout": acfg.shuffle_layout}
+    if acfg.state_includes_object_pose:
+        options["state_includes_object_pose"] = True
+    return options
+
+
 def make_expert(name: str, env: ParallelEnv) -> Any:
     """The scripted expert of the env registered as ``name``, attached to ``env``."""
     if name not in EXPERTS:
@@ -48,5 +64,5 @@ def make_expert(name: str, env: ParallelEnv) -> Any:
 
 __all__ = [
     "COLOURS", "ENVS", "EXPERTS", "GR1HandoverEnv", "GR1HandoverExpert", "GR1PickPlaceEnv", "GR1PickPlaceExpert",
-    "ReachEnv", "ReachExpert", "make_env", "make_expert",
+    "ReachEnv", "ReachExpert", "env_options", "make_env", "make_expert",
 ]

@@ -8,27 +8,8 @@ import torch
 
 from fleetloop.actors.env_actor import EnvActor
 from fleetloop.config import load_config
-from fleetloop.learner.publisher import WeightPublisher
 from fleetloop.system import DualSystemPolicy, embodiment_id, model_preset
-
-
-def policy_weights(seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = DualSystemPolicy(model_preset("tiny"))
-    model.set_normalization(embodiment_id("sim_arm"), state_min=np.full(4, -3.0), state_max=np.full(4, 3.0),
-                            action_min=np.array([-2.0, -2.5]), action_max=np.array([2.0, 2.5]))
-    return model.state_dict()
-
-
-@pytest.fixture
-def publisher():
-    publisher = WeightPublisher(port=0)
-    port = publisher.start()
-    yield publisher, f"127.0.0.1:{port}"
-    publisher.stop(grace=0.5)
-
-
-SMALL = ["actors.max_steps=16", "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1"]
+from tests.actors.conftest import SMALL, policy_weights
 
 
 @pytest.fixture

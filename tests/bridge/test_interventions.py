@@ -1,15 +1,11 @@
 """The twin's simulated operator takes over a diverging policy; its corrective chunks are executed
 and streamed, and Act is refused while it has control."""
 
-import queue
-import threading
-import time
-
 import grpc
 import numpy as np
 import pytest
 
-from fleetloop.actors.bridge import BridgeError, StopReason
+from fleetloop.actors.bridge import BridgeError, BridgeUnavailable, StopReason
 from tests.bridge.conftest import metric
 
 pytestmark = pytest.mark.timeout(60)
@@ -18,38 +14,17 @@ TWIN = {"realtime": True, "gate_threshold": 0.3, "gate_steps": 3, "takeover_step
 """At 20 Hz a takeover lasts 16 steps = 0.8 s: long enough to see Act refused."""
 
 
-def _follow(server, client, robot_ids=()) -> queue.Queue:
-    """Stream interventions into a queue on a thread (an exception ends up in the queue too);
-    returns once the stream is subscribed."""
-    items: queue.Queue = queue.Queue()
-
-    def run():
-        try:
-            for item in client.interventions(robot_ids, timeout_s=20):
-                items.put(item)
-        except BridgeError as exc:
-            items.put(exc)
-
-    listening = server.backend.feed.subscriptions + 1
-    threading.Thread(target=run, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while server.backend.feed.subscriptions < listening:
-        assert time.monotonic() < deadline, "the intervention stream did not subscribe"
-        time.sleep(0.01)
-    return items
-
-
-def _takeover(items: queue.Queue) -> list:
+def _takeover(stream) -> list:
     """The messages of one takeover, started through ended."""
-    messages = [items.get(timeout=5)]
+    messages = [stream.get(timeout=5)]
     while not messages[-1].ended:
-        messages.append(items.get(timeout=5))
+        messages.append(stream.get(timeout=5))
     return messages
 
 
 def test_a_diverging_policy_is_taken_over_and_corrected(serve):
     server, client = serve(twin=TWIN)
-    items = _follow(server, client)
+    stream = client.subscribe_interventions()
     started = metric("fleetloop_bridge_interventions_total", reason="divergence")
     refused = metric("fleetloop_bridge_rejected_total", reason="operator_control")
 
@@ -61,11 +36,11 @@ def test_a_diverging_policy_is_taken_over_and_corrected(serve):
     assert result.executed_steps == 3  # the third divergent step is not executed: the operator takes it
     with pytest.raises(BridgeError) as info:
         client.act(result.observation, bad_chunk)
-    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and info.value.reason == "operator_control"
     assert "operator has control" in info.value.details
     assert metric("fleetloop_bridge_active_interventions") == 1
 
-    messages = _takeover(items)
+    messages = _takeover(stream)
     first, chunks = messages[0], [m for m in messages if m.actions is not None]
     assert first.started and first.reason == "divergence" and first.operator_id == "sim-expert"
     assert first.robot_id == "arm_0" and first.episode_id == obs.episode_id and first.step == 3
@@ -88,24 +63,45 @@ def test_a_diverging_policy_is_taken_over_and_corrected(serve):
 
 def test_takeover_on_request_and_cut_short_by_reset(serve):
     server, client = serve(twin={**TWIN, "takeover_steps": 40})
-    items = _follow(server, client, ["arm_0"])
+    stream = client.subscribe_interventions(["arm_0"])
     obs = client.reset(seed=4)["arm_0"]
     server.backend.request_takeover("arm_0")
     with pytest.raises(BridgeError) as info:
         client.act(obs, np.tile(obs.state[:2], (2, 1)))
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    first = items.get(timeout=5)
+    first = stream.get(timeout=5)
     assert first.started and first.reason == "requested" and first.step == 0
     client.reset(seed=5)  # ends the takeover: a chunkless ended message
-    messages = _takeover(items)
+    messages = _takeover(stream)
     assert messages[-1].ended and messages[-1].actions is None and messages[-1].reason == "requested"
     fresh = client.observe("arm_0")
     assert fresh.step == 0 and client.act(fresh, np.tile(fresh.state[:2], (2, 1))).executed_steps == 2
 
 
+def test_a_takeover_right_after_subscribing_is_received(serve):
+    server, client = serve(twin=TWIN)
+    client.reset(seed=1)
+    with client.subscribe_interventions(["arm_0"]) as stream:
+        server.backend.request_takeover("arm_0")  # no waiting: the bridge confirmed the subscription
+        first = stream.get(timeout=5)
+    assert first is not None and first.started and first.reason == "requested" and first.robot_id == "arm_0"
+
+
+def test_a_stopped_bridge_breaks_the_stream(serve):
+    server, client = serve()
+    stream = client.subscribe_interventions()
+    assert stream.open
+    server.stop(grace=None)
+    with pytest.raises(BridgeUnavailable, match=f"robot bridge at {client.target}"):  # ended or cut off
+        stream.get(timeout=5)
+    assert not stream.open
+    with pytest.raises(BridgeUnavailable):  # and keeps saying so
+        stream.get(timeout=0)
+
+
 def test_stream_limit_is_resource_exhausted(serve):
     server, client = serve(max_streams=1)
-    _follow(server, client)
-    with pytest.raises(BridgeError) as info:
-        next(client.interventions())
+    with client.subscribe_interventions():
+        with pytest.raises(BridgeError) as info:
+            client.subscribe_interventions()
     assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 1" in info.value.details

@@ -112,7 +112,7 @@ def test_nothing_before_reset_and_nothing_after_the_episode(serve):
         client.observe("arm_0")
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no episode" in info.value.details
     with pytest.raises(BridgeError) as info:
-        next(client.interventions(["arm_9"]))
+        client.subscribe_interventions(["arm_9"])
     assert info.value.code == grpc.StatusCode.NOT_FOUND and "arm_9" in info.value.details
     obs = client.reset(seed=1)["arm_0"]
     result = client.act(obs, np.tile(obs.state[:2], (8, 1)))

@@ -10,7 +10,7 @@ import torch
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
 from fleetloop.learner.learner import Learner
-from fleetloop.system import DualSystemPolicy, load_policy
+from fleetloop.system import DualSystemPolicy, embodiment_id, load_policy
 
 
 @pytest.fixture
@@ -96,3 +96,21 @@ def test_freeze_flags_keep_frozen_parts_fixed(valkey, demos, tmp_path):
     assert not any(k.startswith(("backbone.model.language_model.", "backbone.model.vision_model.",
                                  "backbone.model.mlp1.")) for k in changed)
     assert any(k.startswith("action_head.model.") for k in changed)
+
+
+def test_normalisation_treats_dims_that_barely_move_as_constant(valkey, demos, client, tmp_path):
+    bounds = client.compute_stats("pretrain", demos)
+    ranges = bounds["state_max"] - bounds["state_min"]
+    cut = float(np.median(ranges))
+    learner = Learner(load_config("smoke", [f"learner.min_stat_range={cut}"]), str(tmp_path), valkey.url)
+    try:
+        learner.fit_normalization("pretrain", demos)
+        slot = embodiment_id(demos)
+        low = learner.model.state_min[slot, : len(ranges)].numpy()
+        high = learner.model.state_max[slot, : len(ranges)].numpy()
+    finally:
+        learner.close()
+    narrow = ranges < cut
+    assert narrow.any() and (~narrow).any()
+    np.testing.assert_allclose(low[narrow], high[narrow])
+    np.testing.assert_allclose(low[~narrow], bounds["state_min"][~narrow], rtol=1e-6)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fleetloop.system import DualSystemPolicy
+from fleetloop.system.normalization import collapse_narrow_ranges
 
 
 def test_tiny_preset_stays_small_enough_for_cpu(model: DualSystemPolicy):
@@ -37,6 +38,18 @@ def test_cached_vision_language_tokens(model: DualSystemPolicy, batch):
     fresh = model.get_action(batch, generator=torch.Generator().manual_seed(0))
     cached = model.get_action(batch, vl=vl, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(fresh, cached)
+
+
+def test_dims_that_only_jitter_normalise_to_zero(model: DualSystemPolicy):
+    low, high = collapse_narrow_ranges(np.array([0.0, 1.0, -2.0]), np.array([1e-4, 3.0, -2.0]), min_range=0.01)
+    np.testing.assert_allclose(low, [5e-5, 1.0, -2.0])
+    np.testing.assert_allclose(high, [5e-5, 3.0, -2.0])
+    model.set_normalization(3, low, high, [-1, 0, 4], [1, 10, 4])
+    state = torch.tensor([[3e-4, 2.0, -2.0] + [0.0] * 61])  # a new episode's jitter, past the old range
+    mask = torch.zeros(1, 64, dtype=torch.bool)
+    mask[0, :3] = True
+    torch.testing.assert_close(model.normalize_state(state, mask, torch.tensor([3]))[0, :3],
+                               torch.tensor([0.0, 0.0, 0.0]))
 
 
 def test_min_max_normalization_in_the_model(model: DualSystemPolicy):

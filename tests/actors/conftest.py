@@ -1,0 +1,27 @@
+"""Fixtures of the actor tests: a real WeightService to follow and weights to publish on it."""
+
+import numpy as np
+import pytest
+import torch
+
+from fleetloop.learner.publisher import WeightPublisher
+from fleetloop.system import DualSystemPolicy, embodiment_id, model_preset
+
+SMALL = ["actors.max_steps=16", "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1"]
+"""A reach actor with short episodes and one DAgger and one evaluation episode per round."""
+
+
+def policy_weights(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = DualSystemPolicy(model_preset("tiny"))
+    model.set_normalization(embodiment_id("sim_arm"), state_min=np.full(4, -3.0), state_max=np.full(4, 3.0),
+                            action_min=np.array([-2.0, -2.5]), action_max=np.array([2.0, 2.5]))
+    return model.state_dict()
+
+
+@pytest.fixture
+def publisher():
+    publisher = WeightPublisher(port=0)
+    port = publisher.start()
+    yield publisher, f"127.0.0.1:{port}"
+    publisher.stop(grace=0.5)
