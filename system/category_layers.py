@@ -19,7 +19,11 @@ class CategorySpecificLinear(nn.Module):
 
     def __init__(self, num_categories: int, in_dim: int, out_dim: int):
         super().__init__()
-        self.W = nn.Parameter(0.02 * torch.randn(num_categories, in_dim, out_dim))
+        # LeCun-normal (std 1/sqrt(in_dim)) rather than GR00T's 0.02: converted checkpoints overwrite
+        # it anyway, and from scratch (tiny) the 0.02 layers shrink the state and the noisy actions
+        # so far below the position and timestep codes that the model did not learn even an
+        # identity mapping in 1,000 steps (docs/improvement.md).
+        self.W = nn.Parameter(torch.randn(num_categories, in_dim, out_dim) / math.sqrt(in_dim))
         self.b = nn.Parameter(torch.zeros(num_categories, out_dim))
 
     def forward(self, x: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
