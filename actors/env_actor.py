@@ -71,7 +71,7 @@ DISCARDED = prom.Counter("fleetloop_actor_discarded_episodes_total",
 EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the latest episode.", TASK_LABELS)
 WEIGHTS_VERSION = prom.Gauge("fleetloop_actor_weights_version", "Weight version the actor's policy runs.", ["actor"])
 POLICY_LAG = prom.Gauge("fleetloop_actor_policy_lag_versions",
-                        "Published versions the actor's policy is behind the newest it was told of.", ["actor"])
+                        "Published versions the actor's policy is behind the newest it was told of.", TASK_LABELS)
 INFERENCE_SECONDS = prom.Histogram("fleetloop_actor_inference_seconds", "Time to predict one action chunk.", ["actor"],
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
@@ -169,7 +169,7 @@ class EnvActor:
         """Run one episode (one trajectory per robot of the scene); (None, version) when the
         policy's output made it unusable (discarded). ``seed`` None takes the actor's next seed."""
         version = self.version
-        POLICY_LAG.labels(self.actor_id).set(max(0, self.subscriber.latest_announced - version))
+        POLICY_LAG.labels(*self.labels).set(max(0, self.subscriber.latest_announced - version))
         if seed is None:
             seed = self.seed_base + self.episode_count
             self.episode_count += 1

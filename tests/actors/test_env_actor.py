@@ -52,6 +52,7 @@ def test_rounds_write_versioned_rollouts_and_corrections(actor, publisher, clien
     assert 'fleetloop_actor_episodes_total{actor="actor-0",table="corrections"} 4.0' in body
     assert 'fleetloop_actor_success_rate{actor="actor-0",embodiment="sim_arm",task="reach"}' in body
     assert 'fleetloop_actor_intervention_rate{actor="actor-0",embodiment="sim_arm",task="reach"}' in body
+    assert 'fleetloop_actor_policy_lag_versions{actor="actor-0",embodiment="sim_arm",task="reach"} 0.0' in body
 
 
 def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publisher, valkey, client, tmp_path):
