@@ -50,7 +50,7 @@ logger = logging.getLogger("bench.improvement")
 EVAL_SEED_BASE = 900_000
 """Evaluation episode i resets the env (and seeds the policy's noise) from EVAL_SEED_BASE + i."""
 
-FULL = dict(demos=10, pretrain_steps=1500, round_steps=500, rounds=3, dagger_episodes=10, eval_episodes=50)
+FULL = dict(demos=4, pretrain_steps=1500, round_steps=500, rounds=3, dagger_episodes=20, eval_episodes=50)
 QUICK = dict(demos=2, pretrain_steps=10, round_steps=5, rounds=2, dagger_episodes=1, eval_episodes=3)
 
 
