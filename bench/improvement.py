@@ -11,7 +11,7 @@ MuJoCo episodes with the scripted expert as the operator.
    ``corrections``; ``dagger``: beta-mixture rollouts, every visited state relabelled), then
    E policy-only evaluation episodes on fixed seeds (``actors.eval_seed_base``: the same env
    seeds and denoising noise in every round). Before round r + 1 the learner trains T more
-   steps on the mixture pretrain + corrections.
+   steps on the mixture pretrain + corrections (``--correction-share`` of each batch).
 3. Control (unless --no-control): a fresh learner with the same seed and learning-rate
    schedule trains the same total steps (T0 + k T) on the demonstrations alone and is
    evaluated on the same seeds, so the gain is not just "more training".
@@ -113,7 +113,8 @@ class Run:
 
 def run_dagger(args: argparse.Namespace, url: str, root: Path) -> tuple[list[dict], int]:
     """Demonstrations, then rounds 0..k; one record per round and the demos that succeeded."""
-    run = Run(make_config(args, {"pretrain": 0.5, "corrections": 0.5}, args.dagger_episodes), url, root)
+    mixture = {"pretrain": 1.0 - args.correction_share, "corrections": args.correction_share}
+    run = Run(make_config(args, mixture, args.dagger_episodes), url, root)
     try:
         start = time.time()
         demo_successes = run.actor.collect_demos(args.demos)
@@ -156,6 +157,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--gate-threshold", type=float, default=0.3, help="hg-dagger gate (rad)")
+    parser.add_argument("--correction-share", type=float, default=0.2,
+                        help="share of each batch drawn from corrections after round 0 (the rest: pretrain)")
     parser.add_argument("--max-steps", type=int, default=96, help="control steps per episode")
     parser.add_argument("--execute-steps", type=int, default=8, help="steps of a chunk executed before re-planning")
     args = parser.parse_args()
@@ -199,6 +202,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "gate_threshold": args.gate_threshold,
+        "correction_share": args.correction_share,
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
         "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + args.eval_episodes - 1],
