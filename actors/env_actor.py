@@ -39,7 +39,7 @@ import torch
 from fleetloop.actors.bridge import RobotClient
 from fleetloop.actors.bridge.connection import BridgeConnection
 from fleetloop.actors.bridge.episode import EpisodeDiscarded
-from fleetloop.actors.dagger import DEMO, RELABEL, ROBOT, beta_for_round, segments, to_episode
+from fleetloop.actors.dagger import DEMO, INTERVENTION, RELABEL, ROBOT, beta_for_round, segments, to_episode
 from fleetloop.actors.envs import env_options, make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
 from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episodes
@@ -282,7 +282,7 @@ class EnvActor:
         dcfg = self.cfg.actors.dagger
         if takeovers_only:
             for seg in segments(traj.intervened, dcfg.pre_intervention_steps):
-                table = "corrections" if seg.cls == "intervention" else "rollouts"
+                table = "corrections" if seg.cls == INTERVENTION else "rollouts"
                 self._write(table, traj, seg.cls, version, start=seg.start, end=seg.end)
             return
         self._write("rollouts", traj, ROBOT, version)

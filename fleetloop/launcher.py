@@ -179,9 +179,8 @@ class Loop:
         n = self.cfg.actors.num_actors
         bridges = []
         if _starts_twin_bridges(self.cfg):  # started first: they boot while Ray and the learner do
-            config_file = self.run.write_config(self.cfg.to_dict())
-            for i in range(n):
-                bridges.append(TwinBridgeProcess(i, self.cfg, config_file, self.run.logs))
+            for i in range(n):  # run_up wrote the run's config before the loop started
+                bridges.append(TwinBridgeProcess(i, self.cfg, self.run.config_file, self.run.logs))
                 self._stack.callback(bridges[-1].stop)
         ray.init(address="local", num_cpus=n + 2, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, object_store_memory=256 << 20,

@@ -50,10 +50,14 @@ class RunDir:
         """Data directory of the embedded Valkey server (AOF files)."""
         return self.root / "replay"
 
+    @property
+    def config_file(self) -> Path:
+        """The run's validated config (``config.yaml``), written by ``write_config``."""
+        return self.root / "config.yaml"
+
     def write_config(self, config: dict) -> Path:
-        path = self.root / "config.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
+        self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        return self.config_file
 
 
 def log_to_file(log_dir: str | os.PathLike, name: str) -> None:
