@@ -108,6 +108,10 @@ class LearnerSection(_Section):
     min_stat_range: float = Field(0.01, ge=0, description="Normalisation: state/action dims whose min-max range in "
                                                          "the data is below this (raw units) count as constant, so "
                                                          "a joint that only jitters is not magnified to [-1, 1].")
+    loss_on_padded_actions: bool = Field(False, description="Train on the actions repeated past an episode's end "
+                                                          "(GR00T's padding). False leaves them out of the loss "
+                                                          "(LeRobot's action_is_pad): a takeover segment ends where "
+                                                          "the policy drove on, not where the robot held still.")
     zero_stage: Literal[1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also "
                                                "gradients, 3 also parameters (gathered for publish and export).")
     publish_every: int = Field(50, ge=1, description="Publish weights every N optimizer steps (and at round end).")

@@ -161,6 +161,8 @@ class Learner:
         windows = self.sampler.sample(self.cfg.learner.batch_size)
         for window in windows:
             window["embodiment_id"] = embodiment_id(window["embodiment"])
+            if self.cfg.learner.loss_on_padded_actions:
+                del window["action_is_pad"]
         batch = self.processor.collate(windows)
         first = (self._micro_batches * self.world_size + self.rank) * len(windows)
         batch.update(flow_draws(self.model_cfg.action_head, range(first, first + len(windows)), self.cfg.run.seed))

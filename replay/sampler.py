@@ -14,7 +14,9 @@ returns. Here each window is selected in three steps:
 3. a step t, uniformly among the steps of that episode that have a stored camera frame.
 
 A window is the frame at t, the state at t and the actions t..t+H-1; past the end of the
-episode the last action is repeated (as GR00T pads action chunks). Before reading, the
+episode the last action is repeated (as GR00T pads action chunks) and ``action_is_pad``
+marks those steps (as LeRobot does), so that the learner can leave them out of the loss: a
+takeover segment ends where the policy drove on, not where the robot stopped. Before reading, the
 windows are counted against each table's rate limiter (which may block). An episode
 evicted after the index refresh is dropped from the index and its windows are resampled.
 """
@@ -223,7 +225,7 @@ class WindowSampler:
         Returns:
             One dict per window: ``image`` uint8 (h, w, 3) frame at t, ``state`` float32
             (S,) at t, ``action`` float32 (H, A) for t..t+H-1 (last action repeated past the
-            end), ``instruction``, ``embodiment``, ``table``, ``episode_id``, ``step`` (t)
+            end), ``action_is_pad`` bool (H,) (True on those repeated steps), ``instruction``, ``embodiment``, ``table``, ``episode_id``, ``step`` (t)
             and ``policy_version``.
 
         Raises:
@@ -238,6 +240,7 @@ class WindowSampler:
                 "image": decode_png(w.frame),
                 "state": np.frombuffer(w.state, keys.FLOAT_DTYPE).astype(np.float32),
                 "action": self._actions(w),
+                "action_is_pad": self._is_pad(w),
                 **_window_meta(w.pick),
             }
             for w in self._windows(batch_size)
@@ -253,7 +256,8 @@ class WindowSampler:
 
         Returns:
             ``image`` uint8 (B, h, w, 3) or ``image_png`` list of B bytes, ``state`` float32
-            (B, S), ``action`` float32 (B, H, A), ``step`` and ``policy_version`` int64 (B,),
+            (B, S), ``action`` float32 (B, H, A), ``action_is_pad`` bool (B, H), ``step`` and
+            ``policy_version`` int64 (B,),
             and lists of B ``instruction``, ``embodiment``, ``table``, ``episode_id``.
 
         Raises:
@@ -275,6 +279,7 @@ class WindowSampler:
             "state": np.frombuffer(b"".join(w.state for w in windows), keys.FLOAT_DTYPE)
             .reshape(len(windows), state_dim).astype(np.float32),
             "action": np.stack([self._actions(w) for w in windows]),
+            "action_is_pad": np.stack([self._is_pad(w) for w in windows]),
         }
         if decode_images:
             images = np.empty((len(windows), *frame_shape), np.uint8)
@@ -296,6 +301,10 @@ class WindowSampler:
         if pad:
             actions = np.concatenate([actions, np.repeat(actions[-1:], pad, axis=0)])
         return actions.astype(np.float32)
+
+    def _is_pad(self, w: _Window) -> np.ndarray:
+        """bool (H,): True on the steps of the window past the end of its episode."""
+        return np.arange(self.horizon) >= len(w.action) // (keys.FLOAT_DTYPE.itemsize * w.pick.info.action_dim)
 
     def _windows(self, batch_size: int) -> list[_Window]:
         if batch_size < 1:

@@ -4,6 +4,8 @@ A sample is a dict with:
     image          (h, w, 3) uint8, any size (resized to the model's image_size)
     state          (S,) float, S <= max_state_dim
     action         (H, A) float, A <= max_action_dim (optional: absent at inference)
+    action_is_pad  (H,) bool, True on steps padded past the episode's end (optional): they
+                   are left out of ``action_mask`` and so out of the loss
     instruction    str
     embodiment_id  int slot id, or a registered embodiment tag (str)
 For an embodiment with a layout (`fleetloop.system.embodiment`), state and action are its
@@ -59,8 +61,8 @@ class Processor:
 
         Raises:
             ValueError: naming the key, for a missing key, NaN/inf values, a state above
-            max_state_dim, an action above max_action_dim or with the wrong horizon, or an
-            out-of-range embodiment_id.
+            max_state_dim, an action above max_action_dim or with the wrong horizon, a
+            malformed action_is_pad, or an out-of-range embodiment_id.
         """
         if not samples:
             raise ValueError("samples: expected at least one sample, got none")
@@ -101,6 +103,8 @@ class Processor:
                     raise ValueError(f"action: {chunk.shape[1]} dims exceed max_action_dim={head.max_action_dim}")
                 action[row, :, : chunk.shape[1]] = torch.from_numpy(chunk)
                 action_mask[row, :, : chunk.shape[1]] = True
+                if "action_is_pad" in sample:
+                    action_mask[row, _is_pad(sample["action_is_pad"], head.action_horizon)] = False
         instructions = [s["instruction"] for s in samples]
         if not all(isinstance(text, str) for text in instructions):
             raise ValueError(f"instruction: expected str, got {[type(t).__name__ for t in instructions]}")
@@ -127,6 +131,16 @@ def _finite_array(key: str, value: Any, ndim: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{key}: contains NaN or inf values")
     return array
+
+
+def _is_pad(value: Any, horizon: int) -> torch.Tensor:
+    """`value` as a bool (horizon,) tensor whose first step is real, or ValueError."""
+    array = np.asarray(value)
+    if array.dtype != np.bool_ or array.shape != (horizon,):
+        raise ValueError(f"action_is_pad: expected a bool array of shape ({horizon},), got {array.dtype} {array.shape}")
+    if array[0]:
+        raise ValueError("action_is_pad: the first step of a window must be real")
+    return torch.from_numpy(array.copy())
 
 
 def _check_dim(key: str, shape: tuple[int, ...], expected: int, tag: str) -> None:

@@ -56,6 +56,8 @@ def test_window_contents_and_padding_at_episode_end(client, make_episode):
     np.testing.assert_array_equal(by_step[0]["action"], ep.actions[0:4])
     np.testing.assert_array_equal(by_step[3]["action"], ep.actions[[3, 4, 4, 4]])
     np.testing.assert_array_equal(by_step[4]["action"], ep.actions[[4, 4, 4, 4]])
+    assert [by_step[t]["action_is_pad"].tolist() for t in (0, 3, 4)] == [
+        [False] * 4, [False, False, True, True], [False, True, True, True]]
     w = by_step[3]
     assert w["action"].dtype == np.float32 and w["action"].shape == (4, 2)
     assert w["state"].dtype == np.float32
@@ -166,6 +168,7 @@ def test_sample_batch_stacks_windows(client, make_episode):
         np.testing.assert_array_equal(batch["image"][i], ep.frames[int(step)])
         np.testing.assert_array_equal(batch["state"][i], ep.states[step])
         np.testing.assert_array_equal(batch["action"][i], ep.actions[np.minimum(np.arange(step, step + 4), 4)])
+        assert batch["action_is_pad"][i].tolist() == (np.arange(step, step + 4) > 4).tolist()
 
 
 def test_sample_batch_can_leave_frames_encoded(client, make_episode):

@@ -21,6 +21,27 @@ def test_collate_builds_padded_batch(processor: Processor, samples: list[dict]):
     assert batch["embodiment_id"].tolist() == [31] * 4 and batch["embodiment_id"].dtype == torch.long
 
 
+def test_padded_steps_are_left_out_of_the_action_mask(processor: Processor, make_sample):
+    rng = np.random.default_rng(0)
+    padded = make_sample(rng, action_is_pad=np.arange(16) >= 5)
+    batch = processor.collate([padded, make_sample(rng)])
+    assert batch["action_mask"][0, :5, :5].all() and not batch["action_mask"][0, 5:].any()
+    assert batch["action_mask"][1, :, :5].all()
+
+
+@pytest.mark.parametrize(
+    ("is_pad", "message"),
+    [
+        pytest.param(np.zeros(16), "expected a bool array of shape", id="dtype"),
+        pytest.param(np.zeros(8, dtype=bool), r"expected a bool array of shape \(16,\)", id="shape"),
+        pytest.param(np.ones(16, dtype=bool), "the first step of a window must be real", id="all-padding"),
+    ],
+)
+def test_collate_rejects_bad_padding_marks(processor: Processor, make_sample, is_pad, message):
+    with pytest.raises(ValueError, match=f"action_is_pad: {message}"):
+        processor.collate([make_sample(np.random.default_rng(0), action_is_pad=is_pad)])
+
+
 def test_inference_samples_have_no_action(processor: Processor, make_sample):
     batch = processor.collate([make_sample(np.random.default_rng(0), with_action=False)])
     assert "action" not in batch and "action_mask" not in batch
