@@ -2,8 +2,8 @@
 
 Run as a Ray actor by the launcher. It seeds ``pretrain`` with expert demonstrations, and in
 every round rolls out the newest applied policy: DAgger episodes (``actors.dagger.mode``) and
-policy-only evaluation episodes (on fixed seeds when ``actors.eval_seed_base`` is set, so
-rounds are compared on the same episodes). A scene with several robots (gr1_handover) gives
+policy-only evaluation episodes (on fixed seeds when ``actors.eval_seed_base`` and
+``actors.dagger_seed_base`` are set, so rounds are compared on the same episodes). A scene with several robots (gr1_handover) gives
 one trajectory per robot, each written as its own episode; every robot has its own policy
 (System 2 cache and noise) over the shared model. Every trajectory
 is written to ``rollouts`` (executed actions) and ``corrections`` (expert labels), stamped
@@ -222,12 +222,10 @@ class EnvActor:
             successes += all(traj.success for traj in trajs.values())
         return successes
 
-    def _eval_seed(self, index: int) -> int | None:
-        """Env seed of evaluation episode ``index``: fixed across rounds when actors.eval_seed_base is set."""
-        acfg = self.cfg.actors
-        if acfg.eval_seed_base is None:
-            return None
-        return acfg.eval_seed_base + self.actor_index * acfg.eval_episodes_per_round + index
+    def _fixed_seed(self, base: int | None, per_round: int, index: int) -> int | None:
+        """Env seed of episode ``index`` of a round from a fixed-seed base (actors.eval_seed_base or
+        dagger_seed_base): the same in every round; None without a base (the actor's next seed)."""
+        return None if base is None else base + self.actor_index * per_round + index
 
     def run_round(self, round_index: int, min_version: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
         """This round's DAgger episodes (mode ``actors.dagger.mode``), then policy-only evaluation
@@ -249,7 +247,9 @@ class EnvActor:
             training = i < acfg.dagger_episodes_per_round
             trajs, version = self._episode(
                 beta=beta if training else 0.0, use_policy=True, frame_every=acfg.execute_steps,
-                gated=gated and training, seed=None if training else self._eval_seed(i - acfg.dagger_episodes_per_round))
+                gated=gated and training,
+                seed=self._fixed_seed(acfg.dagger_seed_base, acfg.dagger_episodes_per_round, i) if training else
+                self._fixed_seed(acfg.eval_seed_base, acfg.eval_episodes_per_round, i - acfg.dagger_episodes_per_round))
             versions.add(version)
             if trajs is None:  # discarded: nothing written; an evaluation episode counts as a failure
                 discarded += 1

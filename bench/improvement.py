@@ -7,8 +7,9 @@ MuJoCo episodes with the scripted expert as the operator.
 1. The actor writes N expert demonstrations to ``pretrain``; the learner fits the
    normalisation on them and trains T0 steps (round 0: demonstrations only).
 2. Every round r = 0..k: the actor runs ``EnvActor.run_round`` with round r's policy: M DAgger
-   episodes (``hg-dagger``: the gate lets the expert take over and only the takeovers become
-   ``corrections``; ``dagger``: beta-mixture rollouts, every visited state relabelled), then
+   episodes on the same M scenes every round (``actors.dagger_seed_base``; ``hg-dagger``: the gate
+   lets the expert take over and only the takeovers become ``corrections``; ``dagger``:
+   beta-mixture rollouts, every visited state relabelled), then
    E policy-only evaluation episodes on fixed seeds (``actors.eval_seed_base``: the same env
    seeds and denoising noise in every round). Before round r + 1 the learner trains T more
    steps on the mixture pretrain + corrections (``--correction-share`` of each batch).
@@ -49,8 +50,10 @@ logger = logging.getLogger("bench.improvement")
 
 EVAL_SEED_BASE = 900_000
 """Evaluation episode i resets the env (and seeds the policy's noise) from EVAL_SEED_BASE + i."""
+DAGGER_SEED_BASE = 800_000
+"""DAgger episode i of every round likewise from DAGGER_SEED_BASE + i: the same scenes each round."""
 
-FULL = dict(demos=4, pretrain_steps=1500, round_steps=500, rounds=3, dagger_episodes=20, eval_episodes=50)
+FULL = dict(demos=4, pretrain_steps=1500, round_steps=500, rounds=3, dagger_episodes=40, eval_episodes=50)
 QUICK = dict(demos=2, pretrain_steps=10, round_steps=5, rounds=2, dagger_episodes=1, eval_episodes=3)
 
 
@@ -70,6 +73,7 @@ def make_config(args: argparse.Namespace, mixture: dict[str, float], dagger_epis
         "model.preset=tiny", "actors.env=gr1_pick_place", "actors.num_actors=1", f"actors.max_steps={args.max_steps}",
         f"actors.execute_steps={args.execute_steps}", f"actors.dagger.mode={args.mode}",
         f"actors.state_includes_object_pose={not args.images_only}", f"actors.eval_seed_base={EVAL_SEED_BASE}",
+        f"actors.dagger_seed_base={DAGGER_SEED_BASE}",
         f"actors.eval_episodes_per_round={args.eval_episodes}", f"actors.dagger_episodes_per_round={dagger_episodes}",
         f"actors.dagger.gate_threshold={args.gate_threshold}", "actors.torch_threads=1",
         f"learner.batch_size={args.batch_size}", f"learner.lr={args.lr}", f"run.seed={args.seed}",
@@ -206,6 +210,7 @@ def main() -> None:
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
         "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + args.eval_episodes - 1],
+        "dagger_seeds": [DAGGER_SEED_BASE, DAGGER_SEED_BASE + args.dagger_episodes - 1],
         "per_round": rounds,
         "wall_seconds": round(time.time() - start, 1),
     }))

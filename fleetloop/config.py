@@ -232,8 +232,13 @@ class ActorsSection(_Section):
         default_factory=list, description="actors.robot=bridge: host:port of the running robot bridge of each actor "
                                           "(one per actor); empty: `fleetloop up` starts a mujoco-twin bridge per actor.")
     eval_seed_base: int | None = Field(
-        None, description="Evaluation episode i of every round resets its env with seed eval_seed_base + i (the "
-                          "same episodes each round); None: evaluation seeds continue the actor's own sequence.")
+        None, ge=0, description="Evaluation episode i of actor a in every round resets its env (and seeds the policy's "
+                                "noise) with eval_seed_base + a * eval_episodes_per_round + i (the same episodes each "
+                                "round); None: evaluation seeds continue the actor's own sequence.")
+    dagger_seed_base: int | None = Field(
+        None, ge=0, description="Likewise for the DAgger episodes: every round visits the same scenes, so the "
+                                "intervention rate of successive policies is a paired comparison; None: fresh "
+                                "scenes every episode. Its seeds must not overlap the evaluation seeds.")
     state_includes_object_pose: bool = Field(
         False, description="gr1_pick_place: append the named object's and target's xyz (pelvis frame) to the "
                            "state (embodiment gr1_pose), for policies that cannot find the object in images.")
@@ -256,6 +261,13 @@ class ActorsSection(_Section):
         if self.bridge_targets and len(self.bridge_targets) != self.num_actors:
             raise ValueError(f"actors.bridge_targets lists {len(self.bridge_targets)} bridge(s) for "
                              f"{self.num_actors} actor(s); give one per actor or none")
+        if self.eval_seed_base is not None and self.dagger_seed_base is not None:
+            evals = range(self.eval_seed_base, self.eval_seed_base + self.num_actors * self.eval_episodes_per_round)
+            daggers = range(self.dagger_seed_base,
+                            self.dagger_seed_base + self.num_actors * self.dagger_episodes_per_round)
+            if daggers and max(evals.start, daggers.start) < min(evals.stop, daggers.stop):
+                raise ValueError(f"actors.dagger_seed_base: DAgger seeds [{daggers.start}, {daggers.stop}) overlap the "
+                                 f"evaluation seeds [{evals.start}, {evals.stop}); evaluate on scenes not trained on")
         if self.state_includes_object_pose and self.env != "gr1_pick_place":
             raise ValueError(f"actors.state_includes_object_pose applies to env gr1_pick_place, not {self.env!r}")
         return self

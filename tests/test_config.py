@@ -59,6 +59,12 @@ def test_bad_values_name_the_field(override, expected):
     assert expected in str(info.value)
 
 
+def test_dagger_seeds_must_not_overlap_evaluation_seeds():
+    with pytest.raises(ConfigError, match=r"DAgger seeds \[105, 111\) overlap the evaluation seeds \[100, 110\)"):
+        load_config("default", ["actors.eval_seed_base=100", "actors.dagger_seed_base=105"])
+    load_config("default", ["actors.eval_seed_base=100", "actors.dagger_seed_base=110"])
+
+
 def test_all_errors_reported_at_once():
     with pytest.raises(ConfigError) as info:
         load_config("default", ["learner.lr=-1", "actors.num_actors=0"])

@@ -167,6 +167,26 @@ def test_fixed_evaluation_seeds_replay_the_same_episodes_every_round(valkey, pub
     assert not np.array_equal(first[0].states[0], first[1].states[0]), "each evaluation episode has its own seed"
 
 
+def test_fixed_dagger_seeds_revisit_the_same_scenes_every_round(valkey, publisher, client, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, "actors.dagger_episodes_per_round=2", "actors.eval_episodes_per_round=1",
+                                "actors.dagger_seed_base=7000", "actors.eval_seed_base=5000"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        publisher.publish(policy_weights(3))
+        for round_index in (0, 1):
+            actor.run_round(round_index, min_version=1, timeout_s=30)
+        written = [client.read_episode(i) for i in actor.status()["written"]["rollouts"]]
+    finally:
+        actor.close()
+    assert len(written) == 6  # per round: 2 DAgger episodes, then 1 evaluation
+    first_states = [episode.states[0] for episode in written]
+    for k in (0, 1):
+        np.testing.assert_array_equal(first_states[k], first_states[3 + k])
+    assert not np.array_equal(first_states[0], first_states[1]), "each DAgger episode has its own seed"
+    assert not np.array_equal(first_states[0], first_states[2]), "evaluation seeds differ from the DAgger seeds"
+
+
 def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, client, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", ["actors.env=gr1_handover", "actors.max_steps=16", "actors.dagger.mode=hg-dagger",
