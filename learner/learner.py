@@ -186,6 +186,8 @@ class Learner:
                 wait = time.perf_counter() - wait_start
                 waited += wait
                 BATCH_WAIT.observe(wait)
+                if self.world_size > 1:  # ranks' windows may hold different numbers of padded steps
+                    batch["action_mask_count"] = torch.tensor(self._mean_over_ranks(batch["action_mask"].sum().float()))
 
                 loss = self.engine(batch)["loss"]
                 self.engine.backward(loss)

@@ -121,6 +121,7 @@ class FlowMatchingActionHead(nn.Module):
         embodiment_id: torch.Tensor,
         noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
+        mask_count: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow-matching loss.
 
@@ -128,12 +129,16 @@ class FlowMatchingActionHead(nn.Module):
             vl_tokens: (B, L, E) vision-language tokens; vl_mask: (B, L) bool.
             state: (B, max_state_dim) normalised, zero-padded.
             action: (B, H, max_action_dim) normalised, zero-padded.
-            action_mask: (B, H, max_action_dim) bool, True on real action dims.
+            action_mask: (B, H, max_action_dim) bool, True on real action dims and steps.
             embodiment_id: (B,) long.
             noise, t: the per-sample draws (``flow_draws``); sampled here from torch's RNG when None.
+            mask_count: scalar the summed error is divided by; None: ``action_mask.sum()``. Data
+                parallel ranks pass the mean of their counts, so that the mean of their losses is
+                the loss of the whole global batch even when their windows hold different
+                numbers of padded steps.
 
         Returns:
-            Scalar loss: mean squared velocity error over the real action dims.
+            Scalar loss: mean squared velocity error over the real action dims and steps.
         """
         cfg = self.config
         batch = self._check_inputs(vl_tokens, vl_mask, state, embodiment_id)
@@ -152,7 +157,8 @@ class FlowMatchingActionHead(nn.Module):
         state_tokens = self.state_encoder(state.unsqueeze(1), embodiment_id)
         pred = self._velocity(vl_tokens, vl_mask, state_tokens, noisy, buckets, embodiment_id)
         mask = action_mask.to(pred.dtype)
-        return (F.mse_loss(pred, action - noise, reduction="none") * mask).sum() / mask.sum().clamp_min(1.0)
+        count = mask.sum() if mask_count is None else mask_count.to(pred)
+        return (F.mse_loss(pred, action - noise, reduction="none") * mask).sum() / count.clamp_min(1.0)
 
     @torch.no_grad()
     def get_action(

@@ -6,6 +6,8 @@ Batch keys (all torch tensors, B samples, S = max_state_dim, A = max_action_dim)
     state          (B, S) raw, zero-padded;  state_mask (B, S) bool
     action         (B, H, A) raw, zero-padded (training only)
     action_mask    (B, H, A) bool (training only)
+    action_mask_count  scalar, optional: what the loss's summed error is divided by (data
+                   parallel ranks share one; default action_mask.sum())
     embodiment_id  (B,) long
 
 State and action are normalised inside the model (`fleetloop.system.normalization`) with
@@ -115,7 +117,8 @@ class DualSystemPolicy(NormalizationMixin, nn.Module):
         action = self.normalize_action(batch["action"], batch["action_mask"], ids)
         tokens, mask = self.encode_vision_language(batch)
         loss = self.action_head(tokens, mask, state, action, batch["action_mask"], ids,
-                                noise=batch.get("flow_noise"), t=batch.get("flow_t"))
+                                noise=batch.get("flow_noise"), t=batch.get("flow_t"),
+                                mask_count=batch.get("action_mask_count"))
         return {"loss": loss}
 
     @torch.no_grad()

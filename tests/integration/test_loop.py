@@ -134,7 +134,7 @@ def test_short_loop_every_role_does_its_part(tmp_path):
 
 def test_ctrl_c_stops_every_process(tmp_path):
     run_dir = tmp_path / "run"
-    proc, endpoints = start_up(run_dir)
+    proc, endpoints = start_up(run_dir, "--set", "run.rounds=50")  # still running when the actors are up
     started: set[tuple[int, float]] = set()
     deadline = time.time() + 300
     while time.time() < deadline and not scrape(endpoints["actor-1"]):
