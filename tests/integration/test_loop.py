@@ -134,7 +134,8 @@ def test_short_loop_every_role_does_its_part(tmp_path):
 
 def test_ctrl_c_stops_every_process(tmp_path):
     run_dir = tmp_path / "run"
-    proc, endpoints = start_up(run_dir, "--set", "run.rounds=50")  # still running when the actors are up
+    # 100 rounds: the run is still going when SIGINT arrives, and could not end by itself within the wait below
+    proc, endpoints = start_up(run_dir, "--set", "run.rounds=100")
     started: set[tuple[int, float]] = set()
     deadline = time.time() + 300
     while time.time() < deadline and not scrape(endpoints["actor-1"]):
@@ -144,7 +145,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
     started |= descendants(proc.pid)
     assert len(started) >= 4, "Valkey, Ray's services, the learner and the actors run below fleetloop up"
     proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=120)[0]
+    output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, output
     assert "interrupted" in output
     time.sleep(2)
