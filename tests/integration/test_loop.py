@@ -75,8 +75,14 @@ def start_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, st
         [FLEETLOOP, "up", "--config", "smoke", "--run-dir", str(run_dir),
          "--set", f"metrics.learner_port={learner_port}", "--set", f"metrics.replay_port={replay_port}",
          "--set", f"metrics.actor_base_port={actor_base}", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_sigint_as_in_a_terminal)
     return proc, endpoints
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """SIGINT's default action in the child, as under a terminal. A test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and Python keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_short_loop_every_role_does_its_part(tmp_path):
@@ -134,7 +140,7 @@ def test_short_loop_every_role_does_its_part(tmp_path):
 
 def test_ctrl_c_stops_every_process(tmp_path):
     run_dir = tmp_path / "run"
-    # 100 rounds: the run is still going when SIGINT arrives, and could not end by itself within the wait below
+    # 100 rounds: the run is still going when SIGINT arrives and could not end by itself within the wait below
     proc, endpoints = start_up(run_dir, "--set", "run.rounds=100")
     started: set[tuple[int, float]] = set()
     deadline = time.time() + 300
@@ -145,7 +151,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
     started |= descendants(proc.pid)
     assert len(started) >= 4, "Valkey, Ray's services, the learner and the actors run below fleetloop up"
     proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=300)[0]
+    output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, output
     assert "interrupted" in output
     time.sleep(2)
