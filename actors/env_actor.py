@@ -116,7 +116,7 @@ class EnvActor:
         self.policies = {agent: Policy(self.model, processor, num_inference_steps=cfg.model.num_inference_steps,
                                        system2_every=cfg.model.system2_every)
                          for agent in self.env.possible_agents}
-        self.replay = ReplayClient(redis_url)
+        self.replay = ReplayClient(redis_url, password=cfg.replay.password())
         self.rng = np.random.default_rng([cfg.run.seed, actor_index])
         self.seed_base = actor_seed * 100_000  # episode i of this actor resets its env with seed_base + i
         self.audit_path = Path(audit_dir) / f"{self.actor_id}.jsonl"
@@ -126,8 +126,8 @@ class EnvActor:
         self.labels = (self.actor_id, acfg.env, self.embodiment)
         self.versions_applied: list[int] = []
         self._lock = threading.Lock()
-        base = cfg.metrics.actor_base_port
-        self._metrics_server, _ = prom.start_http_server(base + actor_index if base else 0, addr=cfg.metrics.host)
+        port = cfg.metrics.actor_base_port and cfg.metrics.actor_base_port + actor_index * cfg.metrics.actor_port_stride
+        self._metrics_server, _ = prom.start_http_server(port, addr=cfg.metrics.host)
         self.metrics_port = self._metrics_server.server_port
         tls, token = cfg.weights.credentials()
         self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self._apply_weights, tls=tls,

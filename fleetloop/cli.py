@@ -42,8 +42,9 @@ def _state_options() -> argparse.ArgumentParser:
     """Options of every command that touches state."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("configuration and state")
-    group.add_argument("--config", metavar="FILE",
-                       help=f"YAML config file or preset name (presets: {', '.join(preset_names())}; default: default)")
+    group.add_argument("--config", metavar="FILE", action="append",
+                       help=f"YAML config file or preset name (presets: {', '.join(preset_names())}; default: default); "
+                            "repeat to layer files, later ones overriding earlier ones field by field")
     group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override one config field, e.g. --set learner.steps_per_round=50 (repeatable)")
     group.add_argument("--run-dir", metavar="DIR",
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--env", help="env the twin simulates (default: bridge.env, reach)")
     bridge.add_argument("--host", help="bind address (default: bridge.host)")
     bridge.add_argument("--port", type=int, help="port, 0 for any free one (default: bridge.port)")
-    bridge.add_argument("--config", metavar="FILE", help="YAML config file or preset name (default: default)")
+    bridge.add_argument("--config", metavar="FILE", action="append",
+                        help="YAML config file or preset name (default: default); repeat to layer files")
     bridge.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one config field, e.g. --set bridge.realtime=true (repeatable)")
     return parser
@@ -276,7 +278,7 @@ def _replay_url(args: argparse.Namespace, cfg: FleetloopConfig, stack: contextli
         raise ConfigError(f"{root} is not a fleetloop run directory (no replay/ folder)")
     url = EmbeddedValkey.running_in(run.replay)
     if url is None:
-        server = EmbeddedValkey(run.replay, appendfsync=cfg.replay.appendfsync).start()
+        server = EmbeddedValkey(run.replay, appendfsync=cfg.replay.appendfsync, password=cfg.replay.password()).start()
         stack.callback(server.stop)
         url = server.url
     return url
@@ -288,7 +290,7 @@ def _open_replay(args: argparse.Namespace, cfg: FleetloopConfig, command: str, c
     from fleetloop.replay import ReplayClient
 
     with contextlib.ExitStack() as stack:
-        client = ReplayClient(_replay_url(args, cfg, stack, command, create=create))
+        client = ReplayClient(_replay_url(args, cfg, stack, command, create=create), password=cfg.replay.password())
         stack.callback(client.close)
         yield client
 
@@ -422,13 +424,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _config_source(args: argparse.Namespace) -> str | None:
-    """--config, else (when resuming) the run directory's saved config.yaml, else the default preset."""
+def _config_source(args: argparse.Namespace) -> list[str] | None:
+    """--config (each, in order), else (when resuming) the run directory's saved config.yaml, else the
+    default preset."""
     config = getattr(args, "config", None)
     if config is None and getattr(args, "resume", False) and args.run_dir:
         saved = Path(args.run_dir) / "config.yaml"
         if saved.is_file():
-            return str(saved)
+            return [str(saved)]
     return config
 
 

@@ -29,9 +29,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+def _check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
+    bad = {name: amount for name, amount in resources.items() if not (math.isfinite(amount) and amount > 0)}
+    if bad:
+        raise ValueError(f"amounts must be finite and > 0, got {bad}")
+    return resources
+
+
 class RunSection(_Section):
     seed: int = Field(0, description="Seed for environments, sampling and model init.")
     rounds: int = Field(4, ge=1, description="Rounds of train -> publish -> roll out -> correct.")
+    ray_address: str = Field("local", min_length=1, description="`fleetloop up`'s Ray cluster: local starts one for the run; auto joins the cluster this process runs in (a KubeRay RayJob or `ray start` node); ray://host:10001 joins a remote one.")
 
 
 class ModelSection(_Section):
@@ -65,6 +73,20 @@ class ReplaySection(_Section):
     )
     appendfsync: Literal["always", "everysec", "no"] = Field("everysec", description="AOF fsync policy of the embedded server.")
     refresh_s: float = Field(1.0, gt=0, description="Seconds between sampler index refreshes.")
+    password_file: str | None = Field(None, description="File holding the replay server's password (e.g. a mounted Kubernetes Secret), so it never appears in a URL, config or log; None: the URL's own, if any. Read when a role connects, so roles that never touch the replay (robot bridges) need not have it.")
+
+    def password(self) -> str | None:
+        """The password read from ``password_file`` (None without one).
+
+        Raises:
+            ConfigError: the file cannot be read; the message names the field.
+        """
+        if self.password_file is None:
+            return None
+        try:
+            return Path(self.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"replay.password_file: cannot read {self.password_file}: {exc.strerror}") from None
 
     @field_validator("mixture")
     @classmethod
@@ -125,6 +147,13 @@ class LearnerSection(_Section):
     tune_projector: bool = Field(True, description="Train backbone.linear and the embodiment-specific encoders/decoder.")
     tune_diffusion_model: bool = Field(True, description="Train the DiT of System 1.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives each learner rank; 0 trains on the CPU (DeepSpeed with DS_ACCELERATOR=cpu and gloo).")
+    ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each learner rank needs, e.g. {fleetloop_learner: 1} to place it on the nodes that advertise them (a KubeRay worker group's rayStartParams.resources).")
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _check_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        return _check_ray_resources(resources)
 
 
 class WeightsSection(_Section):
@@ -132,6 +161,7 @@ class WeightsSection(_Section):
     port: int = Field(50051, ge=0, le=65535, description="WeightService port (0 = any free port).")
     chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Bytes per streamed weight chunk.")
     keep_versions: int = Field(2, ge=1, description="Published versions held for pulls.")
+    advertise_address: str | None = Field(None, description="host:port subscribers dial for the WeightService (e.g. a Kubernetes Service's DNS name); None: host:port it binds.")
     token_file: str | None = Field(None, description="File holding the bearer token every WeightService call must carry (None: no token).")
     tls_ca_file: str | None = Field(None, description="PEM CA that verifies the peer; setting it turns TLS on (needs tls_cert_file and tls_key_file).")
     tls_cert_file: str | None = Field(None, description="PEM certificate chain of this role (the server's; a client's for mutual TLS).")
@@ -251,7 +281,13 @@ class ActorsSection(_Section):
     demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a crashed actor (and retries its interrupted call).")
+    ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each env actor needs, e.g. {fleetloop_actor: 1} to place actors on the nodes that advertise them.")
     dagger: DaggerSection = Field(default_factory=DaggerSection)
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _check_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        return _check_ray_resources(resources)
 
     @model_validator(mode="after")
     def _check_robot(self) -> "ActorsSection":
@@ -277,7 +313,8 @@ class MetricsSection(_Section):
     host: str = Field("127.0.0.1", description="Bind address of every /metrics endpoint.")
     learner_port: int = Field(9400, ge=0, le=65535, description="Learner /metrics port (0 = any free port).")
     replay_port: int = Field(9401, ge=0, le=65535, description="Replay /metrics port (0 = any free port).")
-    actor_base_port: int = Field(9410, ge=0, le=65535, description="Actor i serves /metrics on base+i (0 = any free port).")
+    actor_base_port: int = Field(9410, ge=0, le=65535, description="Actor i serves /metrics on base + i * actor_port_stride (0 = any free port).")
+    actor_port_stride: int = Field(1, ge=0, le=64, description="Port step between actors; 0 gives every actor the base port (one actor per host or pod, as on Kubernetes).")
 
 
 class FleetloopConfig(_Section):
@@ -299,6 +336,11 @@ class FleetloopConfig(_Section):
                 f"learner.publish_every ({self.learner.publish_every}) must be <= "
                 f"learner.steps_per_round ({self.learner.steps_per_round})"
             )
+        shared_port = self.metrics.actor_base_port and not self.metrics.actor_port_stride
+        if shared_port and self.run.ray_address == "local" and self.actors.num_actors > 1:
+            raise ValueError(f"metrics.actor_port_stride=0 gives all {self.actors.num_actors} actors port "
+                             f"{self.metrics.actor_base_port}, but run.ray_address=local runs them on one machine; "
+                             "use a stride >= 1 or actor_base_port=0")
         return self
 
     @property
@@ -364,9 +406,27 @@ def _format_errors(exc: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def load_config(source: str | None = None, overrides: list[str] | None = None) -> FleetloopConfig:
-    """Load a preset name or YAML file (default preset when None) and apply overrides."""
-    data = _read_yaml(source or DEFAULT_PRESET)
+def _merge(base: dict[str, Any], layer: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """``layer`` over ``base``: sections (``model``'s fields that are sections) merge field by field;
+    any other value, mappings such as ``replay.mixture`` included, replaces the earlier one."""
+    merged = dict(base)
+    for key, value in layer.items():
+        field = model.model_fields.get(key)
+        section = field.annotation if field and isinstance(field.annotation, type) and issubclass(field.annotation, _Section) else None
+        if section and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, section)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(source: str | list[str] | None = None, overrides: list[str] | None = None) -> FleetloopConfig:
+    """Load a preset name or YAML file, or several layered in order (the default preset when None),
+    and apply overrides."""
+    sources = [source] if isinstance(source, str) else source or [DEFAULT_PRESET]
+    data: dict[str, Any] = {}
+    for name in sources:
+        data = _merge(data, _read_yaml(name), FleetloopConfig)
     for assignment in overrides or []:
         apply_override(data, assignment)
     try:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import prometheus_client as prom
-import torch
 from tqdm import tqdm
 
 from fleetloop.config import FleetloopConfig
@@ -44,14 +43,23 @@ class LaunchError(RuntimeError):
     """The loop cannot start or continue; the message says what to do."""
 
 
+ACTORS_CONFIGURED = prom.Gauge("fleetloop_actors_configured", "Env actors the loop started (actors.num_actors).",
+                               registry=None)
+"""Served, with the replay's gauges, by the loop's own registry: the driver imports the learner's and
+actors' modules, whose metrics belong to their processes' endpoints, not to this one."""
+
+
 def check_ports_free(cfg: FleetloopConfig) -> None:
-    """Fail early, naming the setting, when a configured fixed port is taken."""
-    wanted = [("weights.port", cfg.weights.host, cfg.weights.port),
-              ("metrics.learner_port", cfg.metrics.host, cfg.metrics.learner_port),
-              ("metrics.replay_port", cfg.metrics.host, cfg.metrics.replay_port)]
-    if cfg.metrics.actor_base_port:
-        wanted += [(f"metrics.actor_base_port (+{i})", cfg.metrics.host, cfg.metrics.actor_base_port + i)
-                   for i in range(cfg.actors.num_actors)]
+    """Fail early, naming the setting, when a fixed port this machine will bind is taken (with
+    ``run.ray_address`` other than local, the learner and actors bind theirs on other nodes)."""
+    wanted = [("metrics.replay_port", cfg.metrics.host, cfg.metrics.replay_port)]
+    if cfg.run.ray_address == "local":
+        wanted += [("weights.port", cfg.weights.host, cfg.weights.port),
+                   ("metrics.learner_port", cfg.metrics.host, cfg.metrics.learner_port)]
+        if cfg.metrics.actor_base_port:
+            stride = cfg.metrics.actor_port_stride
+            wanted += [(f"metrics.actor_base_port (+{i * stride})", cfg.metrics.host,
+                        cfg.metrics.actor_base_port + i * stride) for i in range(cfg.actors.num_actors)]
     if _starts_twin_bridges(cfg) and cfg.bridge.metrics_port:
         wanted += [(f"bridge.metrics_port (+{i})", cfg.metrics.host, cfg.bridge.metrics_port + i)
                    for i in range(cfg.actors.num_actors)]
@@ -121,10 +129,10 @@ class TwinBridgeProcess:
                 self.proc.wait()
 
 
-def _runtime_env(run: RunDir) -> dict[str, Any]:
+def _runtime_env(cfg: FleetloopConfig, run: RunDir) -> dict[str, Any]:
     env_vars = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1",
                 "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    if not torch.cuda.is_available():
+    if not cfg.learner.num_gpus:  # the driver's own devices say nothing of the learner's node
         env_vars["DS_ACCELERATOR"] = "cpu"
     env_vars[LOG_DIR_ENV] = str(run.logs)
     return {"env_vars": env_vars, "worker_process_setup_hook": "fleetloop.rundir.setup_worker_logging"}
@@ -163,36 +171,41 @@ class Loop:
 
         check_ports_free(self.cfg)
         if self.redis_url is None:
-            server = EmbeddedValkey(self.run.replay, appendfsync=self.cfg.replay.appendfsync)
+            server = EmbeddedValkey(self.run.replay, appendfsync=self.cfg.replay.appendfsync,
+                                    password=self.cfg.replay.password())
             server.start()
             self._stack.callback(server.stop)
             self.redis_url = server.url
-        self.replay = ReplayClient(self.redis_url, tables=self.cfg.replay.tables)
+        self.replay = ReplayClient(self.redis_url, tables=self.cfg.replay.tables, password=self.cfg.replay.password())
         self._stack.callback(self.replay.close)
-        collector = ReplayCollector(self.replay)
-        prom.REGISTRY.register(collector)
-        self._stack.callback(prom.REGISTRY.unregister, collector)
-        server, _ = prom.start_http_server(self.cfg.metrics.replay_port, addr=self.cfg.metrics.host)
+        registry = prom.CollectorRegistry()
+        registry.register(ReplayCollector(self.replay))
+        registry.register(ACTORS_CONFIGURED)
+        server, _ = prom.start_http_server(self.cfg.metrics.replay_port, addr=self.cfg.metrics.host, registry=registry)
         self._stack.callback(server.shutdown)
         self.replay_metrics = f"http://{self.cfg.metrics.host}:{server.server_port}/metrics"
 
         n = self.cfg.actors.num_actors
+        ACTORS_CONFIGURED.set(n)
         bridges = []
         if _starts_twin_bridges(self.cfg):  # started first: they boot while Ray and the learner do
             for i in range(n):  # run_up wrote the run's config before the loop started
                 bridges.append(TwinBridgeProcess(i, self.cfg, self.run.config_file, self.run.logs))
                 self._stack.callback(bridges[-1].stop)
-        ray.init(address="local", num_cpus=n + 2, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, object_store_memory=256 << 20,
-                 runtime_env=_runtime_env(self.run))
+        options = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env(self.cfg, self.run))
+        if self.cfg.run.ray_address == "local":
+            options.update(num_cpus=n + 2, include_dashboard=False, object_store_memory=256 << 20)
+        ray.init(address=self.cfg.run.ray_address, **options)
         self._stack.callback(ray.shutdown)
-        self.learner = ray.remote(num_cpus=1)(Learner).remote(self.cfg, str(self.run.root), self.redis_url,
-                                                              resume=self.resume)
+        learner_cls = ray.remote(num_cpus=1, num_gpus=self.cfg.learner.num_gpus,
+                                 resources=dict(self.cfg.learner.ray_resources))(Learner)
+        self.learner = learner_cls.remote(self.cfg, str(self.run.root), self.redis_url, resume=self.resume)
         self.learner_status = _ray_call(self.learner.status.remote(), "starting the learner")
         self.endpoints = {key: self.learner_status[key] for key in ("weights", "metrics")}
         # A crashed actor is restarted and its interrupted call retried (episodes are written whole).
         restarts = self.cfg.actors.max_restarts
-        actor_cls = ray.remote(num_cpus=1, max_restarts=restarts, max_task_retries=restarts)(EnvActor)
+        actor_cls = ray.remote(num_cpus=1, resources=dict(self.cfg.actors.ray_resources), max_restarts=restarts,
+                               max_task_retries=restarts)(EnvActor)
         if self.cfg.actors.robot == "bridge":
             self.bridge_targets = [bridge.wait_ready() for bridge in bridges] or list(self.cfg.actors.bridge_targets)
         for i, target in enumerate(self.bridge_targets):

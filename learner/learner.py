@@ -26,6 +26,7 @@ import torch
 from fleetloop.learner.data import Prefetcher
 from fleetloop.learner.engine import build_engine
 from fleetloop.learner.publisher import WeightPublisher
+from fleetloop.protos.security import address
 from fleetloop.replay import ReplayClient, WindowSampler
 from fleetloop.system import DualSystemPolicy, Processor, embodiment_id, flow_draws, model_preset
 from fleetloop.system.checkpoint import save_tensors
@@ -89,7 +90,7 @@ class Learner:
                                    grad_accum_steps=lcfg.grad_accum_steps, warmup_steps=lcfg.warmup_steps,
                                    total_steps=cfg.total_learner_steps, min_lr_ratio=lcfg.min_lr_ratio)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        self.replay = ReplayClient(redis_url)
+        self.replay = ReplayClient(redis_url, password=self.cfg.replay.password())
         self.sampler = WindowSampler(self.replay, dict(self.cfg.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
                                      seed=[self.cfg.run.seed, self.rank], refresh_s=self.cfg.replay.refresh_s)
         self.prefetch: Prefetcher | None = None
@@ -127,7 +128,7 @@ class Learner:
         if self.rank != 0:
             return {}
         return {
-            "weights": f"{self.cfg.weights.host}:{self.weights_port}",
+            "weights": self.cfg.weights.advertise_address or address(self.cfg.weights.host, self.weights_port),
             "metrics": f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics",
         }
 

@@ -51,6 +51,10 @@ def test_override_of_nested_mapping():
         pytest.param("actors.bridge_targets=[a:1]", "lists 1 bridge(s) for 2 actor(s)", id="bridge-targets"),
         pytest.param("actors.state_includes_object_pose=true", "applies to env gr1_pick_place, not 'reach'",
                      id="object-pose-env"),
+        pytest.param("learner.ray_resources={fleetloop_learner: 0}", "learner.ray_resources: amounts must be finite "
+                     "and > 0, got {'fleetloop_learner': 0.0}", id="ray-resources"),
+        pytest.param("metrics.actor_port_stride=0", "metrics.actor_port_stride=0 gives all 2 actors port 9410",
+                     id="shared-actor-port-on-one-machine"),
     ],
 )
 def test_bad_values_name_the_field(override, expected):
@@ -63,6 +67,19 @@ def test_dagger_seeds_must_not_overlap_evaluation_seeds():
     with pytest.raises(ConfigError, match=r"DAgger seeds \[105, 111\) overlap the evaluation seeds \[100, 110\)"):
         load_config("default", ["actors.eval_seed_base=100", "actors.dagger_seed_base=105"])
     load_config("default", ["actors.eval_seed_base=100", "actors.dagger_seed_base=110"])
+
+
+def test_cluster_settings(tmp_path):
+    secret = tmp_path / "redis-password"
+    secret.write_text("s3cret\n")
+    cfg = load_config("default", ["run.ray_address=auto", "metrics.actor_port_stride=0", f"replay.password_file={secret}",
+                                  "learner.num_gpus=1", "actors.ray_resources={fleetloop_actor: 1}"])
+    assert cfg.replay.password() == "s3cret"  # one actor per pod may share the port off one machine
+    assert (cfg.learner.num_gpus, cfg.actors.ray_resources) == (1.0, {"fleetloop_actor": 1.0})
+    assert load_config().replay.password() is None
+    missing = load_config("default", ["replay.password_file=/no/such/secret"])  # read on use: bridges lack it
+    with pytest.raises(ConfigError, match="replay.password_file: cannot read /no/such/secret"):
+        missing.replay.password()
 
 
 def test_all_errors_reported_at_once():
@@ -90,3 +107,14 @@ def test_malformed_override():
         apply_override({}, "no-equals-sign")
     with pytest.raises(ConfigError, match="learner is not a section"):
         apply_override({"learner": 3}, "learner.lr=1")
+
+
+def test_config_files_layer_in_order(tmp_path):
+    base, layer = tmp_path / "base.yaml", tmp_path / "layer.yaml"
+    base.write_text("learner: {lr: 0.001, batch_size: 8}\nreplay: {mixture: {pretrain: 0.5, corrections: 0.5}}\n"
+                    "actors: {dagger: {mode: hg-dagger, gate_patience: 5}}\n")
+    layer.write_text("learner: {batch_size: 16}\nreplay: {mixture: {pretrain: 1.0}}\nactors: {dagger: {gate_patience: 2}}\n")
+    cfg = load_config([str(base), str(layer)], ["learner.lr=0.002"])
+    assert (cfg.learner.lr, cfg.learner.batch_size) == (0.002, 16)  # sections merge field by field
+    assert cfg.replay.mixture == {"pretrain": 1.0}  # a mapping field is replaced whole, as --set does
+    assert (cfg.actors.dagger.mode, cfg.actors.dagger.gate_patience) == ("hg-dagger", 2)

@@ -19,6 +19,7 @@ from grpc_health.v1 import health
 
 from fleetloop.actors.bridge import wire
 from fleetloop.actors.bridge.backend import RobotBackend, RobotError, check_chunk, check_robot
+from fleetloop.actors.bridge import metrics as bridge_metrics
 from fleetloop.actors.bridge.metrics import ACT_SECONDS, REJECTED, REQUESTS
 from fleetloop.protos import robot_pb2, robot_pb2_grpc
 from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor, start_server
@@ -198,6 +199,7 @@ class RobotBridgeServer:
         """
         if self._server is not None or self._backend_closed:
             raise RuntimeError("RobotBridgeServer already started or stopped")
+        bridge_metrics.register()
         self._server, self._health, self.port = start_server(
             "robot bridge", self.host, self.port, workers=self.max_streams + self.workers,
             max_send_bytes=self.max_message_bytes, max_receive_bytes=self.max_message_bytes,

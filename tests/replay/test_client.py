@@ -183,13 +183,30 @@ def test_timeout_is_translated(valkey, client):
 
 
 def test_collector_reports_table_stats(client, make_episode):
+    client.configure_table("rollouts", {"capacity": 50})
     client.write_episode("rollouts", make_episode(length=7))
+    client.redis.config_set("maxmemory", 256 << 20)
     registry = CollectorRegistry()
     registry.register(ReplayCollector(client))
     assert registry.get_sample_value("fleetloop_replay_episodes", {"table": "rollouts"}) == 1
     assert registry.get_sample_value("fleetloop_replay_steps", {"table": "rollouts"}) == 7
+    assert registry.get_sample_value("fleetloop_replay_bytes", {"table": "rollouts"}) == \
+        client.table_stats()["rollouts"]["bytes"] > 0
+    assert registry.get_sample_value("fleetloop_replay_capacity", {"table": "rollouts"}) == 50
+    assert registry.get_sample_value("fleetloop_replay_capacity", {"table": "pretrain"}) is None  # unbounded
+    assert registry.get_sample_value("fleetloop_replay_memory_used_bytes") == pytest.approx(
+        client.redis.info("memory")["used_memory"], rel=0.2)
+    assert registry.get_sample_value("fleetloop_replay_memory_max_bytes") == 256 << 20
     assert registry.get_sample_value("fleetloop_replay_up") == 1
     assert b'fleetloop_replay_episodes{table="pretrain"} 0.0' in generate_latest(registry)
+
+
+def test_collector_reports_down_when_the_server_is_gone(valkey, client):
+    registry = CollectorRegistry()
+    registry.register(ReplayCollector(client))
+    valkey.stop()
+    assert registry.get_sample_value("fleetloop_replay_up") == 0
+    assert registry.get_sample_value("fleetloop_replay_episodes", {"table": "pretrain"}) is None
 
 
 def test_detailed_table_stats(client, make_episode):

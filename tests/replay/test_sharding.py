@@ -74,9 +74,13 @@ def test_stats_aggregate_over_shards(sharded, make_episode):
     bounds = sharded.compute_stats("rollouts", "so100")
     np.testing.assert_array_equal(bounds["state_min"], states.min(axis=0))
     np.testing.assert_array_equal(bounds["state_max"], states.max(axis=0))
-    collector = ReplayCollector(sharded)
-    episodes = next(m for m in collector.collect() if m.name == "fleetloop_replay_episodes")
-    assert {s.labels["table"]: s.value for s in episodes.samples}["rollouts"] == 12
+    sharded.configure_table("rollouts", {"capacity": 100})
+    families = {m.name: m for m in ReplayCollector(sharded).collect()}
+    assert {s.labels["table"]: s.value for s in families["fleetloop_replay_episodes"].samples}["rollouts"] == 12
+    capacity = {s.labels["table"]: s.value for s in families["fleetloop_replay_capacity"].samples}
+    assert capacity == {"rollouts": 100 * len(sharded.shards)}  # capacity applies per shard
+    used = [shard.redis.info("memory")["used_memory"] for shard in sharded.shards]
+    assert families["fleetloop_replay_memory_used_bytes"].samples[0].value == pytest.approx(sum(used), rel=0.2)
 
 
 def test_sampling_spans_shards_proportionally(sharded, make_episode):
