@@ -76,13 +76,14 @@ def test_panel_ids_are_unique(dashboard_file: Path) -> None:
     assert len(ids) == len(set(ids)), f"{dashboard_file.name}: duplicate panel ids in {sorted(ids)}"
 
 
-def test_panels_query_fleetloop_metrics_through_the_datasource_variable(dashboard_file: Path) -> None:
+def panel_problems(name: str, dashboard: dict) -> list[str]:
+    """What is wrong with a dashboard's panels, one line each, naming the file and the panel."""
     problems = []
-    for panel in graph_panels(load(dashboard_file)):
-        where = f"{dashboard_file.name}, panel {panel.get('title')!r}"
+    for panel in graph_panels(dashboard):
+        where = f"{name}, panel {panel.get('title')!r}"
         if panel.get("datasource") != DATASOURCE:
             problems.append(f"{where}: datasource is {panel.get('datasource')}, not {DATASOURCE}")
-        if panel["type"] in {"timeseries", "stat"} and not panel["fieldConfig"]["defaults"].get("unit"):
+        if panel["type"] in {"timeseries", "stat"} and not panel.get("fieldConfig", {}).get("defaults", {}).get("unit"):
             problems.append(f"{where}: no unit")
         if not panel.get("targets"):
             problems.append(f"{where}: no targets")
@@ -96,7 +97,21 @@ def test_panels_query_fleetloop_metrics_through_the_datasource_variable(dashboar
                 problems.append(f"{where}: {expr!r} uses no fleetloop_ metric (nor up)")
             elif unknown := metric_names_in_expr(expr) - EXPORTED:
                 problems.append(f"{where}: {expr!r} uses {sorted(unknown)}, which fleetloop does not export")
+    return problems
+
+
+def test_panels_query_fleetloop_metrics_through_the_datasource_variable(dashboard_file: Path) -> None:
+    problems = panel_problems(dashboard_file.name, load(dashboard_file))
     assert not problems, "\n".join(problems)
+
+
+def test_a_panel_on_a_metric_no_role_exports_is_named() -> None:
+    panel = {"id": 1, "type": "timeseries", "title": "Made up", "datasource": DATASOURCE,
+             "fieldConfig": {"defaults": {"unit": "short"}},
+             "targets": [{"refId": "A", "datasource": DATASOURCE, "expr": "rate(fleetloop_made_up_total[5m])"}]}
+    assert panel_problems("fleet.json", {"panels": [panel]}) == [
+        "fleet.json, panel 'Made up': 'rate(fleetloop_made_up_total[5m])' uses ['fleetloop_made_up_total'], "
+        "which fleetloop does not export"]
 
 
 def test_exprs_parse(dashboard_file: Path, tmp_path: Path) -> None:
