@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -42,10 +41,12 @@ from fleetloop.actors.bridge.episode import EpisodeDiscarded
 from fleetloop.actors.dagger import DEMO, INTERVENTION, RELABEL, ROBOT, beta_for_round, segments, to_episode
 from fleetloop.actors.envs import env_options, make_env, make_expert
 from fleetloop.actors.gate import InterventionGate
+from fleetloop.actors.outbox import Outbox
 from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episodes
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.replay import ReplayClient
 from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id, embodiment_layout, model_preset
+from fleetloop.system.checkpoint import tensors_digest
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -121,10 +122,13 @@ class EnvActor:
         self.seed_base = actor_seed * 100_000  # episode i of this actor resets its env with seed_base + i
         self.audit_path = Path(audit_dir) / f"{self.actor_id}.jsonl"
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(self.replay, self.actor_id, self.audit_path, acfg.replay_retry_s,
+                             on_written=lambda table, _: EPISODES.labels(self.actor_id, table).inc())
         # A restarted actor continues the seeds after every episode it wrote before.
         self.episode_count = sum(len(ids) for ids in read_audit(self.audit_path).values())
         self.labels = (self.actor_id, acfg.env, self.embodiment)
         self.versions_applied: list[int] = []
+        self._published_dtypes: dict[str, torch.dtype] = {}
         self._lock = threading.Lock()
         port = cfg.metrics.actor_base_port and cfg.metrics.actor_base_port + actor_index * cfg.metrics.actor_port_stride
         self._metrics_server, _ = prom.start_http_server(port, addr=cfg.metrics.host)
@@ -140,8 +144,17 @@ class EnvActor:
         with self._lock:
             self.model.load_state_dict(tensors, strict=True)
             self.versions_applied.append(version)
+            self._published_dtypes = {name: tensor.dtype for name, tensor in tensors.items()}
         WEIGHTS_VERSION.labels(self.actor_id).set(version)
         log.info("%s applied weights version %d", self.actor_id, version)
+
+    def weights_digest(self) -> tuple[int, str]:
+        """The applied version and ``tensors_digest`` of the weights the policy runs now, in the
+        dtypes they were published in (exact: a model in a wider dtype casts back losslessly)."""
+        with self._lock:
+            state = self.model.state_dict()
+            return self.version, tensors_digest({name: state[name].to(dtype)
+                                                 for name, dtype in self._published_dtypes.items()})
 
     @property
     def version(self) -> int:
@@ -200,16 +213,10 @@ class EnvActor:
     def _write(self, table: str, traj: Trajectory, cls: str, version: int, *, relabel: bool = False,
                start: int = 0, end: int | None = None) -> str:
         """Write steps [start, end) as one episode of correction class ``cls`` (its priority is
-        the class weight); once Redis acknowledged it, record it in the audit file."""
+        the class weight) through the outbox, which records it in the audit file once Redis acknowledged it."""
         episode = to_episode(traj, relabel=relabel, source=cls, embodiment=self.embodiment, policy_version=version,
                              actor_id=self.actor_id, start=start, end=end)
-        episode_id = self.replay.write_episode(table, episode, priority=self.cfg.actors.dagger.class_weights[cls])
-        with open(self.audit_path, "a") as audit:
-            audit.write(json.dumps({"table": table, "episode_id": episode_id}) + "\n")
-            audit.flush()
-            os.fsync(audit.fileno())
-        EPISODES.labels(self.actor_id, table).inc()
-        return episode_id
+        return self.outbox.put(table, episode, priority=self.cfg.actors.dagger.class_weights[cls])
 
     def collect_demos(self, count: int) -> int:
         """Write ``count`` expert demonstrations (one episode per robot) to ``pretrain``; returns

@@ -281,6 +281,7 @@ class ActorsSection(_Section):
     demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a crashed actor (and retries its interrupted call).")
+    replay_retry_s: float = Field(300.0, gt=0, description="How long an actor retries an episode write the replay has not acknowledged (unreachable, paused, rate-limited) before its call fails; the episode stays held and is written first on the next try.")
     ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each env actor needs, e.g. {fleetloop_actor: 1} to place actors on the nodes that advertise them.")
     dagger: DaggerSection = Field(default_factory=DaggerSection)
 

@@ -20,7 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,35 @@ class LaunchError(RuntimeError):
 
 ACTORS_CONFIGURED = prom.Gauge("fleetloop_actors_configured", "Env actors the loop started (actors.num_actors).",
                                registry=None)
-"""Served, with the replay's gauges, by the loop's own registry: the driver imports the learner's and
-actors' modules, whose metrics belong to their processes' endpoints, not to this one."""
+RESTARTS = prom.Counter("fleetloop_loop_restarts_total", "Processes `fleetloop up` restarted after they died.",
+                       ["component"], registry=None)
+"""These two are served, with the replay's gauges, by the loop's own registry: the driver imports the
+learner's and actors' modules, whose metrics belong to their processes' endpoints, not to this one."""
+SUPERVISE_EVERY_S = 0.5
+
+
+class Supervisor:
+    """Restarts what `up` owns when it dies: each check restarts its process if dead and says
+    whether it did (the embedded Valkey, the twin robot bridges). Ray restarts the actors."""
+
+    def __init__(self, checks: dict[str, Callable[[], bool]]):
+        self.checks = checks
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetloop-supervisor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SUPERVISE_EVERY_S):
+            for component, restart_if_dead in self.checks.items():
+                try:
+                    if restart_if_dead():
+                        RESTARTS.labels(component).inc()
+                except Exception:  # keep supervising the others; the next pass tries again
+                    log.exception("restarting %s failed", component)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def check_ports_free(cfg: FleetloopConfig) -> None:
@@ -86,18 +115,25 @@ class TwinBridgeProcess:
     """``fleetloop robot-bridge --backend mujoco-twin`` for actor ``index``, the very command that
     serves a robot in production, as a subprocess on a free loopback port. The twin is built from
     the run's config (``actors.env``, ``actors.max_steps``, the model's camera size, the gate of
-    ``actors.dagger``); its output goes to ``logs/robot-bridge-<index>.log``."""
+    ``actors.dagger``); its output goes to ``logs/robot-bridge-<index>.log``. A bridge that dies is
+    started again on the same port (``restart_if_dead``), where its actor reconnects."""
 
     def __init__(self, index: int, cfg: FleetloopConfig, config_file: Path, log_dir: Path):
         self.index = index
         self.log_path = log_dir / f"robot-bridge-{index}.log"
-        args = [sys.executable, "-m", "fleetloop.cli", "robot-bridge", "--backend", "mujoco-twin",
-                "--config", str(config_file), "--env", cfg.actors.env, "--host", "127.0.0.1", "--port", "0"]
+        self.address: str | None = None
+        self._args = [sys.executable, "-m", "fleetloop.cli", "robot-bridge", "--backend", "mujoco-twin",
+                      "--config", str(config_file), "--env", cfg.actors.env, "--host", "127.0.0.1"]
         if cfg.bridge.metrics_port:
-            args += ["--set", f"bridge.metrics_port={cfg.bridge.metrics_port + index}"]
+            self._args += ["--set", f"bridge.metrics_port={cfg.bridge.metrics_port + index}"]
+        self._launch(port=0)
+
+    def _launch(self, port: int) -> None:
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-        with open(self.log_path, "w") as log_file:
-            self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
+        with open(self.log_path, "a") as log_file:
+            self.proc = subprocess.Popen([*self._args, "--port", str(port)], stdout=log_file, stderr=subprocess.STDOUT,
+                                         env=env)
 
     def wait_ready(self, timeout_s: float = BRIDGE_STARTUP_S) -> str:
         """The bridge's ``host:port`` once it serves.
@@ -107,15 +143,27 @@ class TwinBridgeProcess:
         """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            text = self.log_path.read_text()
+            with open(self.log_path) as log_file:
+                log_file.seek(self._log_offset)
+                text = log_file.read()
             for line in text.splitlines():
                 if " serving on " in line:
-                    return line.rsplit(" ", 1)[-1]
+                    self.address = line.rsplit(" ", 1)[-1]
+                    return self.address
             if self.proc.poll() is not None:
                 raise LaunchError(f"robot bridge {self.index} exited with code {self.proc.returncode} before "
                                   f"serving; {self.log_path} ends: {text[-1000:]}")
             time.sleep(0.1)
         raise LaunchError(f"robot bridge {self.index} did not serve within {timeout_s:.0f} s; see {self.log_path}")
+
+    def restart_if_dead(self) -> bool:
+        """Start the bridge again on its port if its process died; returns whether it did."""
+        if self.address is None or self.proc.poll() is None:
+            return False
+        log.warning("robot bridge %d exited (code %s); restarting it on %s", self.index, self.proc.returncode,
+                    self.address)
+        self._launch(port=int(self.address.rsplit(":", 1)[1]))
+        return True
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``BRIDGE_STOP_S``."""
@@ -170,17 +218,19 @@ class Loop:
         from fleetloop.learner.learner import Learner
 
         check_ports_free(self.cfg)
+        self.valkey = None
         if self.redis_url is None:
-            server = EmbeddedValkey(self.run.replay, appendfsync=self.cfg.replay.appendfsync,
-                                    password=self.cfg.replay.password())
-            server.start()
-            self._stack.callback(server.stop)
-            self.redis_url = server.url
+            self.valkey = EmbeddedValkey(self.run.replay, appendfsync=self.cfg.replay.appendfsync,
+                                         password=self.cfg.replay.password())
+            self.valkey.start()
+            self._stack.callback(self.valkey.stop)
+            self.redis_url = self.valkey.url
         self.replay = ReplayClient(self.redis_url, tables=self.cfg.replay.tables, password=self.cfg.replay.password())
         self._stack.callback(self.replay.close)
         registry = prom.CollectorRegistry()
         registry.register(ReplayCollector(self.replay))
         registry.register(ACTORS_CONFIGURED)
+        registry.register(RESTARTS)
         server, _ = prom.start_http_server(self.cfg.metrics.replay_port, addr=self.cfg.metrics.host, registry=registry)
         self._stack.callback(server.shutdown)
         self.replay_metrics = f"http://{self.cfg.metrics.host}:{server.server_port}/metrics"
@@ -210,6 +260,10 @@ class Loop:
             self.bridge_targets = [bridge.wait_ready() for bridge in bridges] or list(self.cfg.actors.bridge_targets)
         for i, target in enumerate(self.bridge_targets):
             log.info("actor-%d drives the robot bridge at %s", i, target)
+        checks = {f"robot-bridge-{b.index}": b.restart_if_dead for b in bridges}
+        if self.valkey is not None:
+            checks["replay"] = self.valkey.restart_if_dead
+        self._stack.callback(Supervisor(checks).stop)
         self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"], str(self.run.audit),
                                         self.bridge_targets[i] if self.bridge_targets else None)
                        for i in range(n)]
@@ -251,10 +305,28 @@ class Loop:
         if not all(ready):
             late = [i for i, ok in enumerate(ready) if not ok]
             raise LaunchError(f"actors {late} did not apply weights version {version} within {WEIGHTS_WAIT_S:.0f} s")
+        self.verify_weights(version)
         refs = [a.run_round.remote(round_index, version, WEIGHTS_WAIT_S) for a in self.actors]
         results = _ray_call(_progress(refs, f"round {round_index} rollouts", unit="actor"), "rolling out")
         episodes = sum(r["eval_episodes"] for r in results)
         return {"success_rate": sum(r["eval_successes"] for r in results) / episodes, "actors": results}
+
+    def verify_weights(self, version: int) -> None:
+        """Check that every actor runs exactly the weights the learner published as its version,
+        bit for bit (digests computed on each side, independently of the wire's checksums).
+
+        Raises:
+            LaunchError: an actor runs weights that differ from what was published: the loop stops
+                rather than roll out or train on a corrupt policy.
+        """
+        applied = _ray_call([a.weights_digest.remote() for a in self.actors], "reading the actors' weights")
+        published = {v: _ray_call(self.learner.published_digest.remote(v), "reading the learner's digest")
+                     for v in {v for v, _ in applied}}
+        corrupt = [f"actor-{i} (version {v})" for i, (v, digest) in enumerate(applied)
+                   if v < version or published[v] != digest]
+        if corrupt:
+            raise LaunchError(f"weights differ from what the learner published as that version: {', '.join(corrupt)}; "
+                              "stopping rather than roll out a corrupt policy")
 
     def close(self) -> None:
         self._stack.close()

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from fleetloop.replay.errors import EmptyReplayError
+from fleetloop.replay.errors import EmptyReplayError, ReplayTimeoutError, ReplayUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +18,11 @@ class Prefetcher:
 
     Args:
         produce: returns the next item (the learner's sample -> collate -> data-state step);
-            raises EmptyReplayError while the replay has nothing to serve yet.
+            raises EmptyReplayError while the replay has nothing to serve yet, and
+            ReplayUnavailableError/ReplayTimeoutError while it is unreachable, paused or restarting.
         depth: items kept ready ahead of the consumer.
-        retry_s: pause before producing again after EmptyReplayError.
+        retry_s: pause before producing again after one of those (the consumer's ``next`` timeout
+            bounds how long an outage may last).
     """
 
     def __init__(self, produce: Callable[[], Any], depth: int, retry_s: float = 0.2):
@@ -36,6 +38,10 @@ class Prefetcher:
             try:
                 item = self._produce()
             except EmptyReplayError:
+                time.sleep(self._retry_s)
+                continue
+            except (ReplayUnavailableError, ReplayTimeoutError) as exc:
+                log.warning("sampling failed (%s: %s); retrying", type(exc).__name__, exc)
                 time.sleep(self._retry_s)
                 continue
             except BaseException as exc:  # handed to the consumer, which re-raises it

@@ -29,7 +29,7 @@ from fleetloop.learner.publisher import WeightPublisher
 from fleetloop.protos.security import address
 from fleetloop.replay import ReplayClient, WindowSampler
 from fleetloop.system import DualSystemPolicy, Processor, embodiment_id, flow_draws, model_preset
-from fleetloop.system.checkpoint import save_tensors
+from fleetloop.system.checkpoint import save_tensors, tensors_digest
 from fleetloop.system.normalization import collapse_narrow_ranges
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ class Learner:
                 raise
         self._data_state = self._current_data_state()
         self.publisher: WeightPublisher | None = None
+        self.published_digests: dict[int, str] = {}
         self._metrics_server = None
         if self.rank == 0:
             tls, token = self.cfg.weights.credentials()
@@ -252,11 +253,16 @@ class Learner:
         self.version += 1
         if self.publisher is not None:
             self.publisher.publish(state, version=self.version)
+            self.published_digests[self.version] = tensors_digest(state)
             _write_json_atomic(self.checkpoint_dir / PUBLISHED_RECORD, {"version": self.version, "step": self.step})
             VERSION.set(self.version)
         return self.version
 
     # ---- checkpoints --------------------------------------------------------------------
+
+    def published_digest(self, version: int) -> str | None:
+        """``tensors_digest`` of the weights published as ``version`` by this process (None if not)."""
+        return self.published_digests.get(version)
 
     def save_checkpoint(self) -> str | None:
         """Resumable DeepSpeed checkpoint plus a consolidated safetensors policy file (collective).

@@ -126,6 +126,23 @@ class EmbeddedValkey:
                     raise
         return self
 
+    def restart_if_dead(self) -> bool:
+        """Start the server again, on the same port and data, if its process has died (killed or
+        crashed); it replays its AOF. Returns whether it restarted. A paused (SIGSTOP) server is
+        alive and left alone.
+
+        Raises:
+            ServerStartError: it could not start again (e.g. another process took the port).
+        """
+        if self._proc is None or self._proc.poll() is None:
+            return False
+        port, code = self.port, self._proc.returncode
+        self._proc = None
+        logger.warning("valkey at %s:%s exited (code %s); restarting it on the same port", self.host, port, code)
+        _check_port_free(self.host, port)
+        self._launch(port)
+        return True
+
     def stop(self, grace_s: float = 10.0) -> None:
         """SHUTDOWN the server (flushing the AOF), wait, and kill it after ``grace_s``."""
         proc, self._proc = self._proc, None

@@ -5,6 +5,7 @@ modes included (persistent buffers), saved in their own dtypes, and metadata
 {FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: ModelConfig JSON}. Loading is bit-exact.
 """
 
+import hashlib
 import logging
 import os
 
@@ -77,3 +78,14 @@ def check_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sour
     problems = shape_problems(expected, {name: tuple(t.shape) for name, t in tensors.items()})
     if problems:
         raise CheckpointMismatchError(source, problems)
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: two state dicts
+    with the same digest hold the same weights, wherever they were computed."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

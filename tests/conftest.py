@@ -3,7 +3,7 @@ read-only material of ../shared (beside the checkout, as in CI)."""
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,9 @@ import pytest
 # MuJoCo picks its GL backend at import: render offscreen with EGL (Mesa's software driver on CPU).
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from fleetloop.replay import EmbeddedValkey, ReplayClient  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fleetloop.replay import EmbeddedValkey, Episode, ReplayClient  # noqa: E402
 
 
 @pytest.fixture
@@ -25,6 +27,41 @@ def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
 def client(valkey: EmbeddedValkey) -> Iterator[ReplayClient]:
     with ReplayClient(valkey.url, socket_timeout=5.0) as replay:
         yield replay
+
+
+@pytest.fixture
+def make_episode() -> Callable[..., Episode]:
+    """Factory of valid random episodes; keyword arguments override fields."""
+    rng = np.random.default_rng(0)
+
+    def make(
+        length: int = 6,
+        state_dim: int = 3,
+        action_dim: int = 2,
+        frame_steps: tuple[int, ...] = (0,),
+        frame_shape: tuple[int, int] = (8, 10),
+        **overrides,
+    ) -> Episode:
+        fields = dict(
+            states=rng.normal(size=(length, state_dim)).astype(np.float32),
+            actions=rng.normal(size=(length, action_dim)).astype(np.float32),
+            frames={
+                s: rng.integers(0, 256, size=(*frame_shape, 3), dtype=np.uint8)
+                for s in frame_steps
+            },
+            instruction="pick up the red cube",
+            embodiment="so100",
+            source="expert_demo",
+            policy_version=0,
+            actor_id="actor-0",
+            intervened=rng.random(length) < 0.3,
+            rewards=rng.normal(size=length).astype(np.float32),
+            success=True,
+        )
+        fields.update(overrides)
+        return Episode(**fields)
+
+    return make
 
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"

@@ -1,5 +1,7 @@
 """DeepSpeed engine set-up (real engine, gloo on CPU) and the background prefetcher."""
 
+import os
+import signal
 import threading
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from fleetloop.learner.data import Prefetcher
 from fleetloop.learner.engine import build_engine, deepspeed_config, param_groups, warmup_cosine
-from fleetloop.replay import EmptyReplayError
+from fleetloop.replay import EmptyReplayError, ReplayClient, WindowSampler
 
 
 class Regressor(torch.nn.Module):
@@ -154,3 +156,22 @@ def test_prefetcher_times_out_with_a_clear_message():
     finally:
         release.set()
         prefetch.close()
+
+
+def test_prefetcher_rides_out_a_paused_replay(valkey, make_episode):
+    """A replay paused for longer than the client's timeouts (or restarting) delays batches; it
+    does not end training."""
+    with ReplayClient(valkey.url, socket_timeout=0.3, connect_timeout=0.3) as client:
+        client.write_episode("pretrain", make_episode(length=8))
+        sampler = WindowSampler(client, {"pretrain": 1.0}, horizon=4, seed=0, refresh_s=0.0)
+        prefetch = Prefetcher(lambda: sampler.sample(2), depth=1, retry_s=0.05)
+        try:
+            prefetch.next(timeout=10)
+            os.kill(valkey.pid, signal.SIGSTOP)
+            threading.Timer(1.5, os.kill, (valkey.pid, signal.SIGCONT)).start()
+            prefetch.next(timeout=10)  # the one queued before the pause
+            windows = prefetch.next(timeout=10)
+        finally:
+            os.kill(valkey.pid, signal.SIGCONT)
+            prefetch.close()
+    assert len(windows) == 2 and all(w["action"].shape == (4, 2) for w in windows)

@@ -74,3 +74,19 @@ def test_foreign_file_is_refused(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path))
     with pytest.raises(ValueError, match=f"not a {FORMAT_VERSION} checkpoint"):
         load_policy(path)
+
+
+def test_tensors_digest_tells_weights_apart_bit_for_bit():
+    from fleetloop.system.checkpoint import tensors_digest
+
+    torch.manual_seed(0)
+    tensors = {"b": torch.randn(3, 4), "a": torch.randn(5).to(torch.bfloat16), "empty": torch.zeros(0)}
+    digest = tensors_digest(tensors)
+    assert tensors_digest(dict(reversed(list(tensors.items())))) == digest  # order-free
+    widened = {k: v.float() for k, v in tensors.items()}
+    assert tensors_digest({k: widened[k].to(v.dtype) for k, v in tensors.items()}) == digest  # lossless round trip
+    flipped = tensors["b"].clone()
+    flipped.view(torch.int32)[1, 2] ^= 1  # one bit of one float
+    assert tensors_digest({**tensors, "b": flipped}) != digest
+    assert tensors_digest({**tensors, "b": tensors["b"].reshape(4, 3)}) != digest  # same bytes, other shape
+    assert tensors_digest({**tensors, "c": torch.zeros(1)}) != digest
