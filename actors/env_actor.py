@@ -117,7 +117,7 @@ class EnvActor:
         self.policies = {agent: Policy(self.model, processor, num_inference_steps=cfg.model.num_inference_steps,
                                        system2_every=cfg.model.system2_every)
                          for agent in self.env.possible_agents}
-        self.replay = ReplayClient(redis_url, password=cfg.replay.password())
+        self.replay = ReplayClient(redis_url, **cfg.replay.client_options())
         self.rng = np.random.default_rng([cfg.run.seed, actor_index])
         self.seed_base = actor_seed * 100_000  # episode i of this actor resets its env with seed_base + i
         self.audit_path = Path(audit_dir) / f"{self.actor_id}.jsonl"

@@ -290,7 +290,7 @@ def _open_replay(args: argparse.Namespace, cfg: FleetloopConfig, command: str, c
     from fleetloop.replay import ReplayClient
 
     with contextlib.ExitStack() as stack:
-        client = ReplayClient(_replay_url(args, cfg, stack, command, create=create), password=cfg.replay.password())
+        client = ReplayClient(_replay_url(args, cfg, stack, command, create=create), **cfg.replay.client_options())
         stack.callback(client.close)
         yield client
 

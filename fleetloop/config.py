@@ -75,6 +75,15 @@ class ReplaySection(_Section):
     refresh_s: float = Field(1.0, gt=0, description="Seconds between sampler index refreshes.")
     password_file: str | None = Field(None, description="File holding the replay server's password (e.g. a mounted Kubernetes Secret), so it never appears in a URL, config or log; None: the URL's own, if any. Read when a role connects, so roles that never touch the replay (robot bridges) need not have it.")
 
+    tls_ca_file: str | None = Field(None, description="rediss:// replay: PEM CA that verifies the server.")
+    tls_cert_file: str | None = Field(None, description="rediss:// replay: this role's client certificate, for servers that authenticate clients.")
+    tls_key_file: str | None = Field(None, description="rediss:// replay: PEM private key of tls_cert_file.")
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of ReplayClient for this section: the password and the TLS files."""
+        return {"password": self.password(), "tls_ca_file": self.tls_ca_file, "tls_cert_file": self.tls_cert_file,
+                "tls_key_file": self.tls_key_file}
+
     def password(self) -> str | None:
         """The password read from ``password_file`` (None without one).
 

@@ -225,7 +225,7 @@ class Loop:
             self.valkey.start()
             self._stack.callback(self.valkey.stop)
             self.redis_url = self.valkey.url
-        self.replay = ReplayClient(self.redis_url, tables=self.cfg.replay.tables, password=self.cfg.replay.password())
+        self.replay = ReplayClient(self.redis_url, tables=self.cfg.replay.tables, **self.cfg.replay.client_options())
         self._stack.callback(self.replay.close)
         registry = prom.CollectorRegistry()
         registry.register(ReplayCollector(self.replay))

@@ -90,7 +90,7 @@ class Learner:
                                    grad_accum_steps=lcfg.grad_accum_steps, warmup_steps=lcfg.warmup_steps,
                                    total_steps=cfg.total_learner_steps, min_lr_ratio=lcfg.min_lr_ratio)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        self.replay = ReplayClient(redis_url, password=self.cfg.replay.password())
+        self.replay = ReplayClient(redis_url, **self.cfg.replay.client_options())
         self.sampler = WindowSampler(self.replay, dict(self.cfg.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
                                      seed=[self.cfg.run.seed, self.rank], refresh_s=self.cfg.replay.refresh_s)
         self.prefetch: Prefetcher | None = None

@@ -46,9 +46,13 @@ class ReplayClient:
     """Connection to a replay server; writes and reads episodes of named tables.
 
     Args:
-        url: ``redis://[user:password@]host:port/db`` (or ``rediss://`` for TLS).
+        url: ``redis://[user:password@]host:port/db`` (or ``rediss://`` for TLS); ``user`` is an
+            ACL user.
         socket_timeout: seconds to wait for any reply before ReplayTimeoutError.
         password: password, if not in the URL.
+        tls_ca_file: ``rediss://``: PEM CA that verifies the server (required for TLS).
+        tls_cert_file, tls_key_file: ``rediss://``: this client's certificate and key, for servers
+            that authenticate clients (``tls-auth-clients yes``).
         connect_timeout: seconds to wait for a TCP connection (kept short so an
             unreachable server fails fast).
         tables: table name -> TableConfig (or its plain dict), stored on connect with
@@ -68,6 +72,9 @@ class ReplayClient:
         socket_timeout: float = 10.0,
         password: str | None = None,
         connect_timeout: float = 1.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
         tables: Mapping[str, TableConfig | Mapping[str, Any]] | None = None,
         rate_limit_timeout_s: float = 60.0,
     ) -> None:
@@ -78,6 +85,13 @@ class ReplayClient:
         self.url = redact_url(url)
         self.rate_limit_timeout_s = rate_limit_timeout_s
         options = {"password": password} if password is not None else {}
+        if url.startswith("rediss://"):
+            if not tls_ca_file:
+                raise ValueError(f"{redact_url(url)}: a rediss:// replay needs tls_ca_file to verify the server")
+            options.update(ssl_ca_certs=tls_ca_file, ssl_certfile=tls_cert_file, ssl_keyfile=tls_key_file,
+                           ssl_cert_reqs="required")
+        elif tls_ca_file or tls_cert_file or tls_key_file:
+            raise ValueError(f"{redact_url(url)}: TLS files given for a plain redis:// URL; use rediss://")
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,

@@ -64,6 +64,14 @@ def make_episode() -> Callable[..., Episode]:
     return make
 
 
+@pytest.fixture(scope="session")
+def pki() -> dict[str, tuple[bytes, bytes]]:
+    """PEM (cert, key) of a throwaway CA, a server and a client it signed, and a stranger CA."""
+    from tests.pki import make_pki
+
+    return make_pki()
+
+
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 

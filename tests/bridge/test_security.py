@@ -1,8 +1,5 @@
 """Bearer token and TLS of the robot bridge, as for the WeightService (protos/security.py)."""
 
-import datetime
-import ipaddress
-
 import grpc
 import numpy as np
 import pytest
@@ -35,38 +32,6 @@ def test_token_required_wrong_token_refused_and_counted(serve):
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=DEADLINE_S).status
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert client.observe("arm_0").step == 0  # the refused resets did nothing
-
-
-@pytest.fixture(scope="module")
-def pki() -> dict[str, tuple[bytes, bytes]]:
-    """PEM (cert, key) of a throwaway CA, a server certificate for 127.0.0.1 and a stranger CA.
-    Needs the `cryptography` package; the TLS tests are skipped without it."""
-    pytest.importorskip("cryptography", reason="TLS tests need the cryptography package to make certificates")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def issue(name, issuer=None, server=False):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (x509.CertificateBuilder().subject_name(subject).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).issuer_name(issuer[0].subject if issuer else subject)
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
-        if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        return builder.sign(issuer[1] if issuer else key, hashes.SHA256()), key
-
-    def pem(cert, key):
-        return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-    ca = issue("bridge test CA")
-    return {"ca": pem(*ca), "server": pem(*issue("bridge", ca, server=True)), "other_ca": pem(*issue("other CA"))}
 
 
 def test_tls_with_token(serve, pki):
