@@ -18,7 +18,8 @@ episode the last action is repeated (as GR00T pads action chunks) and ``action_i
 marks those steps (as LeRobot does), so that the learner can leave them out of the loss: a
 takeover segment ends where the policy drove on, not where the robot stopped. Before reading, the
 windows are counted against each table's rate limiter (which may block). An episode
-evicted after the index refresh is dropped from the index and its windows are resampled.
+evicted after the index refresh is dropped from the index and its windows are resampled;
+if a resampled window's episode is gone too, the index is refreshed before the next round.
 """
 
 import logging
@@ -314,12 +315,14 @@ class WindowSampler:
         picks = self._draw(batch_size)
         self._acquire(picks)
         windows = self._read(picks)
-        for _ in range(_MAX_RESAMPLE_ROUNDS):
+        for resample_round in range(_MAX_RESAMPLE_ROUNDS):
             missing = [i for i, w in enumerate(windows) if w is None]
             if not missing:
                 break
             logger.debug("resampling %d windows of evicted episodes", len(missing))
-            if not self.probabilities():
+            # The first redraw uses the index minus the episodes found evicted; if windows
+            # are still missing, the index is stale beyond those: re-read it.
+            if resample_round > 0 or not self.probabilities():
                 self.refresh()
             for i, w in zip(missing, self._read(self._draw(len(missing)))):
                 windows[i] = w
