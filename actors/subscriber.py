@@ -211,6 +211,11 @@ class WeightSubscriber:
         try:
             metas, tensors = _assemble(call, notice, held, done)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INTERNAL and "deserializ" in (exc.details() or ""):
+                # The server answered with bytes that are not a WeightChunk: a corrupt version,
+                # not a broken connection.
+                self._partial = None
+                raise RejectedVersion("malformed", f"version {version}: a message is not a WeightChunk") from exc
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
             logger.info("weight subscriber %r: version %d already evicted, waiting for a newer one",

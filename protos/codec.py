@@ -7,6 +7,7 @@ rendering of its version number and tensor metadata, so any language can recompu
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -30,6 +31,15 @@ DTYPES: dict[str, torch.dtype] = {
 
 DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 """Torch dtype -> wire dtype name."""
+
+MAX_TENSOR_DIMS = 16
+"""Most dims a tensor may have: model weights have at most 5 (conv kernels); the cap keeps the shape
+lists of a forged manifest short."""
+MAX_TENSOR_BYTES = 1 << 33
+"""Largest tensor (8 GiB), about 4x the largest tensor of a 7B-parameter model in float32 (a
+152k x 3584 embedding, 2.2 GB). A subscriber checks it on the manifest, before buffering any of a
+tensor's bytes, so a manifest cannot make it allocate without bound; it also keeps every dim within
+torch's int64 sizes."""
 
 
 class CodecError(ValueError):
@@ -72,11 +82,12 @@ def encode_tensor(name: str, tensor: torch.Tensor) -> tuple[weights_pb2.TensorMe
     """Snapshot ``tensor`` as CPU little-endian bytes with its metadata.
 
     Raises:
-        CodecError: the dtype has no wire name.
+        CodecError: the dtype has no wire name, or the tensor exceeds MAX_TENSOR_DIMS or MAX_TENSOR_BYTES.
     """
     dtype_name = DTYPE_NAMES.get(tensor.dtype)
     if dtype_name is None:
         raise CodecError(f"tensor {name!r}: dtype {tensor.dtype} is not supported; use one of {sorted(DTYPES)}")
+    _check_limits(name, list(tensor.shape), tensor.dtype.itemsize)
     flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
     data = _swap_if_big_endian(flat, tensor.dtype.itemsize).numpy().tobytes()
     meta = weights_pb2.TensorMeta(
@@ -116,19 +127,30 @@ def encode_chunks(index: int, blob: bytes, chunk_bytes: int) -> list[bytes]:
     ]
 
 
+def _check_limits(name: str, shape: list[int], itemsize: int) -> None:
+    """Raises CodecError, naming the tensor and the limit, if ``shape`` has more than MAX_TENSOR_DIMS
+    dims or the tensor, or any one dim, exceeds MAX_TENSOR_BYTES."""
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise CodecError(f"tensor {name!r}: {len(shape)} dims exceed the limit of {MAX_TENSOR_DIMS} dims")
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > MAX_TENSOR_BYTES or any(dim > MAX_TENSOR_BYTES for dim in shape):
+        raise CodecError(f"tensor {name!r}: shape {shape} ({nbytes} bytes) exceeds the limit of "
+                         f"{MAX_TENSOR_BYTES} bytes per tensor")
+
+
 def expected_nbytes(meta: weights_pb2.TensorMeta) -> int:
     """Byte length implied by ``meta``'s dtype and shape.
 
     Raises:
-        CodecError: the dtype is unknown or ``meta.nbytes`` disagrees with dtype and shape.
+        CodecError: the dtype is unknown, the shape exceeds MAX_TENSOR_DIMS or MAX_TENSOR_BYTES, or
+            ``meta.nbytes`` disagrees with dtype and shape.
     """
     dtype = DTYPES.get(meta.dtype)
     if dtype is None:
         raise CodecError(f"tensor {meta.name!r}: unknown dtype {meta.dtype!r}; expected one of {sorted(DTYPES)}")
-    numel = 1
-    for dim in meta.shape:
-        numel *= int(dim)
-    nbytes = numel * dtype.itemsize
+    shape = [int(dim) for dim in meta.shape]
+    _check_limits(meta.name, shape, dtype.itemsize)
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes != meta.nbytes:
         raise CodecError(
             f"tensor {meta.name!r}: nbytes {meta.nbytes} does not match dtype {meta.dtype} "

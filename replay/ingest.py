@@ -3,7 +3,8 @@
 Two passes: the first reads every parquet file and decodes every video, checking
 everything (nothing is kept but states, actions and labels), so a bad dataset raises
 :class:`DatasetError` before the replay is touched; the second decodes the videos again and
-writes one :class:`Episode` per dataset episode. Memory stays at one episode's frames.
+writes one :class:`Episode` per dataset episode. Memory stays at one episode's frames, which
+the limits below bound: a dataset is untrusted input.
 """
 
 import hashlib
@@ -27,6 +28,7 @@ from .lerobot import (
     ACTION_KEY,
     EPISODES_PATH,
     INFO_PATH,
+    MAX_META_FILE_BYTES,
     MODALITY_PATH,
     REWARD_KEY,
     STATE_KEY,
@@ -38,13 +40,33 @@ from .lerobot import (
     DatasetError,
     DatasetMeta,
     Modality,
+    check_file,
     compute_stats,
+    read_limited,
 )
 
 logger = logging.getLogger(__name__)
 
 _IDENTITY_FILES = (INFO_PATH, EPISODES_PATH, TASKS_PATH, MODALITY_PATH)
 """Meta files whose bytes identify a dataset (so a moved or copied dataset keeps its ids)."""
+
+MAX_EPISODE_STEPS = 100_000
+"""Most rows (= video frames) an episode may have: 83 minutes at 20 fps; the GR-1 episodes have
+~400. Checked from the parquet footer before reading rows, and while decoding a video."""
+MAX_PARQUET_BYTES = 1 << 30
+"""Largest episode parquet file (1 GiB); a 100k-step episode of 64-dim float64 state and action
+takes ~100 MB (the GR-1 files: ~200 KB)."""
+MAX_PARQUET_DECODED_BYTES = 2 << 30
+"""Largest decoded size of an episode parquet file (2 GiB), as its footer declares it: a small file
+of highly compressed columns must not decode into more memory than this."""
+MAX_VIDEO_BYTES = 2 << 30
+"""Largest episode video file (2 GiB); a 100k-frame 256x256 H.264 episode is ~300 MB (GR-1: ~1 MB)."""
+MAX_FRAME_PIXELS = 1 << 24
+"""Largest video frame (16.8M pixels, e.g. 4096x4096): twice a 4K frame; the GR-1 streams are
+256x256 and 800x1280. Checked from the stream header before decoding, and on every frame."""
+MAX_EPISODE_FRAME_BYTES = 4 << 30
+"""Largest decoded frames of one episode (steps x height x width x 3), which the second pass holds
+in memory while writing it: 4 GiB is 21k 256x256 frames, a sixth of a 24 GiB machine."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +104,8 @@ def dataset_id(root: Path) -> str:
     digest = hashlib.sha256()
     for relative in _IDENTITY_FILES:
         path = Path(root) / relative
-        digest.update(relative.encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
+        data = read_limited(path, MAX_META_FILE_BYTES) if path.is_file() else b""
+        digest.update(relative.encode() + b"\0" + data)
     return f"{name}-{digest.hexdigest()[:12]}"
 
 
@@ -178,7 +201,7 @@ def _pick_camera(meta: DatasetMeta, camera: str | None) -> tuple[str, tuple[str,
     present, ignored = [], []
     for key in meta.video_keys():
         paths = (meta.video_path(key, row["episode_index"]) for row in meta.episodes)
-        (present if any(p.is_file() for p in paths) else ignored).append(key)
+        (present if any(_is_file(p) for p in paths) else ignored).append(key)
     for key in ignored:
         logger.warning("%s: video stream %r has no files; ignoring it", meta.root / INFO_PATH, key)
     if camera is None and len(present) == 1:
@@ -191,19 +214,47 @@ def _pick_camera(meta: DatasetMeta, camera: str | None) -> tuple[str, tuple[str,
     )
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False also for a path the OS refuses (e.g. a file name too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    """The table of an episode's parquet file, after checking its size, rows and decoded size.
+
+    Raises:
+        DatasetError: naming the file and the limit it exceeds, or why it cannot be read.
+    """
+    check_file(path, MAX_PARQUET_BYTES)
+    try:
+        footer = pq.ParquetFile(path).metadata
+        decoded = sum(footer.row_group(i).total_byte_size for i in range(footer.num_row_groups))
+        if footer.num_rows > MAX_EPISODE_STEPS:
+            raise DatasetError(f"{path}: {footer.num_rows} rows exceed the limit of {MAX_EPISODE_STEPS} steps "
+                               "per episode")
+        if decoded > MAX_PARQUET_DECODED_BYTES:
+            raise DatasetError(f"{path}: decodes to {decoded} bytes, above the limit of "
+                               f"{MAX_PARQUET_DECODED_BYTES} bytes")
+        data = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read parquet: {exc}") from exc
+    repeated = sorted({name for name in data.column_names if data.column_names.count(name) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: columns {repeated} appear more than once")
+    return data
+
+
 def _read_rows(meta: DatasetMeta, row: dict) -> dict:
     """Checked per-step arrays and labels of one episode's parquet file, as Episode fields."""
     path = meta.data_path(row["episode_index"])
-    try:
-        data = pq.read_table(path)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file is missing") from None
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"{path}: cannot read parquet: {exc}") from exc
+    data = _read_parquet(path)
     if data.num_rows == 0:
         raise DatasetError(f"{path}: has no rows")
     if "frame_index" in data.column_names:
-        frame_index = data.column("frame_index").to_numpy(zero_copy_only=False)
+        frame_index = _column(data, "frame_index", path, pa.types.is_integer)
         order = np.argsort(frame_index, kind="stable")
         if not np.array_equal(frame_index[order], np.arange(data.num_rows)):
             raise DatasetError(
@@ -219,12 +270,14 @@ def _read_rows(meta: DatasetMeta, row: dict) -> dict:
     actions = _vectors(data, ACTION_KEY, path)
     meta.modality.check(states.shape[1], actions.shape[1], str(meta.root / MODALITY_PATH))
     if REWARD_KEY in data.column_names:
-        rewards = _finite(_column(data, REWARD_KEY, path).astype(np.float32), REWARD_KEY, path)
+        with np.errstate(over="ignore"):  # beyond float32 range becomes inf, reported by _finite
+            rewards = _column(data, REWARD_KEY, path, _is_number).astype(np.float32)
+        rewards = _finite(rewards, REWARD_KEY, path)
     else:
         rewards = np.zeros(data.num_rows, np.float32)
     success = True
     if SUCCESS_KEY in data.column_names:
-        success = bool(_column(data, SUCCESS_KEY, path).any())
+        success = bool(_column(data, SUCCESS_KEY, path, _is_flag).any())
     return dict(
         states=states,
         actions=actions,
@@ -235,21 +288,32 @@ def _read_rows(meta: DatasetMeta, row: dict) -> dict:
     )
 
 
-def _column(data: pa.Table, name: str, path: Path) -> np.ndarray:
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _is_flag(kind: pa.DataType) -> bool:
+    return pa.types.is_boolean(kind) or pa.types.is_integer(kind)
+
+
+def _column(data: pa.Table, name: str, path: Path, accepts: Callable[[pa.DataType], bool]) -> np.ndarray:
+    """A scalar column as numpy, if its type ``accepts`` and it has no nulls."""
     column = data.column(name)
+    if not accepts(column.type):
+        raise DatasetError(f"{path}: column {name!r} has type {column.type}")
     if column.null_count:
         raise DatasetError(f"{path}: column {name!r} has {column.null_count} null values")
     return column.to_numpy()
 
 
 def _vectors(data: pa.Table, name: str, path: Path) -> np.ndarray:
-    """A list-typed column as float32 (rows, dim)."""
+    """A list-of-numbers column as float32 (rows, dim)."""
     if name not in data.column_names:
         raise DatasetError(f"{path}: has no {name!r} column")
     column = data.column(name).combine_chunks()
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-            or pa.types.is_fixed_size_list(column.type)):
-        raise DatasetError(f"{path}: column {name!r} has type {column.type}, expected a list")
+            or pa.types.is_fixed_size_list(column.type)) or not _is_number(column.type.value_type):
+        raise DatasetError(f"{path}: column {name!r} has type {column.type}, expected a list of numbers")
     if column.null_count:
         raise DatasetError(f"{path}: column {name!r} has {column.null_count} null rows")
     lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
@@ -278,7 +342,7 @@ def _instruction(data: pa.Table, meta: DatasetMeta, row: dict, path: Path) -> st
     for name in (TASK_DESCRIPTION_KEY, TASK_INDEX_KEY):
         if name not in data.column_names:
             continue
-        indices = _column(data, name, path)
+        indices = _column(data, name, path, pa.types.is_integer)
         index = int(indices[0])
         if index not in meta.tasks:
             raise DatasetError(
@@ -292,18 +356,28 @@ def _instruction(data: pa.Table, meta: DatasetMeta, row: dict, path: Path) -> st
 
 
 def _iter_video(path: Path) -> Iterator[av.VideoFrame]:
-    """Decoded frames of a video file in presentation order (frame i = parquet row i)."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: file is missing")
+    """Decoded frames of a video file in presentation order (frame i = parquet row i), within
+    MAX_VIDEO_BYTES, MAX_FRAME_PIXELS and MAX_EPISODE_STEPS frames."""
+    check_file(path, MAX_VIDEO_BYTES)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DatasetError(f"{path}: has no video stream")
             stream = container.streams.video[0]
+            _check_pixels(path, stream.codec_context.width, stream.codec_context.height)
             stream.thread_type = "AUTO"
-            yield from container.decode(stream)
+            for count, frame in enumerate(container.decode(stream), 1):
+                if count > MAX_EPISODE_STEPS:
+                    raise DatasetError(f"{path}: more than the limit of {MAX_EPISODE_STEPS} frames per episode")
+                _check_pixels(path, frame.width, frame.height)
+                yield frame
     except av.FFmpegError as exc:
         raise DatasetError(f"{path}: cannot decode video (truncated or corrupt?): {exc}") from exc
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise DatasetError(f"{path}: {height}x{width} frames exceed the limit of {MAX_FRAME_PIXELS} pixels")
 
 
 def _decode_frames(path: Path) -> dict[int, np.ndarray]:
@@ -315,6 +389,10 @@ def _check_video(path: Path, template: Episode) -> None:
     count, first = 0, None
     for count, frame in enumerate(_iter_video(path), 1):
         if first is None:
+            decoded = template.length * frame.height * frame.width * 3
+            if decoded > MAX_EPISODE_FRAME_BYTES:
+                raise DatasetError(f"{path}: {template.length} frames of {frame.height}x{frame.width} decode to "
+                                   f"{decoded} bytes, above the limit of {MAX_EPISODE_FRAME_BYTES} per episode")
             first = frame.to_ndarray(format="rgb24")
         elif (frame.height, frame.width) != first.shape[:2]:
             raise DatasetError(

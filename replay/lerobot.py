@@ -14,12 +14,20 @@ A dataset is a directory::
 
 Totals in ``info.json`` (``total_videos``, ``total_chunks``, ``splits``, ...) are
 informational: readers derive everything from the files and ``episodes.jsonl``.
+
+Readers treat a dataset as untrusted input: every file is read only if it is a regular file
+within its size limit, path templates may name only files inside the dataset, and anything
+malformed raises :class:`DatasetError` naming the file.
 """
 
 import json
 import logging
+import math
+import re
+import stat
+import string
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -42,6 +50,17 @@ DEFAULT_VIDEO_PATH = (
     "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 )
 DEFAULT_CHUNK_SIZE = 1000
+
+MAX_META_FILE_BYTES = 64 << 20
+"""Largest ``meta/`` file read. ``episodes.jsonl`` grows by ~150 bytes an episode: room for ~400k
+episodes (the GR-1 dataset's meta files are 16 KB in all); parsing a file costs ~10x its size."""
+MAX_EPISODE_INDEX = 99_999_999
+"""Largest ``episode_index``: 8 digits, 100x the 6-digit file names LeRobot writes; keeps file
+names and replay ids (``<name>-<hash>-<index>``, at most 128 characters) short."""
+TEMPLATE_FIELDS = ("episode_chunk", "episode_index", "video_key")
+"""Fields a ``data_path``/``video_path`` template may use."""
+_TEMPLATE_SPEC = re.compile(r"0?\d{0,2}d?")
+"""Format specs a template field may carry: an optional zero-padded width below 100, e.g. ``06d``."""
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -132,7 +151,10 @@ class DatasetMeta:
         """
         root = Path(root)
         info = load_info(root)
-        meta = cls(
+        for key in ("data_path", "video_path"):
+            if info.get(key) is not None:
+                check_template(info[key], f"{root / INFO_PATH}: {key}")
+        return cls(
             root=root,
             info=info,
             episodes=load_episodes(root),
@@ -140,14 +162,6 @@ class DatasetMeta:
             modality=load_modality(root),
             stats=load_stats(root),
         )
-        try:
-            meta.data_path(0), meta.video_path("key", 0)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise DatasetError(
-                f"{root / INFO_PATH}: data_path {info.get('data_path')!r} or video_path "
-                f"{info.get('video_path')!r} is not a valid path template: {exc!r}"
-            ) from exc
-        return meta
 
     @property
     def fps(self) -> float:
@@ -174,39 +188,105 @@ class DatasetMeta:
         ]
 
 
-def load_json(path: Path) -> Any:
-    """Parse a JSON file.
+def check_template(template: Any, where: str) -> None:
+    """Check an info.json path template: a relative path inside the dataset using only
+    TEMPLATE_FIELDS (``episode_index`` among them), plainly formatted.
 
     Raises:
-        DatasetError: the file is missing or not valid JSON.
+        DatasetError: naming ``where`` and the problem.
+    """
+    if not isinstance(template, str) or not template:
+        raise DatasetError(f"{where} {template!r} is not a path template string")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as exc:
+        raise DatasetError(f"{where} {template!r} is not a valid path template: {exc}") from None
+    for name, spec, conversion in fields:
+        plain = not spec if name == "video_key" else _TEMPLATE_SPEC.fullmatch(spec)
+        if name not in TEMPLATE_FIELDS or conversion or not plain:
+            raise DatasetError(f"{where} {template!r}: field {{{name}}} is not one of {list(TEMPLATE_FIELDS)} "
+                               "(the numbers with an optional width such as :06d)")
+    if "episode_index" not in (name for name, _, _ in fields):
+        raise DatasetError(f"{where} {template!r} does not use {{episode_index}}")
+    path = PurePosixPath(template)
+    if path.is_absolute() or ".." in path.parts:
+        raise DatasetError(f"{where} {template!r} leads outside the dataset")
+
+
+def check_file(path: Path, limit: int) -> None:
+    """Check that ``path`` is a regular file of at most ``limit`` bytes (not a device, a pipe or a
+    directory, which a symlink could name).
+
+    Raises:
+        DatasetError: naming the file: missing, unreadable, not a regular file, or too large.
     """
     try:
-        return json.loads(path.read_text())
+        info = path.stat()
     except FileNotFoundError:
         raise DatasetError(f"{path}: file is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetError(f"{path}: not a regular file")
+    if info.st_size > limit:
+        raise DatasetError(f"{path}: {info.st_size} bytes exceed the limit of {limit} bytes for this file")
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Raises:
+        DatasetError: as :func:`check_file`, or the file grew past ``limit`` while read.
+    """
+    check_file(path, limit)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from exc
+    if len(data) > limit:
+        raise DatasetError(f"{path}: more than the limit of {limit} bytes for this file")
+    return data
+
+
+def _parse_json(text: str | bytes) -> Any:
+    """``json.loads``; deep nesting and over-long integers raise ValueError like bad syntax does."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file of at most MAX_META_FILE_BYTES.
+
+    Raises:
+        DatasetError: the file is missing, too large or not valid JSON.
+    """
+    try:
+        return _parse_json(read_limited(path, MAX_META_FILE_BYTES))
+    except ValueError as exc:  # also UnicodeDecodeError, and integers past Python's digit limit
         raise DatasetError(f"{path}: cannot read JSON: {exc}") from exc
 
 
 def load_jsonlines(path: Path) -> list[dict[str, Any]]:
-    """Parse a JSON-lines file (blank lines skipped).
+    """Parse a JSON-lines file of at most MAX_META_FILE_BYTES (blank lines skipped).
 
     Raises:
-        DatasetError: the file is missing or a line is not a JSON object.
+        DatasetError: the file is missing or too large, or a line is not a JSON object.
     """
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = read_limited(path, MAX_META_FILE_BYTES).decode().splitlines()
+    except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from exc
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
+            row = _parse_json(line)
+        except ValueError as exc:
             raise DatasetError(f"{path}:{number}: not valid JSON: {exc}") from exc
         if not isinstance(row, dict):
             raise DatasetError(f"{path}:{number}: expected a JSON object")
@@ -242,8 +322,8 @@ def load_info(root: Path) -> dict[str, Any]:
             f"{path}: codebase_version {version!r} is not one of {list(READABLE_VERSIONS)}"
         )
     fps = info.get("fps")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-        raise DatasetError(f"{path}: fps {fps!r} is not a positive number")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf:
+        raise DatasetError(f"{path}: fps {fps!r} is not a positive finite number")
     if not isinstance(info.get("features"), dict):
         raise DatasetError(f"{path}: has no 'features' mapping")
     return info
@@ -269,8 +349,8 @@ def load_episodes(root: Path) -> list[dict[str, Any]]:
     """Read ``meta/episodes.jsonl`` sorted by episode_index.
 
     Raises:
-        DatasetError: missing file, no episodes, or a missing, negative or repeated
-            episode_index.
+        DatasetError: missing file, no episodes, a missing, negative, too large or repeated
+            episode_index, or ``tasks`` that are not a list of strings.
     """
     path = root / EPISODES_PATH
     rows = load_jsonlines(path)
@@ -279,8 +359,13 @@ def load_episodes(root: Path) -> list[dict[str, Any]]:
     seen = set()
     for row in rows:
         index = row.get("episode_index")
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise DatasetError(f"{path}: row {row} lacks a non-negative int episode_index")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= MAX_EPISODE_INDEX:
+            raise DatasetError(
+                f"{path}: row {row} lacks an int episode_index in 0..{MAX_EPISODE_INDEX} (the limit)"
+            )
+        tasks = row.get("tasks", [])
+        if not isinstance(tasks, list) or not all(isinstance(task, str) for task in tasks):
+            raise DatasetError(f"{path}: episode {index}: tasks {tasks!r} is not a list of strings")
         if index in seen:
             raise DatasetError(f"{path}: episode_index {index} is listed twice")
         seen.add(index)

@@ -31,10 +31,18 @@ SERVICE_NAME = robot_pb2.DESCRIPTOR.services_by_name["RobotService"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 """Names the health service reports SERVING while the bridge runs ("" is the whole server)."""
 
+MAX_DETAILS_CHARS = 1024
+"""Refusal details may echo what the client sent (a robot or episode id); longer ones are cut so
+the status always fits the client's metadata limit and arrives with its code and reason."""
+
+
 def _abort(context: grpc.ServicerContext, error: RobotError) -> None:
     REJECTED.labels(reason=error.reason).inc()
     context.set_trailing_metadata(((wire.REASON_METADATA, error.reason),))
-    context.abort(grpc.StatusCode[error.status], str(error))
+    details = str(error)
+    if len(details) > MAX_DETAILS_CHARS:
+        details = details[:MAX_DETAILS_CHARS] + f"... ({len(details)} characters)"
+    context.abort(grpc.StatusCode[error.status], details)
 
 
 class RobotServicer(robot_pb2_grpc.RobotServiceServicer):

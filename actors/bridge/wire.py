@@ -1,12 +1,14 @@
 """Conversions between the bridge's Python types (``backend.py``) and RobotService messages.
 
 Arrays travel as raw float32 little-endian bytes with their dims beside them; images as raw RGB8
-or PNG. No pickle.
+or PNG. No pickle. An image from the wire is checked against ``MAX_IMAGE_PIXELS`` and, for a PNG,
+its header against the message's size before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image
@@ -26,6 +28,12 @@ _F32 = np.dtype("<f4")
 REASON_METADATA = "fleetloop-reason"
 """Trailing metadata key carrying a refusal's reason (``RobotError.reason``, e.g. ``operator_control``)."""
 
+MAX_IMAGE_PIXELS = 1 << 24
+"""Largest camera image accepted from the wire: 16.8M pixels (e.g. 4096x4096, 48 MiB as RGB), twice a
+4K frame and far above the robot cameras here (64x64 to 1280x800). The gRPC message limit bounds a raw
+image already; a PNG compresses about 1000:1, so without this limit a small message could decode
+into gigabytes (a decompression bomb)."""
+
 
 def f32_bytes(array: np.ndarray) -> bytes:
     """``array`` as float32 little-endian bytes, row-major."""
@@ -38,7 +46,7 @@ def f32_array(data: bytes, shape: tuple[int, ...], what: str) -> np.ndarray:
     Raises:
         ValueError: ``data`` is not exactly ``shape`` float32 values; the message names ``what``.
     """
-    expected = int(np.prod(shape, dtype=np.int64)) * _F32.itemsize
+    expected = math.prod(shape) * _F32.itemsize
     if len(data) != expected:
         raise ValueError(f"{what}: got {len(data)} bytes, expected {expected} ({'x'.join(map(str, shape))} float32)")
     return np.frombuffer(data, dtype=_F32).astype(np.float32).reshape(shape)
@@ -88,14 +96,28 @@ def _image_to_proto(image: np.ndarray, encoding: int) -> robot_pb2.Image:
 
 
 def _image_from_proto(message: robot_pb2.Image) -> np.ndarray:
-    if message.encoding == robot_pb2.IMAGE_ENCODING_PNG:
-        image = np.asarray(Image.open(io.BytesIO(message.data)).convert("RGB"))
-    else:
+    """The (height, width, 3) uint8 image of ``message``.
+
+    Raises:
+        ValueError: the image exceeds MAX_IMAGE_PIXELS, its bytes do not hold height x width RGB
+            pixels, or it is not a PNG of that size; checked before any pixel is decoded.
+    """
+    height, width = message.height, message.width
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image: {height}x{width} exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
+    if message.encoding != robot_pb2.IMAGE_ENCODING_PNG:
         image = np.frombuffer(message.data, np.uint8)
-        if image.size != message.height * message.width * 3:
-            raise ValueError(f"image: got {image.size} bytes, expected {message.height}x{message.width}x3")
-        image = image.reshape(message.height, message.width, 3)
-    return image.copy()
+        if image.size != height * width * 3:
+            raise ValueError(f"image: got {image.size} bytes, expected {height}x{width}x3")
+        return image.reshape(height, width, 3).copy()
+    try:
+        with Image.open(io.BytesIO(message.data), formats=["PNG"]) as png:  # reads the header only
+            size = png.size
+            if size == (width, height):
+                return np.asarray(png.convert("RGB")).copy()
+    except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"image: not a readable PNG: {exc}") from None
+    raise ValueError(f"image: PNG header says {size[1]}x{size[0]}, the message {height}x{width}")
 
 
 def observation_to_proto(obs: Observation, image_encoding: int = robot_pb2.IMAGE_ENCODING_RAW_RGB8
