@@ -185,27 +185,34 @@ class Monitor:
                 self.peak_used_memory, memory["used_memory"], memory["used_memory_peak"])
 
 
-def episode_sizes(client: ReplayClient, args: argparse.Namespace) -> dict[str, int]:
-    """Write a probe episode (to PROBE_TABLE) and measure: its stored bytes (MEMORY USAGE of
-    its keys), its write request, a sampled window's reply and a sampler's index reply per
-    episode (its meta), in bytes."""
-    frames = noise_frames(args, seed=args.writers)  # writers use seeds 0..writers-1
-    probe = make_episode(frames, args.steps, np.random.default_rng(args.writers))
-    client.write_episode(PROBE_TABLE, probe)
+def probe_sizes(client: ReplayClient, probe: Episode, table: str, horizon: int) -> dict[str, int]:
+    """Sizes in bytes of the stored ``probe`` (MEMORY USAGE of its keys, allocator overhead
+    included), its write request to ``table``, a sampled window's reply (``horizon`` actions)
+    and a sampler's index reply per episode (its id and meta). tests/replay/test_load.py
+    derives its memory bound from the same figures."""
     eid = probe.episode_id
     episode_keys = [keys.episode_key(eid, name) for name in ("meta", *keys.EPISODE_ARRAYS)]
-    episode_keys += [keys.frame_key(eid, s) for s in frames]
-    script_keys, script_args, _ = scripts.write_episode_request(TABLE, probe, 1.0)
-    pngs = [client.redis.get(keys.frame_key(eid, s)) for s in frames]
+    episode_keys += [keys.frame_key(eid, s) for s in probe.frames]
+    script_keys, script_args, _ = scripts.write_episode_request(table, probe, 1.0)
+    pngs = [client.redis.get(keys.frame_key(eid, s)) for s in probe.frames]
     meta = client.redis.hmget(keys.episode_key(eid, "meta"), keys.META_FIELDS)
+    state_dim, action_dim = probe.states.shape[1], probe.actions.shape[1]
     return {
         "episode": sum(client.redis.memory_usage(k, samples=0) for k in episode_keys),
         "request": resp_size([b"EVALSHA", b"0" * 40, len(script_keys), *script_keys,
                               *script_args]),
-        "window": resp_size([b"0" * 4 * STATE_DIM, b"0" * 4 * HORIZON * ACTION_DIM,
+        "window": resp_size([b"0" * 4 * state_dim, b"0" * 4 * horizon * action_dim,
                              max(pngs, key=len)]),
         "index_entry": resp_size([eid]) + resp_size(meta),
     }
+
+
+def episode_sizes(client: ReplayClient, args: argparse.Namespace) -> dict[str, int]:
+    """Write a probe episode (to PROBE_TABLE) and measure its probe_sizes."""
+    frames = noise_frames(args, seed=args.writers)  # writers use seeds 0..writers-1
+    probe = make_episode(frames, args.steps, np.random.default_rng(args.writers))
+    client.write_episode(PROBE_TABLE, probe)
+    return probe_sizes(client, probe, TABLE, HORIZON)
 
 
 def memory_bound(baseline: int, sizes: dict[str, int], args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / "fleetloop-hypothesis"
 # Read lazily, the first time hypothesis needs storage (its charmap and constants caches).
@@ -43,6 +44,29 @@ CALL_DEADLINE_S = 5.0
 UNDECODABLE = "Exception deserializing request!"
 """gRPC's details when the server cannot parse a request (status INTERNAL, before any handler)."""
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+
+TOKEN = "fuzz-token"
+AUTH = {"good": (("authorization", f"Bearer {TOKEN}"),), "missing": (), "wrong": (("authorization", "Bearer no"),)}
+"""Call metadata of each kind of caller the fuzzed services meet."""
+AUTH_CHOICES = ["good", "good", "good", "missing", "wrong"]
+
+
+def edit_bytes(draw, data: bytearray, max_insert: int = 8, overwrite_run: int = 0) -> None:
+    """Overwrite, insert or cut off bytes of ``data`` in place, 1 to 4 times (``draw`` of a
+    composite strategy). An overwrite replaces one byte, or with ``overwrite_run`` up to that many
+    bytes from the position on with 1..overwrite_run fresh ones."""
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        edit = draw(st.sampled_from(["overwrite", "insert", "truncate"]))
+        if edit == "truncate":
+            del data[at:]
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=max_insert))
+        elif at < len(data):
+            if overwrite_run:
+                data[at:at + overwrite_run] = draw(st.binary(min_size=1, max_size=overwrite_run))
+            else:
+                data[at] = draw(st.integers(0, 255))
 
 
 @dataclass(frozen=True)

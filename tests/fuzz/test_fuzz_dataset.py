@@ -22,13 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import event, given
-from hypothesis import strategies as st
-
 from fleetloop.replay import ingest, lerobot
 from fleetloop.replay.ingest import ingest_dataset
 from fleetloop.replay.lerobot import DatasetError
-from tests.fuzz.conftest import fuzz_settings
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from tests.fuzz.conftest import edit_bytes, fuzz_settings
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -141,15 +141,7 @@ def _json_edit(draw, doc):
 def _bytes_edit(draw, data: bytes) -> bytes:
     """``data`` with a few bytes overwritten, inserted or cut off."""
     data = bytearray(data)
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(data)))
-        edit = draw(st.sampled_from(["overwrite", "insert", "truncate"]))
-        if edit == "truncate":
-            del data[at:]
-        elif edit == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=16))
-        elif at < len(data):
-            data[at:at + 8] = draw(st.binary(min_size=1, max_size=8))
+    edit_bytes(draw, data, max_insert=16, overwrite_run=8)
     return bytes(data)
 
 

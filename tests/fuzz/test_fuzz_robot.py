@@ -22,20 +22,30 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
+from fleetloop.actors.bridge import (
+    BridgeError,
+    MujocoTwinBackend,
+    RobotBridgeServer,
+    RobotClient,
+    wire,
+)
+from fleetloop.actors.bridge.server import HEALTH_SERVICES
+from fleetloop.actors.envs.reach import COLOURS
+from fleetloop.protos import robot_pb2, robot_pb2_grpc
 from hypothesis import event, given
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from fleetloop.actors.bridge import BridgeError, MujocoTwinBackend, RobotBridgeServer, RobotClient, wire
-from fleetloop.actors.bridge.server import HEALTH_SERVICES
-from fleetloop.actors.envs.reach import COLOURS
-from fleetloop.protos import robot_pb2, robot_pb2_grpc
 from tests.fuzz.conftest import (
+    AUTH,
+    AUTH_CHOICES,
     CALL_DEADLINE_S,
     HEALTH_SERVICE,
+    TOKEN,
     UNDECODABLE,
     Method,
     assert_serving,
+    edit_bytes,
     fuzz_settings,
     health_expectation,
     invoke,
@@ -45,9 +55,6 @@ from tests.fuzz.conftest import (
 
 pytestmark = pytest.mark.timeout(180)
 
-TOKEN = "fuzz-token"
-AUTH = {"good": (("authorization", f"Bearer {TOKEN}"),), "missing": (), "wrong": (("authorization", "Bearer no"),)}
-AUTH_CHOICES = ["good", "good", "good", "missing", "wrong"]
 METHODS = methods_of(robot_pb2.DESCRIPTOR.services_by_name["RobotService"], HEALTH_SERVICE)
 BY_NAME = {method.name: method for method in METHODS}
 MAX_MESSAGE_BYTES = 64 << 10
@@ -322,15 +329,7 @@ def _request(method: Method, twin: Twin) -> st.SearchStrategy:
 def _mutated(draw, method: Method, twin: Twin) -> bytes:
     """A serialized valid request of ``method`` with a few bytes overwritten, inserted or cut off."""
     payload = bytearray(draw(_request(method, twin)).SerializeToString()[:4096])
-    for _ in range(draw(st.integers(1, 4))):
-        position = draw(st.integers(0, len(payload)))
-        edit = draw(st.sampled_from(["overwrite", "insert", "truncate"]))
-        if edit == "truncate":
-            del payload[position:]
-        elif edit == "insert":
-            payload[position:position] = draw(st.binary(min_size=1, max_size=8))
-        elif position < len(payload):
-            payload[position] = draw(st.integers(0, 255))
+    edit_bytes(draw, payload)
     return bytes(payload)
 
 
@@ -491,15 +490,7 @@ def _damaged_png(draw) -> bytes:
         chunks.append([VALID_PNG[position + 4:position + 8], bytearray(VALID_PNG[position + 8:position + 8 + length])])
         position += 12 + length
     kind, data = chunks[draw(st.integers(0, len(chunks) - 1))]
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(data)))
-        edit = draw(st.sampled_from(["overwrite", "insert", "truncate"]))
-        if edit == "truncate":
-            del data[at:]
-        elif edit == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif at < len(data):
-            data[at] = draw(st.integers(0, 255))
+    edit_bytes(draw, data)
     png = b"\x89PNG\r\n\x1a\n" + b"".join(_png_chunk(k, bytes(d)) for k, d in chunks)
     if not draw(st.booleans(), label="crc fixed"):
         png = bytearray(png)

@@ -18,9 +18,6 @@ from concurrent import futures
 import grpc
 import pytest
 import torch
-from hypothesis import event, given
-from hypothesis import strategies as st
-
 from fleetloop.actors.subscriber import REJECTED, WeightSubscriber
 from fleetloop.learner.publisher import (
     _MAX_REQUEST_BYTES,
@@ -30,12 +27,19 @@ from fleetloop.learner.publisher import (
     add_servicer_to_server,
 )
 from fleetloop.protos import codec, weights_pb2
+from hypothesis import event, given
+from hypothesis import strategies as st
+
 from tests.fuzz.conftest import (
+    AUTH,
+    AUTH_CHOICES,
     CALL_DEADLINE_S,
     HEALTH_SERVICE,
+    TOKEN,
     UNDECODABLE,
     Method,
     assert_serving,
+    edit_bytes,
     fuzz_settings,
     health_expectation,
     invoke,
@@ -45,9 +49,6 @@ from tests.fuzz.conftest import (
 
 pytestmark = pytest.mark.timeout(180)
 
-TOKEN = "fuzz-token"
-AUTH = {"good": (("authorization", f"Bearer {TOKEN}"),), "missing": (), "wrong": (("authorization", "Bearer no"),)}
-AUTH_CHOICES = ["good", "good", "good", "missing", "wrong"]
 METHODS = methods_of(weights_pb2.DESCRIPTOR.services_by_name["WeightService"], HEALTH_SERVICE)
 PULL = next(method for method in METHODS if method.name == "PullVersion")
 BLOCKED_DEADLINE_S = 0.2
@@ -177,15 +178,7 @@ def _request(method: Method) -> st.SearchStrategy:
 def _mutated(draw, method: Method) -> bytes:
     """A serialized valid request of ``method`` with a few bytes overwritten, inserted or cut off."""
     payload = bytearray(draw(_request(method)).SerializeToString()[:4096])
-    for _ in range(draw(st.integers(1, 4))):
-        position = draw(st.integers(0, len(payload)))
-        edit = draw(st.sampled_from(["overwrite", "insert", "truncate"]))
-        if edit == "truncate":
-            del payload[position:]
-        elif edit == "insert":
-            payload[position:position] = draw(st.binary(min_size=1, max_size=8))
-        elif position < len(payload):
-            payload[position] = draw(st.integers(0, 255))
+    edit_bytes(draw, payload)
     return bytes(payload)
 
 

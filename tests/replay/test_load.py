@@ -15,6 +15,7 @@ measured the harness, not the replay.
 Throughput under this load is measured by bench/load.py, not here.
 """
 
+import importlib.util
 import multiprocessing
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,16 @@ from fleetloop.replay import (
     keys,
     scripts,
 )
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_load", Path(__file__).resolve().parents[2] / "bench" / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LOAD_BENCH = _load_bench()
+"""bench/load.py: its probe_sizes measure what this test's memory bound is made of."""
 
 WRITERS = 32
 EPISODES_PER_WRITER = 40
@@ -92,32 +103,6 @@ def episode_for(number: int) -> Episode:
         success=True,
         episode_id=f"load-{number:06d}",
     )
-
-
-def resp_size(parts: list) -> int:
-    """Bytes of a RESP array of bulk strings (a request, or a reply of strings)."""
-    encoded = [p if isinstance(p, bytes) else str(p).encode() for p in parts]
-    return len(f"*{len(encoded)}\r\n") + sum(len(f"${len(p)}\r\n") + len(p) + 2 for p in encoded)
-
-
-def probe_sizes(client: ReplayClient, probe: Episode) -> dict[str, int]:
-    """Sizes in bytes of the stored ``probe`` (MEMORY USAGE of its keys, allocator overhead
-    included), its write request, a sampled window's reply and a sampler's index reply per
-    episode (its id and meta)."""
-    eid = probe.episode_id
-    episode_keys = [keys.episode_key(eid, name) for name in ("meta", *keys.EPISODE_ARRAYS)]
-    episode_keys += [keys.frame_key(eid, s) for s in FRAME_STEPS]
-    script_keys, script_args, _ = scripts.write_episode_request(TABLE, probe, 1.0)
-    pngs = [client.redis.get(keys.frame_key(eid, s)) for s in FRAME_STEPS]
-    meta = client.redis.hmget(keys.episode_key(eid, "meta"), keys.META_FIELDS)
-    return {
-        "episode": sum(client.redis.memory_usage(k, samples=0) for k in episode_keys),
-        "request": resp_size([b"EVALSHA", b"0" * 40, len(script_keys), *script_keys,
-                              *script_args]),
-        "window": resp_size([b"0" * 4 * STATE_DIM, b"0" * 4 * HORIZON * ACTION_DIM,
-                             max(pngs, key=len)]),
-        "index_entry": resp_size([eid]) + resp_size(meta),
-    }
 
 
 def episode_key_counts(client: ReplayClient) -> dict[str, int]:
@@ -241,7 +226,7 @@ def test_concurrent_writers_and_samplers_keep_every_episode_and_stay_bounded(val
         admin.write_episode(PROBE_TABLE, probe)
         for script in (scripts.ACQUIRE_SAMPLES, scripts.READ_WINDOWS):
             admin.redis.script_load(script)
-        sizes = probe_sizes(admin, probe)
+        sizes = LOAD_BENCH.probe_sizes(admin, probe, TABLE, HORIZON)
         connected.wait(SYNC_TIMEOUT_S)
         baseline = admin.redis.info("memory")["used_memory"]
         memory_bound = (
