@@ -21,7 +21,7 @@ from typing import NamedTuple
 import prometheus_client as prom
 
 from fleetloop.replay import Episode, ReplayClient
-from fleetloop.replay.errors import ReplayTimeoutError, ReplayUnavailableError
+from fleetloop.replay.errors import InvalidEpisodeError, ReplayTimeoutError, ReplayUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ class Outbox:
 
     def put(self, table: str, episode: Episode, priority: float) -> str:
         """Queue ``episode`` and flush; returns its id (acknowledged unless ``flush`` raised)."""
-        episode.validate()  # a bad episode is refused here, never held
         self._pending.append(Pending(table, episode, priority))
         PENDING.labels(self.actor_id).set(len(self._pending))
         self.flush()
@@ -78,6 +77,7 @@ class Outbox:
         Raises:
             ReplayUnavailableError, ReplayTimeoutError: the replay still failed after ``retry_s``;
                 the episodes not yet acknowledged stay held for the next flush.
+            InvalidEpisodeError: an episode failed the replay's validation; it is dropped, never held.
         """
         deadline = time.monotonic() + self.retry_s
         delay = 0.05
@@ -85,6 +85,10 @@ class Outbox:
             table, episode, priority = self._pending[0]
             try:
                 self.replay.write_episode(table, episode, priority=priority)
+            except InvalidEpisodeError:
+                self._pending.popleft()
+                PENDING.labels(self.actor_id).set(len(self._pending))
+                raise
             except TRANSIENT as exc:
                 if time.monotonic() + delay > deadline:
                     log.error("%s: %d episode(s) held, the replay still fails after %.0f s: %s",
