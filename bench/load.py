@@ -70,6 +70,9 @@ IOBUF_BYTES = 16 * 1024
 """Bytes Valkey reads from a client at a time (PROTO_IOBUF_LEN)."""
 IDLE, STOP = -1, -2
 """Values of the current slice index between slices and at the end."""
+EVICTED_PROBE = 1024
+"""Ids in the throw-away record probe_sizes measures (past 128 a zset is a skiplist, like
+a real record)."""
 
 
 def make_episode(frames: dict[int, np.ndarray], length: int, rng: np.random.Generator) -> Episode:
@@ -187,9 +190,10 @@ class Monitor:
 
 def probe_sizes(client: ReplayClient, probe: Episode, table: str, horizon: int) -> dict[str, int]:
     """Sizes in bytes of the stored ``probe`` (MEMORY USAGE of its keys, allocator overhead
-    included), its write request to ``table``, a sampled window's reply (``horizon`` actions)
-    and a sampler's index reply per episode (its id and meta). tests/replay/test_load.py
-    derives its memory bound from the same figures."""
+    included), its write request to ``table``, a sampled window's reply (``horizon`` actions),
+    a sampler's index reply per episode (its id and meta) and one entry of a table's record of
+    evicted ids (measured on a throw-away record of EVICTED_PROBE ids as long as the probe's).
+    tests/replay/test_load.py derives its memory bound from the same figures."""
     eid = probe.episode_id
     episode_keys = [keys.episode_key(eid, name) for name in ("meta", *keys.EPISODE_ARRAYS)]
     episode_keys += [keys.frame_key(eid, s) for s in probe.frames]
@@ -197,6 +201,11 @@ def probe_sizes(client: ReplayClient, probe: Episode, table: str, horizon: int) 
     pngs = [client.redis.get(keys.frame_key(eid, s)) for s in probe.frames]
     meta = client.redis.hmget(keys.episode_key(eid, "meta"), keys.META_FIELDS)
     state_dim, action_dim = probe.states.shape[1], probe.actions.shape[1]
+    record = keys.PREFIX + "probe:evicted"
+    now_ms = int(time.time() * 1000)
+    client.redis.zadd(record, {f"{i:0{len(eid)}d}": now_ms + i for i in range(EVICTED_PROBE)})
+    record_bytes = client.redis.memory_usage(record, samples=0)
+    client.redis.delete(record)
     return {
         "episode": sum(client.redis.memory_usage(k, samples=0) for k in episode_keys),
         "request": resp_size([b"EVALSHA", b"0" * 40, len(script_keys), *script_keys,
@@ -204,6 +213,7 @@ def probe_sizes(client: ReplayClient, probe: Episode, table: str, horizon: int) 
         "window": resp_size([b"0" * 4 * state_dim, b"0" * 4 * horizon * action_dim,
                              max(pngs, key=len)]),
         "index_entry": resp_size([eid]) + resp_size(meta),
+        "evicted_id": -(-record_bytes // EVICTED_PROBE),
     }
 
 
@@ -215,21 +225,24 @@ def episode_sizes(client: ReplayClient, args: argparse.Namespace) -> dict[str, i
     return probe_sizes(client, probe, TABLE, HORIZON)
 
 
-def memory_bound(baseline: int, sizes: dict[str, int], args: argparse.Namespace) -> int:
-    """Highest used_memory the run may reach if eviction keeps the table at its capacity."""
+def memory_bound(baseline: int, sizes: dict[str, int], *, capacity: int, writers: int, samplers: int,
+                 batch_size: int, evicted: int) -> int:
+    """Highest used_memory a run may reach if eviction keeps the table at its ``capacity`` after
+    ``evicted`` evictions (all within the table's evicted_id_ttl_s)."""
     return (
         baseline
         # stored episodes: a write stores its episode, then evicts the oldest
-        + sizes["episode"] * (args.capacity + 1)
+        + sizes["episode"] * (capacity + 1)
+        # the record of evicted ids
+        + sizes["evicted_id"] * evicted
         # per writer one request in flight: its query buffer, grown by doubling while read
         # IOBUF_BYTES at a time, and its script's effects in the AOF buffer (written out once
         # per event loop, which may run every writer's script)
-        + args.writers * (2 * (sizes["request"] + IOBUF_BYTES) + sizes["request"])
+        + writers * (2 * (sizes["request"] + IOBUF_BYTES) + sizes["request"])
         # the argv of the one script running
         + sizes["request"]
-        # per sampler its reply: a batch of windows or an index refresh (<= capacity metas)
-        + args.samplers * max(args.batch_size * sizes["window"],
-                              args.capacity * sizes["index_entry"])
+        # per sampler its reply: a batch of windows or an index read (<= capacity metas)
+        + samplers * max(batch_size * sizes["window"], capacity * sizes["index_entry"])
     )
 
 
@@ -272,9 +285,7 @@ def main() -> None:
             admin.redis.script_load(script)
         connected.wait(SYNC_TIMEOUT_S)
         baseline = admin.redis.info("memory")["used_memory"]
-        bound = memory_bound(baseline, sizes, args)
-        logger.info("baseline used_memory %d B; episode %s B; bound %d B",
-                    baseline, sizes, bound)
+        logger.info("baseline used_memory %d B; sizes %s B", baseline, sizes)
 
         monitor = Monitor(admin)
         durations = []
@@ -319,6 +330,8 @@ def main() -> None:
     windows_per_s = rate(windows_per_slice, "load")
     single_sampler = rate(windows_per_slice, "single_sampler")
     peak = max(monitor.peak_used_memory, used_memory_peak)
+    bound = memory_bound(baseline, sizes, capacity=args.capacity, writers=args.writers,
+                         samplers=args.samplers, batch_size=args.batch_size, evicted=stats["evicted"])
     print(json.dumps({
         "benchmark": "load",
         "quick": args.quick,

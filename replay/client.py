@@ -10,6 +10,7 @@ Redis errors are translated at this edge into :mod:`fleetloop.replay.errors`.
 import logging
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,23 @@ logger = logging.getLogger(__name__)
 
 _POLL_S = (0.002, 0.05)
 """First and longest pause between retries of a call the rate limiter refused."""
+
+INDEX_CHUNK = 512
+"""Episodes per read_index call."""
+
+
+@dataclass(frozen=True)
+class IndexChunk:
+    """One consistent read of a table's index (ReplayClient.read_index)."""
+
+    config: TableConfig
+    oldest_seq: int | None
+    """Insertion seq of the oldest stored episode (None when empty): every lower seq was evicted."""
+    priority_version: int
+    infos: list[EpisodeInfo]
+    """Episodes inserted after the seq asked for, in order, all stored at the time of the read."""
+    more: bool
+    """More episodes follow ``infos[-1]``: read again after its seq."""
 
 
 class ReplayClient:
@@ -101,6 +119,7 @@ class ReplayClient:
         )
         self._write_script = self._redis.register_script(scripts.WRITE_EPISODE)
         self._configure_script = self._redis.register_script(scripts.CONFIGURE_TABLE)
+        self._read_index_script = self._redis.register_script(scripts.READ_INDEX)
         self._acquire_script = self._redis.register_script(scripts.ACQUIRE_SAMPLES)
         self._priorities_script = self._redis.register_script(scripts.UPDATE_PRIORITIES)
         with translate_errors(self.url, "schema check"):
@@ -171,21 +190,18 @@ class ReplayClient:
             stored = self._redis.hgetall(keys.table_key(table, "config"))
         return TableConfig.from_fields({k.decode(): v.decode() for k, v in stored.items()})
 
-    def index_state(self, table: str) -> tuple[TableConfig, int | None, int]:
-        """What a sampler needs to refresh its index of ``table``, in one round trip.
-
-        Returns:
-            The table's config, the insertion seq of its oldest stored episode (None when
-            empty; every episode with a lower seq was evicted) and its priority version.
-        """
-        with translate_errors(self.url, f"read index state of {table!r}"):
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.hgetall(keys.table_key(table, "config"))
-            pipe.zrange(keys.table_items(table), 0, 0, withscores=True)
-            pipe.hget(keys.table_counters(table), "priority_version")
-            stored, oldest, version = pipe.execute()
-        config = TableConfig.from_fields({k.decode(): v.decode() for k, v in stored.items()})
-        return config, int(oldest[0][1]) if oldest else None, int(version or 0)
+    def read_index(self, table: str, after_seq: int = 0, limit: int = INDEX_CHUNK) -> IndexChunk:
+        """What a sampler needs to refresh its index of ``table``: one atomic read of the table's
+        config, oldest seq and priority version and of the first ``limit`` episodes inserted
+        after ``after_seq``."""
+        table_keys = [keys.table_key(table, kind) for kind in scripts.INDEX_SCRIPT_KEYS]
+        with translate_errors(self.url, f"read index of {table!r}"):
+            stored, oldest, version, more, *rows = self._read_index_script(
+                keys=table_keys, args=[int(after_seq), int(limit)])
+        config = TableConfig.from_fields(
+            {k.decode(): v.decode() for k, v in zip(stored[::2], stored[1::2])})
+        return IndexChunk(config, int(oldest) if oldest else None, int(version),
+                          [parse_info(raw) for raw in rows], bool(more))
 
     # ---- writes -------------------------------------------------------------------------
 
@@ -194,8 +210,8 @@ class ReplayClient:
     ) -> str:
         """Store ``episode`` as a new item of ``table``, atomically.
 
-        Writing an episode id that is already stored changes nothing (a retried write never
-        duplicates) and returns the id. If the table's rate limiter refuses the insert, the
+        Writing an episode id that is already stored, or was evicted from ``table`` within its
+        ``evicted_id_ttl_s``, changes nothing (a retried write never duplicates) and returns the id. If the table's rate limiter refuses the insert, the
         call waits until it admits it; past ``capacity`` the oldest episode is evicted.
 
         Args:
@@ -240,10 +256,13 @@ class ReplayClient:
         except ReplayError:
             INSERT_REJECTS.labels(reason="error").inc()
             raise
-        created, stored_table, seq = reply
-        if created:
+        outcome, stored_table, seq = reply
+        if outcome == scripts.WRITE_STORED:
             INSERTS.labels(table=table).inc()
             logger.debug("stored episode %s in %s (seq %d, %d bytes)", eid, table, seq, nbytes)
+        elif outcome == scripts.WRITE_EVICTED:
+            INSERT_REJECTS.labels(reason="evicted").inc()
+            logger.info("episode %s was stored in %r and evicted since; not storing it again", eid, table)
         else:
             INSERT_REJECTS.labels(reason="duplicate").inc()
             stored_table = stored_table.decode()
@@ -370,19 +389,15 @@ class ReplayClient:
             return [m.decode() for m in self._redis.zrange(keys.table_items(table), 0, -1)]
 
     def episode_infos(self, table: str, after_seq: int = 0) -> list[EpisodeInfo]:
-        """Summaries of the table's episodes inserted after sequence ``after_seq``, in order.
-
-        Samplers pass the last seq they have seen to fetch only new episodes.
-        """
-        with translate_errors(self.url, f"scan episodes of {table!r}"):
-            ids = self._redis.zrangebyscore(keys.table_items(table), f"({after_seq}", "+inf")
-            infos = []
-            for start in range(0, len(ids), stats.PIPELINE_CHUNK):
-                pipe = self._redis.pipeline(transaction=False)
-                for eid in ids[start:start + stats.PIPELINE_CHUNK]:
-                    pipe.hmget(keys.episode_key(eid.decode(), "meta"), keys.META_FIELDS)
-                infos += [parse_info(raw) for raw in pipe.execute() if raw[0] is not None]
-        return infos
+        """Summaries of the table's episodes inserted after sequence ``after_seq``, in order
+        (read INDEX_CHUNK at a time)."""
+        infos = []
+        while True:
+            chunk = self.read_index(table, after_seq)
+            infos += chunk.infos
+            if not chunk.more:
+                return infos
+            after_seq = chunk.infos[-1].seq
 
     def tables(self) -> list[str]:
         """The standard TABLES plus every other table ever written to, sorted after them."""

@@ -15,6 +15,8 @@ Layout (``<id>`` = episode id, ``<table>`` = table name, ``<t>`` = step)::
     fl:table:<table>:priorities        zset    episode ids scored by sampling priority
     fl:table:<table>:tally             hash    ``source:<s>``, ``embodiment:<e>``,
                                                ``policy_version:<v>`` -> stored episodes
+    fl:table:<table>:evicted           zset    ids of evicted episodes scored by eviction
+                                               time (ms), kept evicted_id_ttl_s (table.py)
     fl:ep:{<id>}:meta                  hash    see META_FIELDS
     fl:ep:{<id>}:state                 string  float32 little-endian, T x S row-major
     fl:ep:{<id>}:action                string  float32 little-endian, T x A row-major
@@ -29,7 +31,7 @@ import re
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of this layout; checked (and set on an empty server) by every client on connect."""
 
 PREFIX = "fl:"
@@ -47,7 +49,7 @@ FLAG_DTYPE = np.dtype("u1")
 SCHEMA_VERSION_KEY = PREFIX + "schema_version"
 TABLES_KEY = PREFIX + "tables"
 TABLE_KEY = PREFIX + "table:{table}:{kind}"
-TABLE_KEY_KINDS: tuple[str, ...] = ("items", "counters", "config", "priorities", "tally")
+TABLE_KEY_KINDS: tuple[str, ...] = ("items", "counters", "config", "priorities", "tally", "evicted")
 EPISODE_KEY_PREFIX = PREFIX + "ep:{"
 EPISODE_KEY = PREFIX + "ep:{{{episode_id}}}:{field}"
 FRAME_KEY = PREFIX + "ep:{{{episode_id}}}:frame:{step}"

@@ -16,7 +16,7 @@ INSERTS = Counter("fleetloop_replay_inserts", "Episodes stored into a replay tab
 SAMPLES = Counter("fleetloop_replay_samples", "Windows sampled from a replay table.", ["table"])
 INSERT_REJECTS = Counter(
     "fleetloop_replay_insert_rejects",
-    "Episode writes that stored nothing (invalid, duplicate, rate_limited, timeout, "
+    "Episode writes that stored nothing (invalid, duplicate, evicted, rate_limited, timeout, "
     "unavailable, error).",
     ["reason"],
 )

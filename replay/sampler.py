@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import keys, scripts
-from .client import ReplayClient
+from .client import IndexChunk, ReplayClient
 from .episode import EpisodeInfo, decode_png
 from .errors import EmptyReplayError, ReplayError, translate_errors
 from .metrics import SAMPLES
@@ -162,10 +162,11 @@ class WindowSampler:
         """Drop evicted episodes, fetch those inserted since the last refresh, and reload
         the table config and (for prioritized tables) changed priorities."""
         for table, index in self._index.items():
-            states = [shard.index_state(table) for shard in self._shards]
-            self._apply_config(index, states[0][0])
-            for s, (shard, (_, oldest, version)) in enumerate(zip(self._shards, states)):
-                self._refresh_shard(table, index, s, shard, oldest, version)
+            for s, shard in enumerate(self._shards):
+                chunk = shard.read_index(table, after_seq=index.cursors[s].last_seq)
+                if s == 0:
+                    self._apply_config(index, chunk.config)
+                self._refresh_shard(table, index, s, shard, chunk)
         self._refreshed_at = time.monotonic()
 
     def _apply_config(self, index: _TableIndex, config: TableConfig) -> None:
@@ -179,19 +180,24 @@ class WindowSampler:
         index.config = config
 
     def _refresh_shard(
-        self, table: str, index: _TableIndex, s: int, shard: ReplayClient,
-        oldest: int | None, priority_version: int,
+        self, table: str, index: _TableIndex, s: int, shard: ReplayClient, chunk: IndexChunk
     ) -> None:
         cursor = index.cursors[s]
-        while cursor.order and (oldest is None or cursor.order[0][0] < oldest):
+        while cursor.order and (chunk.oldest_seq is None or cursor.order[0][0] < chunk.oldest_seq):
             self._drop(index, cursor.order.popleft()[1])
-        new = shard.episode_infos(table, after_seq=cursor.last_seq)
-        for info in new:
-            index.entries[info.episode_id] = (s, info)
-            index.selector.insert(info.episode_id, 1.0)
-            cursor.order.append((info.seq, info.episode_id))
+        priority_version, new = chunk.priority_version, []
+        while True:
+            for info in chunk.infos:
+                index.entries[info.episode_id] = (s, info)
+                index.selector.insert(info.episode_id, 1.0)
+                cursor.order.append((info.seq, info.episode_id))
+            new += chunk.infos
+            if chunk.infos:
+                cursor.last_seq = chunk.infos[-1].seq
+            if not chunk.more:
+                break
+            chunk = shard.read_index(table, after_seq=cursor.last_seq)
         if new:
-            cursor.last_seq = new[-1].seq
             logger.debug("sampler index: %d new episodes in %r on %s", len(new), table, shard.url)
         if index.config.sampler != "prioritized":
             return

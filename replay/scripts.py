@@ -2,11 +2,16 @@
 
 - :data:`WRITE_EPISODE`: idempotent insert of an episode (all keys, item index, priority,
   counters, tally), refused while the table's rate limiter blocks inserts, followed by FIFO
-  eviction past the table's capacity (the *remover*).
+  eviction past the table's capacity (the *remover*). Evicted ids are remembered for the
+  table's ``evicted_id_ttl_s``; a write of one stores nothing, so a write retried after
+  its episode was evicted is still idempotent.
 - :data:`CONFIGURE_TABLE`: replace the table's config hash, then evict past the new
   capacity.
 - :data:`ACQUIRE_SAMPLES`: admit ``n`` samples of each given table if every table's rate
   limiter allows it, and count them; otherwise change nothing.
+- :data:`READ_INDEX` (read only): a table's config, oldest seq and priority version, and the
+  meta of up to ``limit`` episodes inserted after a seq: one consistent view per call, so a
+  sampler's index never misses episodes the table holds.
 - :data:`READ_WINDOWS` (read only): the state row, action rows and frame of a batch of
   windows in one command.
 - :data:`UPDATE_PRIORITIES`: set the priority of stored episodes, ignoring ids no longer
@@ -28,6 +33,7 @@ import numpy as np
 from . import keys
 from .episode import Episode, encode_png
 from .rate_limiter import RATE_LIMITER_LUA
+from .table import TableConfig
 
 _HELPERS_LUA = """
 local EPISODE_KEY_PREFIX = '%(prefix)s'
@@ -45,9 +51,21 @@ local function tally_episode(tally, meta, delta)
     if redis.call('HINCRBY', tally, field, delta) <= 0 then redis.call('HDEL', tally, field) end
   end
 end
-local function evict_past_capacity(config, items, counters, priorities, tally)
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Forget ids evicted longer than the table's evicted_id_ttl_s ago; returns now and the TTL (ms).
+local function expire_evicted(config, evicted)
+  local ttl_ms = 1000 * tonumber(redis.call('HGET', config, 'evicted_id_ttl_s') or '%(ttl)r')
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', evicted, '-inf', '(' .. (now - ttl_ms))
+  return now, ttl_ms
+end
+local function evict_past_capacity(config, items, counters, priorities, tally, evicted)
   local capacity = tonumber(redis.call('HGET', config, 'capacity') or '')
-  local evicted = 0
+  local now, ttl_ms = expire_evicted(config, evicted)
+  local n = 0
   if not capacity then return 0 end
   while redis.call('ZCARD', items) > capacity do
     local oldest = redis.call('ZPOPMIN', items)[1]
@@ -61,18 +79,20 @@ local function evict_past_capacity(config, items, counters, priorities, tally)
     end
     redis.call('DEL', unpack(doomed))
     redis.call('ZREM', priorities, oldest)
+    if ttl_ms > 0 then redis.call('ZADD', evicted, now, oldest) end
     redis.call('HINCRBY', counters, 'episodes', -1)
     redis.call('HINCRBY', counters, 'steps', -tonumber(m[1]))
     redis.call('HINCRBY', counters, 'bytes', -tonumber(m[2]))
     redis.call('HINCRBY', counters, 'evicted', 1)
-    evicted = evicted + 1
+    n = n + 1
   end
-  return evicted
+  return n
 end
 """ % {
     "prefix": keys.EPISODE_KEY_PREFIX,
     "arrays": ", ".join(f"'{name}'" for name in keys.EPISODE_ARRAYS),
     "tally": ", ".join(f"'{name}'" for name in keys.TALLY_FIELDS),
+    "ttl": TableConfig.evicted_id_ttl_s,
 }
 
 # "#!lua" without flags: a script is refused up front when the server is out of memory, so
@@ -81,10 +101,13 @@ _PREAMBLE = "#!lua\n" + RATE_LIMITER_LUA + _HELPERS_LUA
 
 REFUSED = -1
 """First element of a reply refused by a rate limiter."""
+WRITE_STORED, WRITE_EVICTED = 1, 2
+"""First element of WRITE_EPISODE's reply when it stored the episode, and when it stored nothing
+because the id was evicted within evicted_id_ttl_s (0: already stored)."""
 
 WRITE_EPISODE_KEYS: tuple[str, ...] = (
     "meta", *keys.EPISODE_ARRAYS, "items", "counters", "tables", "config", "priorities",
-    "tally",
+    "tally", "evicted",
 )
 """KEYS of WRITE_EPISODE, followed by one frame key per stored frame."""
 
@@ -92,14 +115,19 @@ WRITE_EPISODE = _PREAMBLE + """
 -- ARGV: table, episode_id, length, nbytes, state, action, intervened, reward, priority,
 --       n_meta, meta field/value pairs..., frame PNGs (same order as the frame KEYS)...
 -- Returns {1, table, seq} stored; {0, table, seq} already stored (nothing written);
+-- {2, table, 0} evicted within evicted_id_ttl_s (nothing written);
 -- {-1, table, inserts, samples, size, 1} refused by the rate limiter (nothing written).
-local meta, items, counters, tables, config, priorities, tally =
-  KEYS[1], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local meta, items, counters, tables, config, priorities, tally, evicted =
+  KEYS[1], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 if redis.call('EXISTS', meta) == 1 then
   local found = redis.call('HMGET', meta, 'table', 'seq')
   return {0, found[1], tonumber(found[2])}
 end
 local table_name, episode_id = ARGV[1], ARGV[2]
+expire_evicted(config, evicted)
+if redis.call('ZSCORE', evicted, episode_id) then
+  return {2, table_name, 0}
+end
 local size, inserts, samples = counts(counters)
 if not can_insert(rate_limiter(config), size, inserts, samples, 1) then
   return {-1, table_name, tostring(inserts), tostring(samples), tostring(size), 1}
@@ -115,8 +143,8 @@ for i = 11, 10 + 2 * n_meta do
 end
 redis.call('HSET', meta, unpack(fields))
 local first_frame_arg = 11 + 2 * n_meta
-for i = 12, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[first_frame_arg + i - 12])
+for i = 13, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[first_frame_arg + i - 13])
 end
 redis.call('ZADD', items, seq, episode_id)
 redis.call('ZADD', priorities, ARGV[9], episode_id)
@@ -125,19 +153,19 @@ redis.call('HINCRBY', counters, 'steps', tonumber(ARGV[3]))
 redis.call('HINCRBY', counters, 'bytes', tonumber(ARGV[4]))
 tally_episode(tally, meta, 1)
 redis.call('SADD', tables, table_name)
-evict_past_capacity(config, items, counters, priorities, tally)
+evict_past_capacity(config, items, counters, priorities, tally, evicted)
 return {1, table_name, seq}
 """
 
-TABLE_SCRIPT_KEYS: tuple[str, ...] = ("config", "items", "counters", "priorities", "tally")
+TABLE_SCRIPT_KEYS: tuple[str, ...] = ("config", "items", "counters", "priorities", "tally", "evicted")
 """KEYS of CONFIGURE_TABLE (then the tables set)."""
 
 CONFIGURE_TABLE = _PREAMBLE + """
 -- ARGV: table, config field/value pairs... Returns the number of episodes evicted.
 redis.call('DEL', KEYS[1])
 if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
-redis.call('SADD', KEYS[6], ARGV[1])
-return evict_past_capacity(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SADD', KEYS[7], ARGV[1])
+return evict_past_capacity(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 """
 
 ACQUIRE_SAMPLES = _PREAMBLE + """
@@ -215,6 +243,29 @@ def write_episode_request(
     args = [table, eid, episode.length, nbytes, *arrays, priority, len(meta)]
     args += [v for item in meta.items() for v in item]
     return script_keys, args + frames, nbytes
+
+INDEX_SCRIPT_KEYS: tuple[str, ...] = ("config", "items", "counters")
+"""KEYS of READ_INDEX."""
+
+READ_INDEX = """#!lua flags=no-writes
+local META_FIELDS = {%s}
+-- KEYS: config, items, counters; ARGV: after_seq, limit.
+-- Returns {config field/value pairs, oldest seq ('' when empty), priority_version,
+-- 1 if more episodes follow the last one returned else 0, meta values of each episode...}.
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or ''
+local version = redis.call('HGET', KEYS[3], 'priority_version') or '0'
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, tonumber(ARGV[2]) + 1)
+local more = 0
+if #ids > tonumber(ARGV[2]) then
+  more = 1
+  ids[#ids] = nil
+end
+local out = {redis.call('HGETALL', KEYS[1]), oldest, version, more}
+for _, id in ipairs(ids) do
+  out[#out + 1] = redis.call('HMGET', '%s' .. id .. '}:meta', unpack(META_FIELDS))
+end
+return out
+""" % (", ".join(f"'{name}'" for name in keys.META_FIELDS), keys.EPISODE_KEY_PREFIX)
 
 READ_WINDOWS = """#!lua flags=no-writes
 -- KEYS: state, action, frame key of each window; ARGV: first and last byte of the state

@@ -2,7 +2,7 @@
 
 - **Table**: a named collection of items in Redis (``pretrain``, ``rollouts``,
   ``corrections``, or any ``[a-z][a-z0-9_]{0,31}`` name). Its keys are
-  ``fl:table:<name>:{items,counters,config,priorities,tally}`` (:mod:`.keys`). Tables are
+  ``fl:table:<name>:{items,counters,config,priorities,tally,evicted}`` (:mod:`.keys`). Tables are
   mixed at sampling time by the WindowSampler's mixture weights.
 - **Item**: one stored episode (:class:`~fleetloop.replay.episode.Episode`) with a
   priority; a sample returns *windows* cut from items (frame t, state t, actions
@@ -12,7 +12,8 @@
   client) or ``fifo`` (the oldest item). See :mod:`.selectors`.
 - **Remover** (a selector): decides which item is deleted when an insert takes the table
   past its capacity. Only ``fifo`` (the oldest item) exists; it runs inside the write
-  script, so eviction is atomic with the insert.
+  script, so eviction is atomic with the insert. Evicted ids are remembered for
+  ``evicted_id_ttl_s`` so that a retried write of an evicted episode does not store it again.
 - **RateLimiter**: may block inserts and samples to keep ``samples / inserts`` near a
   target (:mod:`.rate_limiter`); its counts live in Redis, so every writer and sampler of
   the table shares it.
@@ -49,6 +50,9 @@ class TableConfig:
     """Most episodes the table holds per server (per shard); past it the remover evicts."""
     remover: Literal["fifo"] = "fifo"
     """Which episode an insert past capacity evicts: ``fifo`` = the oldest."""
+    evicted_id_ttl_s: float = 3600.0
+    """How long the id of an evicted episode is remembered: a write of that id within this time
+    (a retry whose first attempt was applied, its reply lost) stores nothing. 0 forgets at once."""
     # ---- sampling ----
     sampler: Literal["uniform", "prioritized", "fifo"] = "uniform"
     """Which episode a window comes from."""
@@ -68,6 +72,9 @@ class TableConfig:
             or self.capacity < 1
         ):
             raise ValueError(f"capacity must be None or an int >= 1, got {self.capacity!r}")
+        ttl = self.evicted_id_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (math.isfinite(ttl) and ttl >= 0):
+            raise ValueError(f"evicted_id_ttl_s must be a finite number >= 0, got {ttl!r}")
         if self.remover not in REMOVERS:
             raise ValueError(f"remover must be one of {REMOVERS}, got {self.remover!r}")
         if self.sampler not in SELECTORS:
@@ -130,7 +137,7 @@ class TableConfig:
     def from_fields(cls, stored: Mapping[str, str]) -> "TableConfig":
         """Rebuild from the config hash (decoded); an empty hash gives ``TableConfig()``."""
         parsers = {"capacity": int, "min_size_to_sample": int, "priority_exponent": float,
-                   "samples_per_insert": float, "error_buffer": float}
+                   "evicted_id_ttl_s": float, "samples_per_insert": float, "error_buffer": float}
         return cls(**{
             f.name: parsers.get(f.name, str)(stored[f.name])
             for f in fields(cls) if f.name in stored

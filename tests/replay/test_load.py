@@ -71,8 +71,6 @@ POLL_S = 0.01
 """Pause between the monitor's reads of the table size and the server's memory."""
 SYNC_TIMEOUT_S = 60.0
 """Longest wait of a process or thread for another one to get ready."""
-IOBUF_BYTES = 16 * 1024
-"""Bytes Valkey reads from a client at a time (PROTO_IOBUF_LEN)."""
 
 
 @pytest.fixture
@@ -229,19 +227,9 @@ def test_concurrent_writers_and_samplers_keep_every_episode_and_stay_bounded(val
         sizes = LOAD_BENCH.probe_sizes(admin, probe, TABLE, HORIZON)
         connected.wait(SYNC_TIMEOUT_S)
         baseline = admin.redis.info("memory")["used_memory"]
-        memory_bound = (
-            baseline
-            # stored episodes: a write stores its episode, then evicts the oldest
-            + sizes["episode"] * (CAPACITY + 1)
-            # per writer one request in flight: its query buffer, grown by doubling while
-            # read IOBUF_BYTES at a time, and its script's effects in the AOF buffer (written
-            # out once per event loop, which may run every writer's script)
-            + WRITERS * (2 * (sizes["request"] + IOBUF_BYTES) + sizes["request"])
-            # the argv of the one script running
-            + sizes["request"]
-            # per sampler its reply: a batch of windows or an index refresh (<= CAPACITY metas)
-            + SAMPLERS * max(BATCH * sizes["window"], CAPACITY * sizes["index_entry"])
-        )
+        memory_bound = LOAD_BENCH.memory_bound(
+            baseline, sizes, capacity=CAPACITY, writers=WRITERS, samplers=SAMPLERS, batch_size=BATCH,
+            evicted=total - CAPACITY)
 
         writers, monitor = Writers(first_insert), Monitor(admin)
         with ThreadPoolExecutor(WRITERS + 1) as threads:
