@@ -18,7 +18,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from deploy_tools import require_tool
+from tests.tools import require_tool
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 KUSTOMIZATIONS = {"base": K8S / "base", "dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
-from deploy_tools import require_tool
+from tests.tools import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "deploy" / "k8s" / "base" / "monitoring"

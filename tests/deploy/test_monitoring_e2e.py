@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_tools import require_tool
+from tests.tools import require_tool
 from monitoring_refs import metric_refs, panels, dashboard_files, substitute, write_rules_file
 
 from tests.integration.test_loop import free_ports, scrape, start_up

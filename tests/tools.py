@@ -1,4 +1,4 @@
-"""External tools the deploy tests run (kubectl's kustomize, promtool, prometheus)."""
+"""External tools some tests run (kubectl's kustomize, promtool, prometheus, redis-server)."""
 
 import os
 import shutil
