@@ -245,7 +245,10 @@ class Loop:
         options = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env(self.cfg, self.run))
         if self.cfg.run.ray_address == "local":
             options.update(num_cpus=n + 2, include_dashboard=False, object_store_memory=256 << 20)
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(address=self.cfg.run.ray_address, **options)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaces it with a plain sys.exit
         self._stack.callback(ray.shutdown)
         learner_cls = ray.remote(num_cpus=1, num_gpus=self.cfg.learner.num_gpus,
                                  resources=dict(self.cfg.learner.ray_resources))(Learner)

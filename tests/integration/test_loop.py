@@ -138,7 +138,9 @@ def test_short_loop_every_role_does_its_part(tmp_path):
     assert not (run_dir / "replay" / "server.json").exists(), "embedded Valkey left running"
 
 
-def test_ctrl_c_stops_every_process(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_a_signal_stops_every_process(tmp_path, signum):
+    """Ctrl-C, or SIGTERM (what Kubernetes sends; ray.init must not replace up's handler)."""
     run_dir = tmp_path / "run"
     # 100 rounds: the run is still going when SIGINT arrives and could not end by itself within the wait below
     proc, endpoints = start_up(run_dir, "--set", "run.rounds=100")
@@ -150,7 +152,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
         time.sleep(0.5)
     started |= descendants(proc.pid)
     assert len(started) >= 4, "Valkey, Ray's services, the learner and the actors run below fleetloop up"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, output
     assert "interrupted" in output
