@@ -77,8 +77,9 @@ class WeightSubscriber:
         tls: TlsConfig | None = None,
         token: str | None = None,
     ):
-        if not subscriber_id:
-            raise ValueError("subscriber_id must be non-empty")
+        if not 0 < len(subscriber_id) <= codec.MAX_SUBSCRIBER_ID_CHARS:
+            raise ValueError(f"subscriber_id must have 1 to {codec.MAX_SUBSCRIBER_ID_CHARS} characters, "
+                             f"got {len(subscriber_id)}")
         if known_version < 0:
             raise ValueError(f"known_version must be >= 0, got {known_version}")
         if timeout_s <= 0 or pull_timeout_s <= 0:

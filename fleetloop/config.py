@@ -11,14 +11,19 @@ from __future__ import annotations
 import importlib.resources
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleetloop.limits import InputError, read_limited
 
 PRESETS_PACKAGE = "fleetloop.presets"
 DEFAULT_PRESET = "default"
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read: the presets are about 2 KB."""
+MAX_SECRET_BYTES = 64 << 10
+"""Largest password or token file read: secrets are short lines."""
 
 
 class ConfigError(ValueError):
@@ -27,6 +32,23 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _read_secret(path: str, field: str) -> str:
+    """The stripped text of the secret file ``path``, at most MAX_SECRET_BYTES.
+
+    Raises:
+        ConfigError: naming ``field`` and the file: unreadable, too large, not UTF-8 or empty.
+    """
+    try:
+        text = read_limited(Path(path), MAX_SECRET_BYTES).decode().strip()
+    except InputError as exc:
+        raise ConfigError(f"{field}: cannot read {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{field}: {path} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"{field}: {path} is empty")
+    return text
 
 
 def _check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
@@ -88,14 +110,9 @@ class ReplaySection(_Section):
         """The password read from ``password_file`` (None without one).
 
         Raises:
-            ConfigError: the file cannot be read; the message names the field.
+            ConfigError: the file cannot be read, is too large or empty; the message names the field.
         """
-        if self.password_file is None:
-            return None
-        try:
-            return Path(self.password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"replay.password_file: cannot read {self.password_file}: {exc.strerror}") from None
+        return None if self.password_file is None else _read_secret(self.password_file, "replay.password_file")
 
     @field_validator("mixture")
     @classmethod
@@ -166,6 +183,8 @@ class LearnerSection(_Section):
 
 
 class WeightsSection(_Section):
+    _name: ClassVar[str] = "weights"
+
     host: str = Field("127.0.0.1", description="Bind address of the WeightService.")
     port: int = Field(50051, ge=0, le=65535, description="WeightService port (0 = any free port).")
     chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Bytes per streamed weight chunk.")
@@ -190,7 +209,12 @@ class WeightsSection(_Section):
         return self
 
     def credentials(self):
-        """(TlsConfig | None, token | None) for the WeightService server and its subscribers."""
+        """(TlsConfig | None, token | None) for the WeightService server and its subscribers.
+
+        Raises:
+            ConfigError: the token file cannot be read, is too large or empty.
+            fleetloop.limits.InputError: a PEM file cannot be read or is too large.
+        """
         from fleetloop.protos.security import TlsConfig  # grpc: import on use
 
         tls = None
@@ -198,12 +222,14 @@ class WeightsSection(_Section):
             tls = TlsConfig.from_files(self.tls_ca_file, self.tls_cert_file, self.tls_key_file,
                                        require_client_auth=self.tls_require_client_auth,
                                        server_name=self.tls_server_name)
-        token = Path(self.token_file).read_text().strip() if self.token_file else None
+        token = _read_secret(self.token_file, f"{self._name}.token_file") if self.token_file else None
         return tls, token
 
 
 class BridgeSection(_Section):
     """The robot bridge (`fleetloop robot-bridge`) and its clients; TLS and token work as in `weights`."""
+
+    _name: ClassVar[str] = "bridge"
 
     env: str = Field("reach", description="Env the mujoco-twin backend simulates (a name registered in actors/envs).")
     host: str = Field("127.0.0.1", description="Bind address of the RobotService.")
@@ -372,13 +398,13 @@ def _read_yaml(source: str) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file {source} does not exist")
-        text = path.read_text()
+        document: bytes | str = read_limited(path, MAX_CONFIG_BYTES, ConfigError)
     elif source in preset_names():
-        text = importlib.resources.files(PRESETS_PACKAGE).joinpath(f"{source}.yaml").read_text()
+        document = importlib.resources.files(PRESETS_PACKAGE).joinpath(f"{source}.yaml").read_text()
     else:
         raise ConfigError(f"config {source!r} is neither a file nor a preset; presets: {preset_names()}")
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(document) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {source} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -6,8 +6,10 @@ subscribers, manifest checksum), keeps the newest few, and wakes the watch strea
 chunking and slow subscribers never hold up ``publish``: it only swaps in the new version under a
 lock and notifies. A pull against a held base version sends only tensors whose checksum changed,
 and skips tensors a resuming subscriber already holds. Subscribers report the version they
-applied, which feeds the subscriber count and the propagation histogram. The server also answers
-gRPC health checks and, when configured, requires TLS and a bearer token (``protos/security.py``)."""
+applied, which feeds the subscriber count and the propagation histogram. Requests refused by a
+handler (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED) are counted in
+``fleetloop_weights_requests_rejected_total{reason}``. The server also answers gRPC health checks
+and, when configured, requires TLS and a bearer token (``protos/security.py``)."""
 
 import logging
 import threading
@@ -15,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 import torch
@@ -22,6 +25,7 @@ from grpc_health.v1 import health
 from prometheus_client import Counter, Gauge, Histogram
 
 from fleetloop.protos import codec, weights_pb2, weights_pb2_grpc
+from fleetloop.protos.codec import MAX_SUBSCRIBER_ID_CHARS
 from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor, address, start_server
 
 logger = logging.getLogger(__name__)
@@ -40,13 +44,24 @@ PROPAGATION_SECONDS = Histogram(
     "Time from publish to a subscriber's applied report, measured on the publisher's clock.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+REQUESTS_REJECTED = Counter(
+    "fleetloop_weights_requests_rejected_total",
+    "WeightService requests refused by a handler, by reason: invalid_argument, version_not_held, watch_limit.",
+    ["reason"],
+)
 
 SERVICE_NAME = weights_pb2.DESCRIPTOR.services_by_name["WeightService"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 """Names the health service reports SERVING while the publisher runs ("" is the whole server)."""
 
+METRICS_SERVICE = "weights"
+"""The ``service`` label of this server's gRPC metrics (``protos/security.py``)."""
+
 SUBSCRIBER_ACTIVE_SECONDS = 60.0
 """A subscriber counts as active if it reported within this window."""
+MAX_SUBSCRIBERS = 4096
+"""Subscribers whose applied version is remembered; a report from a new one beyond this forgets the
+subscriber whose last report is oldest (it is counted again once it reports)."""
 
 _MAX_REQUEST_BYTES = 1 << 20
 _MESSAGE_OVERHEAD_BYTES = 1 << 16
@@ -75,6 +90,19 @@ class PublishedVersion:
         )
 
 
+def _reject(context: grpc.ServicerContext, code: grpc.StatusCode, reason: str, details: str) -> NoReturn:
+    """Count the refusal under ``reason`` and end the call with ``code``."""
+    REQUESTS_REJECTED.labels(reason).inc()
+    context.abort(code, details)
+
+
+def _check_subscriber_id(subscriber_id: str, context: grpc.ServicerContext) -> None:
+    """Refuse an id over MAX_SUBSCRIBER_ID_CHARS with INVALID_ARGUMENT."""
+    if len(subscriber_id) > MAX_SUBSCRIBER_ID_CHARS:
+        _reject(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
+                f"subscriber_id of {len(subscriber_id)} characters exceeds the limit of {MAX_SUBSCRIBER_ID_CHARS}")
+
+
 class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
     """gRPC handlers of WeightService, reading versions from a WeightPublisher."""
 
@@ -82,12 +110,11 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
         self._publisher = publisher
 
     def WatchVersions(self, request: weights_pb2.WatchRequest, context: grpc.ServicerContext):
+        _check_subscriber_id(request.subscriber_id, context)
         pub = self._publisher
         if not pub._acquire_watch_slot():
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"watch limit of {pub.max_watchers} concurrent streams reached; retry later",
-            )
+            _reject(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "watch_limit",
+                    f"watch limit of {pub.max_watchers} concurrent streams reached; retry later")
         try:
             context.add_callback(pub._wake_watchers)
             known = request.known_version
@@ -102,25 +129,31 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
             pub._release_watch_slot()
 
     def PullVersion(self, request: weights_pb2.PullRequest, context: grpc.ServicerContext):
+        _check_subscriber_id(request.subscriber_id, context)
         snapshot = self._publisher._lookup(request.version)
         if snapshot is None:
             held = self._publisher.held_versions()
             what = "latest version" if request.version == 0 else f"version {request.version}"
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"{what} is not held by the weight publisher (held versions: {held or 'none'})",
-            )
+            _reject(context, grpc.StatusCode.NOT_FOUND, "version_not_held",
+                    f"{what} is not held by the weight publisher (held versions: {held or 'none'})")
         base = self._publisher._lookup(request.base_version) if request.base_version else None
         if base is not None and base.version >= snapshot.version:
             base = None
+        # have_tensors: at most ~1M indices within _MAX_REQUEST_BYTES; the manifest keeps one per tensor
         resumed = sorted({i for i in request.have_tensors if i < len(snapshot.tensors)})
         logger.debug("subscriber %r pulling version %d (base %s, resuming %d tensors)", request.subscriber_id,
                      snapshot.version, base.version if base else "none", len(resumed))
         yield from _chunks(snapshot, base, resumed)
 
     def ReportApplied(self, request: weights_pb2.AppliedReport, context: grpc.ServicerContext):
+        _check_subscriber_id(request.subscriber_id, context)
         if not request.subscriber_id or request.version == 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "subscriber_id and a version >= 1 are required")
+            _reject(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
+                    "subscriber_id and a version >= 1 are required")
+        latest = self._publisher.latest_version
+        if request.version > latest:
+            _reject(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument",
+                    f"version {request.version} was never published (latest: {latest})")
         self._publisher._record_applied(request.subscriber_id, request.version)
         return weights_pb2.Ack()
 
@@ -221,7 +254,7 @@ class WeightPublisher:
         self.max_watchers = max_watchers
         self.pull_workers = pull_workers
         self.tls = tls
-        self._interceptors = [TokenAuthInterceptor(token, "weights")] if token else []
+        self._interceptors = [TokenAuthInterceptor(token, METRICS_SERVICE)] if token else []
         if tls is not None:
             tls.server_credentials()  # fail here, not at start, on incomplete TLS material
         self._health: health.HealthServicer | None = None
@@ -230,7 +263,8 @@ class WeightPublisher:
         self._latest: PublishedVersion | None = None
         self._watchers = 0
         self._stopping = False
-        self._applied: dict[str, tuple[int, float]] = {}
+        # subscriber -> (highest applied version, monotonic time of its last report), oldest report first
+        self._applied: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._server: grpc.Server | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -247,7 +281,8 @@ class WeightPublisher:
         with self._cond:
             self._stopping = False
         self._server, self._health, bound = start_server(
-            "weight service", self.host, self.port, workers=self.max_watchers + self.pull_workers,
+            "weight service", self.host, self.port, service=METRICS_SERVICE,
+            workers=self.max_watchers + self.pull_workers,
             max_send_bytes=self.max_message_bytes, max_receive_bytes=_MAX_REQUEST_BYTES,
             add_servicers=lambda server: add_servicer_to_server(WeightServicer(self), server),
             health_services=HEALTH_SERVICES, interceptors=self._interceptors, tls=self.tls,
@@ -346,10 +381,14 @@ class WeightPublisher:
             return sum(1 for _, seen in self._applied.values() if seen >= cutoff)
 
     def _record_applied(self, subscriber_id: str, version: int) -> None:
+        """Remember the report, forgetting the oldest reporter beyond MAX_SUBSCRIBERS."""
         now = time.monotonic()
         with self._cond:
             previous = self._applied.get(subscriber_id, (0, 0.0))[0]
             self._applied[subscriber_id] = (max(previous, version), now)
+            self._applied.move_to_end(subscriber_id)
+            if len(self._applied) > MAX_SUBSCRIBERS:
+                self._applied.popitem(last=False)
             snapshot = self._versions.get(version)
         if snapshot is not None and version > previous:
             PROPAGATION_SECONDS.observe(now - snapshot.published_monotonic)

@@ -29,6 +29,9 @@ DTYPES: dict[str, torch.dtype] = {
 }
 """Wire dtype name -> torch dtype."""
 
+MAX_SUBSCRIBER_ID_CHARS = 256
+"""Longest ``subscriber_id`` a WeightService request may carry (actor ids are short names)."""
+
 DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 """Torch dtype -> wire dtype name."""
 

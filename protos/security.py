@@ -6,7 +6,8 @@ server requires client certificates). A bearer token travels as ``authorization:
 metadata on every call: ``TokenAuthInterceptor`` rejects a missing or wrong one with
 UNAUTHENTICATED and counts it; ``open_channel`` adds it on the client side. The gRPC health
 service is exempt, so probes need no token. ``start_server`` builds, binds and starts a server
-with the health service; ``open_channel`` opens a client channel; both set keep-alives.
+with the health service, counting requests that do not parse (``UndecodableRequestInterceptor``);
+``open_channel`` opens a client channel; both set keep-alives.
 """
 
 import hmac
@@ -20,10 +21,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter
 
+from fleetloop.limits import read_limited
+
 logger = logging.getLogger(__name__)
 
 AUTH_FAILURES = Counter(
     "fleetloop_grpc_auth_failures_total", "gRPC calls rejected for a missing or wrong bearer token, by service.",
+    ["service"],
+)
+UNDECODABLE_REQUESTS = Counter(
+    "fleetloop_grpc_undecodable_requests_total",
+    "gRPC requests whose bytes do not parse as the method's request message (answered INTERNAL), by service.",
     ["service"],
 )
 
@@ -46,6 +54,9 @@ AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 """Methods served without a token."""
 
 _AUTH_HEADER = "authorization"
+
+MAX_PEM_BYTES = 1 << 20
+"""Largest PEM file read: a certificate chain or key is a few KB, a CA bundle a few hundred."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +81,15 @@ class TlsConfig:
     @classmethod
     def from_files(cls, ca_cert: str | Path | None = None, cert_chain: str | Path | None = None,
                    private_key: str | Path | None = None, **kwargs) -> "TlsConfig":
-        """Read the PEM files that are given; other arguments as for the constructor."""
+        """Read the PEM files that are given; other arguments as for the constructor.
+
+        Raises:
+            fleetloop.limits.InputError (a ValueError): naming a file that is missing, not a regular
+                file or over MAX_PEM_BYTES.
+        """
 
         def read(path: str | Path | None) -> bytes | None:
-            return Path(path).read_bytes() if path is not None else None
+            return read_limited(Path(path), MAX_PEM_BYTES) if path is not None else None
 
         return cls(read(ca_cert), read(cert_chain), read(private_key), **kwargs)
 
@@ -138,6 +154,45 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return False
 
 
+_HANDLER_FACTORIES = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
+
+
+class UndecodableRequestInterceptor(grpc.ServerInterceptor):
+    """Counts requests whose bytes do not parse as the method's request message under ``service``.
+
+    gRPC Python parses a request before any handler runs; when the request deserializer raises, the
+    server logs it and answers INTERNAL "Exception deserializing request!" itself. This interceptor
+    wraps each method's request deserializer to count those failures. Installed first by
+    ``start_server``, it wraps the token check's refusal too: undecodable bytes with a wrong token also
+    get INTERNAL, counted here and as an auth failure.
+    """
+
+    def __init__(self, service: str):
+        self._service = service
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def counted(data: bytes):
+            try:
+                return parse(data)
+            except Exception:
+                UNDECODABLE_REQUESTS.labels(self._service).inc()
+                raise
+
+        kind, make = next((kind, make) for kind, make in _HANDLER_FACTORIES if getattr(handler, kind))
+        return make(getattr(handler, kind), request_deserializer=counted,
+                    response_serializer=handler.response_serializer)
+
+
 class _TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Adds the bearer token to every unary and server-streaming call."""
 
@@ -178,14 +233,16 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def start_server(name: str, host: str, port: int, *, workers: int, max_send_bytes: int, max_receive_bytes: int,
-                 add_servicers: Callable[[grpc.Server], None], health_services: Iterable[str],
+def start_server(name: str, host: str, port: int, *, service: str, workers: int, max_send_bytes: int,
+                 max_receive_bytes: int, add_servicers: Callable[[grpc.Server], None], health_services: Iterable[str],
                  interceptors: list[grpc.ServerInterceptor], tls: TlsConfig | None,
                  token_required: bool) -> tuple[grpc.Server, health.HealthServicer, int]:
-    """Build, bind and start a gRPC server whose health service reports ``health_services`` SERVING.
+    """Build, bind and start a gRPC server whose health service reports ``health_services`` SERVING
+    and whose undecodable requests are counted (``UndecodableRequestInterceptor``, before ``interceptors``).
 
     Args:
         name: the service as logs and errors name it, e.g. "weight service".
+        service: the service as metrics label it, e.g. "weights".
         workers: handler threads, also the limit of concurrent calls.
         add_servicers: registers the service's servicers on the server.
 
@@ -204,7 +261,7 @@ def start_server(name: str, host: str, port: int, *, workers: int, max_send_byte
             *SERVER_KEEPALIVE_OPTIONS,
         ],
         maximum_concurrent_rpcs=workers,
-        interceptors=interceptors,
+        interceptors=[UndecodableRequestInterceptor(service), *interceptors],
     )
     add_servicers(server)
     health_servicer = health.HealthServicer()

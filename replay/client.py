@@ -19,7 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from . import keys, scripts, stats
-from .episode import Episode, EpisodeInfo, decode_floats, decode_png, parse_info
+from .episode import Episode, EpisodeInfo, decode_floats, decode_frame, parse_info
 from .errors import (
     InvalidEpisodeError,
     RateLimitedError,
@@ -35,7 +35,7 @@ from .rate_limiter import await_admission
 from .selectors.interface import check_priority
 from .table import TableConfig
 
-__all__ = ["ReplayClient", "ReplayCollector", "decode_png", "redact_url", "translate_errors"]
+__all__ = ["ReplayClient", "ReplayCollector", "redact_url", "translate_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class ReplayClient:
         return Episode(
             states=decode_floats(state, (length, info.state_dim)),
             actions=decode_floats(action, (length, info.action_dim)),
-            frames={s: decode_png(f) for s, f in zip(info.frame_steps, frames)},
+            frames={s: decode_frame(f, info, s) for s, f in zip(info.frame_steps, frames)},
             instruction=info.instruction,
             embodiment=info.embodiment,
             source=info.source,

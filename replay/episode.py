@@ -10,6 +10,8 @@ from typing import NoReturn
 import numpy as np
 from PIL import Image
 
+from fleetloop import limits
+
 from . import keys
 from .errors import InvalidEpisodeError
 from .keys import EPISODE_ID_RE
@@ -168,10 +170,16 @@ def encode_png(frame: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(blob: bytes) -> np.ndarray:
-    """Decode a stored frame into a uint8 (h, w, 3) array."""
-    with Image.open(io.BytesIO(blob)) as image:
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+def decode_frame(blob: bytes, info: "EpisodeInfo", step: int) -> np.ndarray:
+    """Decode the stored frame at ``step`` of the episode ``info`` describes into a uint8 (h, w, 3)
+    array. Its PNG header is checked against ``info.frame_shape`` (and
+    ``fleetloop.limits.MAX_IMAGE_PIXELS``) before any pixel is decoded.
+
+    Raises:
+        fleetloop.limits.InputError (a ValueError): naming the episode and step: the blob is not a
+            PNG, or not of the episode's frame size.
+    """
+    return limits.decode_png(blob, f"frame {step} of episode {info.episode_id}", info.frame_shape[:2])
 
 
 def decode_floats(blob: bytes, shape: tuple[int, ...]) -> np.ndarray:

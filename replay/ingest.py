@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fleetloop.limits import check_file, read_limited
+
 from . import keys
 from .client import ReplayClient, translate_errors
 from .episode import Episode
@@ -40,9 +42,7 @@ from .lerobot import (
     DatasetError,
     DatasetMeta,
     Modality,
-    check_file,
     compute_stats,
-    read_limited,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def dataset_id(root: Path) -> str:
     digest = hashlib.sha256()
     for relative in _IDENTITY_FILES:
         path = Path(root) / relative
-        data = read_limited(path, MAX_META_FILE_BYTES) if path.is_file() else b""
+        data = read_limited(path, MAX_META_FILE_BYTES, DatasetError) if path.is_file() else b""
         digest.update(relative.encode() + b"\0" + data)
     return f"{name}-{digest.hexdigest()[:12]}"
 
@@ -228,7 +228,7 @@ def _read_parquet(path: Path) -> pa.Table:
     Raises:
         DatasetError: naming the file and the limit it exceeds, or why it cannot be read.
     """
-    check_file(path, MAX_PARQUET_BYTES)
+    check_file(path, MAX_PARQUET_BYTES, DatasetError)
     try:
         footer = pq.ParquetFile(path).metadata
         decoded = sum(footer.row_group(i).total_byte_size for i in range(footer.num_row_groups))
@@ -358,7 +358,7 @@ def _instruction(data: pa.Table, meta: DatasetMeta, row: dict, path: Path) -> st
 def _iter_video(path: Path) -> Iterator[av.VideoFrame]:
     """Decoded frames of a video file in presentation order (frame i = parquet row i), within
     MAX_VIDEO_BYTES, MAX_FRAME_PIXELS and MAX_EPISODE_STEPS frames."""
-    check_file(path, MAX_VIDEO_BYTES)
+    check_file(path, MAX_VIDEO_BYTES, DatasetError)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:

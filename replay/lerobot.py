@@ -24,13 +24,14 @@ import json
 import logging
 import math
 import re
-import stat
 import string
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+
+from fleetloop.limits import read_limited
 
 logger = logging.getLogger(__name__)
 
@@ -214,42 +215,6 @@ def check_template(template: Any, where: str) -> None:
         raise DatasetError(f"{where} {template!r} leads outside the dataset")
 
 
-def check_file(path: Path, limit: int) -> None:
-    """Check that ``path`` is a regular file of at most ``limit`` bytes (not a device, a pipe or a
-    directory, which a symlink could name).
-
-    Raises:
-        DatasetError: naming the file: missing, unreadable, not a regular file, or too large.
-    """
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file is missing") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read: {exc}") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise DatasetError(f"{path}: not a regular file")
-    if info.st_size > limit:
-        raise DatasetError(f"{path}: {info.st_size} bytes exceed the limit of {limit} bytes for this file")
-
-
-def read_limited(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them.
-
-    Raises:
-        DatasetError: as :func:`check_file`, or the file grew past ``limit`` while read.
-    """
-    check_file(path, limit)
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read: {exc}") from exc
-    if len(data) > limit:
-        raise DatasetError(f"{path}: more than the limit of {limit} bytes for this file")
-    return data
-
-
 def _parse_json(text: str | bytes) -> Any:
     """``json.loads``; deep nesting and over-long integers raise ValueError like bad syntax does."""
     try:
@@ -265,7 +230,7 @@ def load_json(path: Path) -> Any:
         DatasetError: the file is missing, too large or not valid JSON.
     """
     try:
-        return _parse_json(read_limited(path, MAX_META_FILE_BYTES))
+        return _parse_json(read_limited(path, MAX_META_FILE_BYTES, DatasetError))
     except ValueError as exc:  # also UnicodeDecodeError, and integers past Python's digit limit
         raise DatasetError(f"{path}: cannot read JSON: {exc}") from exc
 
@@ -277,7 +242,7 @@ def load_jsonlines(path: Path) -> list[dict[str, Any]]:
         DatasetError: the file is missing or too large, or a line is not a JSON object.
     """
     try:
-        lines = read_limited(path, MAX_META_FILE_BYTES).decode().splitlines()
+        lines = read_limited(path, MAX_META_FILE_BYTES, DatasetError).decode().splitlines()
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from exc
     rows = []

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import keys, scripts
 from .client import IndexChunk, ReplayClient
-from .episode import EpisodeInfo, decode_png
+from .episode import EpisodeInfo, decode_frame
 from .errors import EmptyReplayError, ReplayError, translate_errors
 from .metrics import SAMPLES
 from .selectors import Selector, make_selector
@@ -244,7 +244,7 @@ class WindowSampler:
         """
         return [
             {
-                "image": decode_png(w.frame),
+                "image": decode_frame(w.frame, w.pick.info, w.pick.step),
                 "state": np.frombuffer(w.state, keys.FLOAT_DTYPE).astype(np.float32),
                 "action": self._actions(w),
                 "action_is_pad": self._is_pad(w),
@@ -291,7 +291,7 @@ class WindowSampler:
         if decode_images:
             images = np.empty((len(windows), *frame_shape), np.uint8)
             for i, w in enumerate(windows):
-                images[i] = decode_png(w.frame)
+                images[i] = decode_frame(w.frame, w.pick.info, w.pick.step)
             batch["image"] = images
         else:
             batch["image_png"] = [w.frame for w in windows]

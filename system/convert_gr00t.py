@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from fleetloop.limits import InputError, read_limited
 from fleetloop.system.checkpoint import save_tensors, shape_problems
 from fleetloop.system.config import ModelConfig, model_preset
 from fleetloop.system.errors import CheckpointMismatchError
@@ -33,6 +34,8 @@ from fleetloop.system.policy import DualSystemPolicy
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 64 << 20
+"""Largest index file read: GR00T-N1-2B's (802 tensors, one line each) is about 90 KB."""
 
 
 class GR00TConversionError(CheckpointMismatchError):
@@ -91,17 +94,35 @@ def gr00t_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {gr00t: tuple(params[ours].shape) for gr00t, ours in gr00t_name_map(config).items()}
 
 
+def _indexed_shards(index: Path) -> set[str]:
+    """The shard file names the index's ``weight_map`` lists (plain names in its directory)."""
+    try:
+        data = json.loads(read_limited(index, MAX_INDEX_BYTES))
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise InputError(f"{index}: not valid JSON: {exc}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    outside = sorted(name for name in set(weight_map.values()) if Path(name).name != name or name in ("", ".", ".."))
+    if outside:
+        raise InputError(f"{index}: shard names must be file names in its directory, got {outside[:5]}")
+    return set(weight_map.values())
+
+
 def source_files(src_dir: Path) -> list[Path]:
     """The safetensors files of checkpoint directory `src_dir` (shards from the index if present).
 
     Raises:
         FileNotFoundError: if the directory, an indexed shard or any safetensors file is missing.
+        fleetloop.limits.InputError (a ValueError): the index is not a regular file, exceeds
+            MAX_INDEX_BYTES, is not JSON with a ``weight_map`` of tensor name -> shard file name, or
+            names a shard outside the directory.
     """
     if not src_dir.is_dir():
         raise FileNotFoundError(f"{src_dir}: not a directory")
     index = src_dir / INDEX_FILE
     if index.exists():
-        files = [src_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        files = [src_dir / name for name in sorted(_indexed_shards(index))]
         absent = [str(f) for f in files if not f.exists()]
         if absent:
             raise FileNotFoundError(f"{index} lists shards that do not exist: {absent}")
@@ -133,6 +154,7 @@ def convert_gr00t(
         GR00TConversionError (a ValueError): naming every tensor the model needs that the
         source lacks or holds in another shape, with expected and actual shapes.
         FileNotFoundError: for a missing directory or shard.
+        fleetloop.limits.InputError (a ValueError): the shard index exceeds MAX_INDEX_BYTES.
     """
     src_dir, out_path = Path(src_dir), Path(out_path)
     config = model_preset(preset)

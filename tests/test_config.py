@@ -1,8 +1,18 @@
 """The typed configuration: presets, overrides, and errors that name the field."""
 
+import re
+
 import pytest
 
-from fleetloop.config import ConfigError, FleetloopConfig, apply_override, load_config, preset_names
+from fleetloop.config import (
+    MAX_CONFIG_BYTES,
+    MAX_SECRET_BYTES,
+    ConfigError,
+    FleetloopConfig,
+    apply_override,
+    load_config,
+    preset_names,
+)
 
 
 def test_presets_load_and_validate():
@@ -80,6 +90,44 @@ def test_cluster_settings(tmp_path):
     missing = load_config("default", ["replay.password_file=/no/such/secret"])  # read on use: bridges lack it
     with pytest.raises(ConfigError, match="replay.password_file: cannot read /no/such/secret"):
         missing.replay.password()
+
+
+def _over_limit(limit: int) -> str:
+    return f"{limit + 1} bytes exceed the limit of {limit} bytes for this file"
+
+
+def test_config_file_over_the_limit_is_refused(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("learner:\n  lr: 0.001\n".ljust(MAX_CONFIG_BYTES, "#"))
+    assert load_config(str(path)).learner.lr == pytest.approx(0.001)
+    path.write_text("learner:\n  lr: 0.001\n".ljust(MAX_CONFIG_BYTES + 1, "#"))
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {_over_limit(MAX_CONFIG_BYTES)}")):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("section", ["weights", "bridge"])
+def test_token_file_over_the_limit_or_empty_is_refused(tmp_path, section):
+    token = tmp_path / "token"
+    token.write_text("s3cret".ljust(MAX_SECRET_BYTES, " "))
+    cfg = getattr(load_config("default", [f"{section}.token_file={token}"]), section)
+    assert cfg.credentials() == (None, "s3cret")
+    token.write_text("s3cret".ljust(MAX_SECRET_BYTES + 1, " "))
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.token_file: cannot read {token}: "
+                                                    f"{_over_limit(MAX_SECRET_BYTES)}")):
+        cfg.credentials()
+    token.write_text(" \n")
+    with pytest.raises(ConfigError, match=re.escape(f"{section}.token_file: {token} is empty")):
+        cfg.credentials()
+
+
+def test_password_file_over_the_limit_empty_or_binary_is_refused(tmp_path):
+    secret = tmp_path / "password"
+    cfg = load_config("default", [f"replay.password_file={secret}"])
+    for data, problem in [(b"p" * (MAX_SECRET_BYTES + 1), f"cannot read {secret}: {_over_limit(MAX_SECRET_BYTES)}"),
+                          (b"\n", f"{secret} is empty"), (b"\xff", f"{secret} is not UTF-8 text")]:
+        secret.write_bytes(data)
+        with pytest.raises(ConfigError, match=re.escape(f"replay.password_file: {problem}")):
+            cfg.replay.password()
 
 
 def test_all_errors_reported_at_once():

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = robot_pb2.DESCRIPTOR.services_by_name["RobotService"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 """Names the health service reports SERVING while the bridge runs ("" is the whole server)."""
+METRICS_SERVICE = "robot"
+"""The ``service`` label of this server's gRPC metrics (``protos/security.py``)."""
 
 MAX_DETAILS_CHARS = 1024
 """Refusal details may echo what the client sent (a robot or episode id); longer ones are cut so
@@ -188,7 +190,7 @@ class RobotBridgeServer:
         self.max_streams = max_streams
         self.workers = workers
         self.tls = tls
-        self._interceptors = [_MetricsInterceptor(), *([TokenAuthInterceptor(token, "robot")] if token else [])]
+        self._interceptors = [_MetricsInterceptor(), *([TokenAuthInterceptor(token, METRICS_SERVICE)] if token else [])]
         self._server: grpc.Server | None = None
         self._backend_closed = False
         self._health: health.HealthServicer | None = None
@@ -209,7 +211,7 @@ class RobotBridgeServer:
             raise RuntimeError("RobotBridgeServer already started or stopped")
         bridge_metrics.register()
         self._server, self._health, self.port = start_server(
-            "robot bridge", self.host, self.port, workers=self.max_streams + self.workers,
+            "robot bridge", self.host, self.port, service=METRICS_SERVICE, workers=self.max_streams + self.workers,
             max_send_bytes=self.max_message_bytes, max_receive_bytes=self.max_message_bytes,
             add_servicers=lambda server: robot_pb2_grpc.add_RobotServiceServicer_to_server(
                 RobotServicer(self.backend, self.max_streams), server),

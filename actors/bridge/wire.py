@@ -1,8 +1,8 @@
 """Conversions between the bridge's Python types (``backend.py``) and RobotService messages.
 
 Arrays travel as raw float32 little-endian bytes with their dims beside them; images as raw RGB8
-or PNG. No pickle. An image from the wire is checked against ``MAX_IMAGE_PIXELS`` and, for a PNG,
-its header against the message's size before any pixel is decoded.
+or PNG. No pickle. An image from the wire is checked against ``fleetloop.limits.MAX_IMAGE_PIXELS``
+and, for a PNG, its header against the message's size before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -21,18 +21,13 @@ from fleetloop.actors.bridge.backend import (
     RobotInfo,
     StopReason,
 )
+from fleetloop.limits import check_image_size, decode_png
 from fleetloop.protos import robot_pb2
 
 _F32 = np.dtype("<f4")
 
 REASON_METADATA = "fleetloop-reason"
 """Trailing metadata key carrying a refusal's reason (``RobotError.reason``, e.g. ``operator_control``)."""
-
-MAX_IMAGE_PIXELS = 1 << 24
-"""Largest camera image accepted from the wire: 16.8M pixels (e.g. 4096x4096, 48 MiB as RGB), twice a
-4K frame and far above the robot cameras here (64x64 to 1280x800). The gRPC message limit bounds a raw
-image already; a PNG compresses about 1000:1, so without this limit a small message could decode
-into gigabytes (a decompression bomb)."""
 
 
 def f32_bytes(array: np.ndarray) -> bytes:
@@ -103,21 +98,13 @@ def _image_from_proto(message: robot_pb2.Image) -> np.ndarray:
             pixels, or it is not a PNG of that size; checked before any pixel is decoded.
     """
     height, width = message.height, message.width
-    if height * width > MAX_IMAGE_PIXELS:
-        raise ValueError(f"image: {height}x{width} exceeds the limit of {MAX_IMAGE_PIXELS} pixels")
-    if message.encoding != robot_pb2.IMAGE_ENCODING_PNG:
-        image = np.frombuffer(message.data, np.uint8)
-        if image.size != height * width * 3:
-            raise ValueError(f"image: got {image.size} bytes, expected {height}x{width}x3")
-        return image.reshape(height, width, 3).copy()
-    try:
-        with Image.open(io.BytesIO(message.data), formats=["PNG"]) as png:  # reads the header only
-            size = png.size
-            if size == (width, height):
-                return np.asarray(png.convert("RGB")).copy()
-    except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"image: not a readable PNG: {exc}") from None
-    raise ValueError(f"image: PNG header says {size[1]}x{size[0]}, the message {height}x{width}")
+    if message.encoding == robot_pb2.IMAGE_ENCODING_PNG:
+        return decode_png(message.data, "image", (height, width))
+    check_image_size(height, width, "image")
+    image = np.frombuffer(message.data, np.uint8)
+    if image.size != height * width * 3:
+        raise ValueError(f"image: got {image.size} bytes, expected {height}x{width}x3")
+    return image.reshape(height, width, 3).copy()
 
 
 def observation_to_proto(obs: Observation, image_encoding: int = robot_pb2.IMAGE_ENCODING_RAW_RGB8

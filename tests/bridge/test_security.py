@@ -6,6 +6,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleetloop.actors.bridge import BridgeError, BridgeUnavailable, MujocoTwinBackend, RobotBridgeServer, RobotClient
+from fleetloop.actors.bridge.server import SERVICE_NAME
 from fleetloop.protos.security import TlsConfig, open_channel
 from tests.bridge.conftest import DEADLINE_S, metric
 
@@ -32,6 +33,18 @@ def test_token_required_wrong_token_refused_and_counted(serve):
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=DEADLINE_S).status
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert client.observe("arm_0").step == 0  # the refused resets did nothing
+
+
+def test_undecodable_request_is_refused_and_counted(serve):
+    server, client = serve(token="s3cret", client={"token": "s3cret"})
+    before = metric("fleetloop_grpc_undecodable_requests_total", service="robot")
+    with open_channel(server.address, [], token="s3cret") as channel:
+        with pytest.raises(grpc.RpcError) as info:  # a field announcing 5 bytes and carrying 2
+            channel.unary_unary(f"/{SERVICE_NAME}/Reset")(b"\x0a\x05ab", timeout=DEADLINE_S)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "Exception deserializing request!"
+    assert metric("fleetloop_grpc_undecodable_requests_total", service="robot") == before + 1
+    assert client.reset(seed=0)["arm_0"].step == 0
 
 
 def test_tls_with_token(serve, pki):

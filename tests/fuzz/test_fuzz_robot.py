@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
+from fleetloop import limits
 from fleetloop.actors.bridge import (
     BridgeError,
     MujocoTwinBackend,
@@ -434,8 +435,8 @@ def _no_decoding(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("declared", "words"), [
-    ((64, 64), "image: PNG header says 8000x8000, the message 64x64"),
-    ((8000, 8000), f"image: 8000x8000 exceeds the limit of {wire.MAX_IMAGE_PIXELS} pixels"),
+    ((64, 64), "image: PNG header says 8000x8000, expected 64x64"),
+    ((8000, 8000), f"image: 8000x8000 exceeds the limit of {limits.MAX_IMAGE_PIXELS} pixels"),
 ], ids=["mislabelled", "declared"])
 def test_png_bomb_from_a_bridge_is_refused_before_decoding(hostile, monkeypatch, declared, words):
     bomb = _bomb(8000, 8000)  # 192 MB of pixels
@@ -455,7 +456,7 @@ def test_png_header_beyond_pils_own_limit_is_refused(monkeypatch):
 
 
 def test_image_pixel_limit_is_exact(monkeypatch):
-    monkeypatch.setattr(wire, "MAX_IMAGE_PIXELS", 64 * 64)
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 64 * 64)
     for encoding in (robot_pb2.IMAGE_ENCODING_RAW_RGB8, robot_pb2.IMAGE_ENCODING_PNG):
         fits = wire.observation_from_proto(wire.observation_to_proto(_frame(64, 64), encoding))
         assert fits.image.shape == (64, 64, 3)

@@ -22,6 +22,7 @@ from fleetloop.actors.subscriber import REJECTED, WeightSubscriber
 from fleetloop.learner.publisher import (
     _MAX_REQUEST_BYTES,
     HEALTH_SERVICES,
+    MAX_SUBSCRIBER_ID_CHARS,
     WeightPublisher,
     WeightServicer,
     add_servicer_to_server,
@@ -29,6 +30,7 @@ from fleetloop.learner.publisher import (
 from fleetloop.protos import codec, weights_pb2
 from hypothesis import event, given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from tests.fuzz.conftest import (
     AUTH,
@@ -97,12 +99,15 @@ def _expected(pub: WeightPublisher, method: Method, request, auth: str) -> Code:
         return health_expectation(method, request, HEALTH_SERVICES)
     if auth != "good":
         return Code.UNAUTHENTICATED
+    if len(request.subscriber_id) > MAX_SUBSCRIBER_ID_CHARS:
+        return Code.INVALID_ARGUMENT
     if method.name == "WatchVersions":
         return Code.OK if request.known_version < pub.latest_version else Code.DEADLINE_EXCEEDED
     if method.name == "PullVersion":
         return Code.OK if request.version == 0 or request.version in pub.held_versions() else Code.NOT_FOUND
     assert method.name == "ReportApplied", f"no model of {method.path}: add one"
-    return Code.OK if request.subscriber_id and request.version else Code.INVALID_ARGUMENT
+    valid = request.subscriber_id and 0 < request.version <= pub.latest_version
+    return Code.OK if valid else Code.INVALID_ARGUMENT
 
 
 def _check_answer(pub: WeightPublisher, method: Method, request, messages: list[bytes]) -> None:
@@ -121,6 +126,10 @@ def _check_answer(pub: WeightPublisher, method: Method, request, messages: list[
         assert pub.applied_versions()[request.subscriber_id] >= request.version
 
 
+def _undecodable() -> float:
+    return REGISTRY.get_sample_value("fleetloop_grpc_undecodable_requests_total", {"service": "weights"}) or 0.0
+
+
 def _check_call(pub: WeightPublisher, channel: grpc.Channel, method: Method, payload: bytes, auth: str) -> str:
     """Send ``payload`` to ``method``, check the status against the model, then the server's health
     and a valid pull. Returns the outcome as a label for hypothesis' statistics."""
@@ -131,6 +140,7 @@ def _check_call(pub: WeightPublisher, channel: grpc.Channel, method: Method, pay
         want = Code.INTERNAL
     else:
         want = _expected(pub, method, request, auth)
+    undecodable = _undecodable()
     timeout = BLOCKED_DEADLINE_S if want == Code.DEADLINE_EXCEEDED else CALL_DEADLINE_S
     whole = method.name == "PullVersion"  # a finite stream: read it to its end
     outcome = invoke(channel, method, payload, AUTH[auth], timeout, max_messages=10_000 if whole else 1)
@@ -138,6 +148,7 @@ def _check_call(pub: WeightPublisher, channel: grpc.Channel, method: Method, pay
                                  f"{outcome.details!r}, expected {want.name}"
     if want == Code.INTERNAL:
         assert outcome.details == UNDECODABLE
+    assert _undecodable() == undecodable + (want == Code.INTERNAL)
     if want == Code.OK:
         _check_answer(pub, method, request, outcome.messages)
     assert_serving(channel, HEALTH_SERVICES)
@@ -154,7 +165,8 @@ def _rarely(common: st.SearchStrategy, rare: st.SearchStrategy) -> st.SearchStra
 
 VERSIONS = st.one_of(st.sampled_from([0, 1, 2, 3, 4]), st.integers(0, 2**64 - 1))
 IDS = _rarely(st.one_of(st.just(""), st.text(max_size=40)),
-              st.integers(_MAX_REQUEST_BYTES - 40, _MAX_REQUEST_BYTES + 40).map(lambda n: "s" * n))
+              st.one_of(st.integers(MAX_SUBSCRIBER_ID_CHARS, MAX_SUBSCRIBER_ID_CHARS + 1),
+                        st.integers(_MAX_REQUEST_BYTES - 40, _MAX_REQUEST_BYTES + 40)).map(lambda n: "s" * n))
 HAVE = _rarely(st.lists(st.integers(0, 2**32 - 1), max_size=16),
                st.integers(300_000, 400_000).map(lambda n: list(range(n))))  # ~0.9-1.2 MB packed
 

@@ -1,11 +1,16 @@
-"""Episode.validate: each invalid case names the field at fault."""
+"""Episode.validate: each invalid case names the field at fault; stored frames are checked before decoding."""
 
+import io
 import re
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
 
+from fleetloop import limits
+from fleetloop.limits import InputError
 from fleetloop.replay import InvalidEpisodeError
+from fleetloop.replay.episode import EpisodeInfo, decode_frame, encode_png
 
 
 def test_valid_episode_passes(make_episode):
@@ -73,3 +78,45 @@ def test_invalid_episode_error_is_value_error(make_episode):
     ep = make_episode(policy_version=-3)
     with pytest.raises(ValueError, match="-3"):
         ep.validate()
+
+
+def _no_decoding(monkeypatch) -> None:
+    """Fail the test if PIL decodes any pixel."""
+    def load(self):
+        raise AssertionError(f"PIL decoded a {self.size} image")
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def stored_as(shape: tuple[int, int, int]) -> EpisodeInfo:
+    """The info of an episode "ep1" whose frames were stored with ``shape``."""
+    return EpisodeInfo(episode_id="ep1", table="rollouts", seq=1, length=2, state_dim=1, action_dim=1,
+                       frame_steps=(0,), frame_shape=shape, instruction="", embodiment="e", source="s",
+                       policy_version=0, actor_id="a", success=False, nbytes=0)
+
+
+def test_decode_frame_round_trips_a_frame_of_the_stored_shape():
+    frame = np.random.default_rng(0).integers(0, 256, (6, 4, 3), dtype=np.uint8)
+    assert np.array_equal(decode_frame(encode_png(frame), stored_as((6, 4, 3)), 0), frame)
+
+
+def test_decode_frame_of_another_shape_is_refused_before_decoding(monkeypatch):
+    blob = encode_png(np.zeros((6, 4, 3), np.uint8))
+    _no_decoding(monkeypatch)
+    with pytest.raises(InputError, match=re.escape("frame 3 of episode ep1: PNG header says 6x4, expected 4x6")):
+        decode_frame(blob, stored_as((4, 6, 3)), 3)
+
+
+def test_decode_frame_over_the_pixel_limit_is_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr(limits, "MAX_IMAGE_PIXELS", 64 * 64)
+    assert decode_frame(encode_png(np.zeros((64, 64, 3), np.uint8)), stored_as((64, 64, 3)), 0).shape == (64, 64, 3)
+    blob = encode_png(np.zeros((64, 65, 3), np.uint8))
+    _no_decoding(monkeypatch)
+    with pytest.raises(InputError, match=re.escape("frame 0 of episode ep1: 64x65 exceeds the limit of 4096 pixels")):
+        decode_frame(blob, stored_as((64, 65, 3)), 0)
+
+
+def test_decode_frame_refuses_other_formats():
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="JPEG")
+    with pytest.raises(InputError, match="frame 0 of episode ep1: not a readable PNG"):
+        decode_frame(buffer.getvalue(), stored_as((4, 4, 3)), 0)

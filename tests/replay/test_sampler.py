@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from fleetloop.replay import EmptyReplayError, WindowSampler
+from fleetloop.limits import InputError
+from fleetloop.replay import EmptyReplayError, WindowSampler, keys
+from fleetloop.replay.episode import encode_png
 
 
 def _fill(client, make_episode, table, n, **kwargs):
@@ -195,3 +197,16 @@ def test_fifo_sampler_reads_the_oldest_episode(client, make_episode):
         client.write_episode("rollouts", ep)
     windows = WindowSampler(client, {"rollouts": 1.0}, horizon=1).sample(10)
     assert {w["episode_id"] for w in windows} == {eps[1].episode_id}
+
+
+def test_a_stored_frame_of_another_size_is_refused_before_decoding(client, make_episode):
+    """A frame key overwritten behind the replay's back (e.g. a PNG bomb) is refused by its header."""
+    episode = make_episode(length=3, frame_steps=(0,))
+    client.write_episode("rollouts", episode)
+    client.redis.set(keys.frame_key(episode.episode_id, 0), encode_png(np.zeros((512, 512, 3), np.uint8)))
+    sampler = WindowSampler(client, {"rollouts": 1.0}, horizon=1, seed=0)
+    expected = rf"frame 0 of episode {episode.episode_id}: PNG header says 512x512, expected 8x10"
+    with pytest.raises(InputError, match=expected):
+        sampler.sample(1)
+    with pytest.raises(InputError, match=expected):
+        client.read_episode(episode.episode_id)

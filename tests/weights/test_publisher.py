@@ -25,6 +25,10 @@ def stub(publisher):
         yield weights_pb2_grpc.WeightServiceStub(channel)
 
 
+def _rejected(reason: str) -> float:
+    return REGISTRY.get_sample_value("fleetloop_weights_requests_rejected_total", {"reason": reason}) or 0.0
+
+
 def _pull(stub, version: int) -> list[weights_pb2.WeightChunk]:
     return list(stub.PullVersion(weights_pb2.PullRequest(subscriber_id="t", version=version), timeout=DEADLINE_S))
 
@@ -88,10 +92,12 @@ def test_evicted_version_is_not_found(publisher, stub):
     for _ in range(3):
         publisher.publish({"w": torch.ones(2)})
     assert publisher.held_versions() == [2, 3]
+    before = _rejected("version_not_held")
     with pytest.raises(grpc.RpcError) as info:
         _pull(stub, 1)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "version 1 is not held" in info.value.details()
+    assert _rejected("version_not_held") == before + 1
     assert _pull(stub, 2)[0].manifest.version == 2
 
 
@@ -147,9 +153,11 @@ def test_watchers_beyond_limit_are_told_to_retry():
             stub = weights_pb2_grpc.WeightServiceStub(channel)
             first = stub.WatchVersions(weights_pb2.WatchRequest(subscriber_id="a"), timeout=DEADLINE_S)
             next(first)
+            before = _rejected("watch_limit")
             with pytest.raises(grpc.RpcError) as info:
                 next(stub.WatchVersions(weights_pb2.WatchRequest(subscriber_id="b"), timeout=DEADLINE_S))
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert _rejected("watch_limit") == before + 1
             assert _pull(stub, 1)[-1].trailer.version == 1
             first.cancel()
     finally:
@@ -168,9 +176,11 @@ def test_reports_count_subscribers_and_propagation(publisher, stub):
     assert REGISTRY.get_sample_value("fleetloop_weights_propagation_seconds_count") == propagation_before + 2
     assert REGISTRY.get_sample_value("fleetloop_weights_version_published") == 1
 
+    before = _rejected("invalid_argument")
     with pytest.raises(grpc.RpcError) as info:
         stub.ReportApplied(weights_pb2.AppliedReport(subscriber_id="", version=1), timeout=DEADLINE_S)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _rejected("invalid_argument") == before + 1
 
 
 def test_bytes_sent_are_counted(publisher, stub):

@@ -1,6 +1,8 @@
 """Health checking, TLS (plain and mutual) and bearer tokens of the WeightService on 127.0.0.1."""
 
 
+import re
+
 import grpc
 import pytest
 import torch
@@ -10,7 +12,8 @@ from prometheus_client import REGISTRY
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.learner.publisher import WeightPublisher
 from fleetloop.protos import weights_pb2, weights_pb2_grpc
-from fleetloop.protos.security import TlsConfig, open_channel
+from fleetloop.limits import InputError
+from fleetloop.protos.security import MAX_PEM_BYTES, TlsConfig, open_channel
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,3 +158,13 @@ def test_config_files_give_a_working_mutual_tls_and_token_pair(pki, tmp_path):
         load_config("smoke", overrides[:2])
     with pytest.raises(ConfigError, match="token_file: .* is not a readable file"):
         load_config("smoke", [f"weights.token_file={tmp_path / 'absent'}"])
+
+
+def test_pem_file_over_the_limit_is_refused(pki, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki["ca"][0].ljust(MAX_PEM_BYTES, b"\n"))
+    assert TlsConfig.from_files(ca).ca_cert.strip() == pki["ca"][0].strip()
+    ca.write_bytes(pki["ca"][0].ljust(MAX_PEM_BYTES + 1, b"\n"))
+    words = f"{ca}: {MAX_PEM_BYTES + 1} bytes exceed the limit of {MAX_PEM_BYTES} bytes for this file"
+    with pytest.raises(InputError, match=re.escape(words)):
+        TlsConfig.from_files(ca)
