@@ -361,7 +361,7 @@ def _cmd_export(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
 def _cmd_model(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     import torch
 
-    from fleetloop.system.convert_gr00t import convert_gr00t
+    from fleetloop.system.gr00t_conversion import convert_gr00t
 
     report = convert_gr00t(args.src_dir, args.out_dir / "policy.safetensors", preset=args.preset,
                            dtype=getattr(torch, args.dtype))

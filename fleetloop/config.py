@@ -73,9 +73,9 @@ class ModelSection(_Section):
     @field_validator("preset")
     @classmethod
     def _check_preset(cls, preset: str) -> str:
-        from fleetloop.system.config import preset_names as model_preset_names  # torch: import on use
+        from fleetloop.system.presets import MODEL_PRESETS
 
-        known = model_preset_names()
+        known = sorted(MODEL_PRESETS)
         if preset not in known:
             raise ValueError(f"unknown model preset {preset!r}; known presets: {known}")
         return preset

@@ -1,61 +1,53 @@
 """The dual-system model: System 2 (vision-language backbone), System 1 (flow-matching
 DiT action head), embodiment-specific layers, normalisation, the inference wrapper,
 checkpoints and GR00T checkpoint conversion. Start from `model_preset("tiny")` (or
-"n1-2b") and `DualSystemPolicy`."""
+"n1-2b") and `DualSystemPolicy`.
 
-from fleetloop.system.action_head import ActionHeadConfig, FlowMatchingActionHead, flow_draws
-from fleetloop.system.backbone import LanguageConfig, VisionConfig, VisionLanguageBackbone
-from fleetloop.system.checkpoint import load_policy, save_policy
-from fleetloop.system.config import ModelConfig, model_preset, preset_names
-from fleetloop.system.convert_gr00t import ConversionReport, GR00TConversionError, convert_gr00t, gr00t_name_map
-from fleetloop.system.dit import DiT, DiTConfig
-from fleetloop.system.embodiment import (
-    EMBODIMENT_TAGS,
-    NORM_MODES,
-    EmbodimentLayout,
-    embodiment_id,
-    embodiment_layout,
-    embodiment_tag,
-    register_embodiment,
-)
-from fleetloop.system.errors import CheckpointMismatchError
-from fleetloop.system.inference import Policy
-from fleetloop.system.normalization import Statistics
-from fleetloop.system.policy import DualSystemPolicy
-from fleetloop.system.processor import Processor
-from fleetloop.system.tokenizer import ByteTokenizer, PretrainedTokenizer, load_tokenizer
+Names are imported on first use (PEP 562), so that light users (the CLI's config checks, the
+replay's embodiment layouts) do not pay for torch and transformers."""
 
-__all__ = [
-    "EMBODIMENT_TAGS",
-    "NORM_MODES",
-    "ActionHeadConfig",
-    "ByteTokenizer",
-    "CheckpointMismatchError",
-    "ConversionReport",
-    "DiT",
-    "DiTConfig",
-    "DualSystemPolicy",
-    "EmbodimentLayout",
-    "FlowMatchingActionHead",
-    "GR00TConversionError",
-    "LanguageConfig",
-    "ModelConfig",
-    "Policy",
-    "PretrainedTokenizer",
-    "Processor",
-    "Statistics",
-    "VisionConfig",
-    "VisionLanguageBackbone",
-    "convert_gr00t",
-    "embodiment_id",
-    "embodiment_layout",
-    "embodiment_tag",
-    "flow_draws",
-    "gr00t_name_map",
-    "load_policy",
-    "load_tokenizer",
-    "model_preset",
-    "preset_names",
-    "register_embodiment",
-    "save_policy",
-]
+import importlib
+
+_EXPORTS = {
+    "ActionHeadConfig": "action_head",
+    "ByteTokenizer": "tokenizer",
+    "CheckpointMismatchError": "errors",
+    "ConversionReport": "gr00t_conversion",
+    "DiT": "dit",
+    "DiTConfig": "dit",
+    "DualSystemPolicy": "policy",
+    "EMBODIMENT_TAGS": "embodiment",
+    "EmbodimentLayout": "embodiment",
+    "FlowMatchingActionHead": "action_head",
+    "GR00TConversionError": "gr00t_conversion",
+    "LanguageConfig": "backbone",
+    "ModelConfig": "config",
+    "NORM_MODES": "embodiment",
+    "Policy": "inference",
+    "PretrainedTokenizer": "tokenizer",
+    "Processor": "processor",
+    "Statistics": "normalization",
+    "VisionConfig": "backbone",
+    "VisionLanguageBackbone": "backbone",
+    "convert_gr00t": "gr00t_conversion",
+    "embodiment_id": "embodiment",
+    "embodiment_layout": "embodiment",
+    "embodiment_tag": "embodiment",
+    "flow_draws": "action_head",
+    "gr00t_name_map": "gr00t_conversion",
+    "load_policy": "checkpoint",
+    "load_tokenizer": "tokenizer",
+    "model_preset": "config",
+    "preset_names": "config",
+    "register_embodiment": "embodiment",
+    "save_policy": "checkpoint",
+}
+"""Exported name -> the submodule that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from fleetloop.system.action_head import ActionHeadConfig
 from fleetloop.system.backbone import LanguageConfig, VisionConfig
 from fleetloop.system.dit import DiTConfig
+from fleetloop.system.presets import MODEL_PRESETS
 from fleetloop.system.tokenizer import ByteTokenizer
 
 
@@ -92,8 +93,8 @@ _PRESETS = {"tiny": _tiny, "n1-2b": _n1_2b}
 
 
 def preset_names() -> list[str]:
-    """Names of the model presets."""
-    return sorted(_PRESETS)
+    """Names of the model presets (``presets.MODEL_PRESETS``)."""
+    return sorted(MODEL_PRESETS)
 
 
 def model_preset(name: str) -> ModelConfig:

@@ -107,7 +107,7 @@ def test_convert_gr00t_writes_a_loadable_policy(tmp_path):
     from safetensors.torch import save_file
 
     from fleetloop.system import DualSystemPolicy, load_policy, model_preset
-    from fleetloop.system.convert_gr00t import gr00t_name_map
+    from fleetloop.system.gr00t_conversion import gr00t_name_map
 
     torch.manual_seed(0)
     model = DualSystemPolicy(model_preset("tiny"))

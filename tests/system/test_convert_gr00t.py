@@ -1,7 +1,6 @@
 """GR00T checkpoint conversion: name map against the reference, and the real path end to end
 on a small GR00T-named checkpoint (sharded, bfloat16, with the release's unused decode_layer)."""
 
-import importlib
 import json
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ from fleetloop.system import (
     model_preset,
 )
 from fleetloop.limits import InputError
+from fleetloop.system import gr00t_conversion
 
 def test_every_reference_tensor_maps_to_a_parameter_of_its_shape(gr00t_reference):
     reference = gr00t_reference
@@ -103,16 +103,15 @@ def test_missing_sources(tmp_path):
 
 
 def test_index_over_the_limit_is_refused(model: DualSystemPolicy, tmp_path, monkeypatch):
-    converter = importlib.import_module("fleetloop.system.convert_gr00t")  # the package exports the function
     _write_gr00t_checkpoint(model, tmp_path / "gr00t")
-    index = tmp_path / "gr00t" / converter.INDEX_FILE
+    index = tmp_path / "gr00t" / gr00t_conversion.INDEX_FILE
     size = index.stat().st_size
-    monkeypatch.setattr(converter, "MAX_INDEX_BYTES", size - 1)
+    monkeypatch.setattr(gr00t_conversion, "MAX_INDEX_BYTES", size - 1)
     words = f"{index}: {size} bytes exceed the limit of {size - 1} bytes for this file"
     with pytest.raises(InputError, match=re.escape(words)):
         convert_gr00t(tmp_path / "gr00t", tmp_path / "policy.safetensors", preset="tiny")
     assert not (tmp_path / "policy.safetensors").exists()
-    monkeypatch.setattr(converter, "MAX_INDEX_BYTES", size)
+    monkeypatch.setattr(gr00t_conversion, "MAX_INDEX_BYTES", size)
     assert convert_gr00t(tmp_path / "gr00t", tmp_path / "policy.safetensors", preset="tiny").mapped > 0
 
 
@@ -124,9 +123,8 @@ def test_index_over_the_limit_is_refused(model: DualSystemPolicy, tmp_path, monk
     ('{"weight_map": {"a": "/etc/passwd"}}', "shard names must be file names in its directory"),
 ], ids=["bad_json", "not_an_object", "not_a_name", "parent_dir", "absolute"])
 def test_malformed_index_is_refused(model: DualSystemPolicy, tmp_path, text, says):
-    converter = importlib.import_module("fleetloop.system.convert_gr00t")
     _write_gr00t_checkpoint(model, tmp_path / "gr00t")
-    (tmp_path / "gr00t" / converter.INDEX_FILE).write_text(text)
+    (tmp_path / "gr00t" / gr00t_conversion.INDEX_FILE).write_text(text)
     with pytest.raises(InputError, match=re.escape(says)):
         convert_gr00t(tmp_path / "gr00t", tmp_path / "policy.safetensors", preset="tiny")
     assert not (tmp_path / "policy.safetensors").exists()

@@ -1,5 +1,8 @@
 """ModelConfig presets and validation."""
 
+import subprocess
+import sys
+
 import pydantic
 import pytest
 
@@ -71,3 +74,18 @@ def test_invalid_values_name_field(config: ModelConfig, section: str, field: str
     data[section][field] = value
     with pytest.raises(ValueError, match=message):
         ModelConfig.model_validate(data)
+
+
+def test_every_named_preset_is_built_and_no_other():
+    from fleetloop.system import config as model_config
+    from fleetloop.system.presets import MODEL_PRESETS
+
+    assert sorted(model_config._PRESETS) == sorted(MODEL_PRESETS) == model_config.preset_names()
+    for name in MODEL_PRESETS:
+        assert isinstance(model_preset(name), ModelConfig)
+
+
+def test_cli_config_checks_import_no_torch():
+    """The run config validates model.preset on every CLI command; that must stay cheap."""
+    code = "import sys; from fleetloop.config import load_config; load_config('default', []); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
