@@ -62,9 +62,9 @@ local function expire_evicted(config, evicted)
   redis.call('ZREMRANGEBYSCORE', evicted, '-inf', '(' .. (now - ttl_ms))
   return now, ttl_ms
 end
-local function evict_past_capacity(config, items, counters, priorities, tally, evicted)
+-- now, ttl_ms: expire_evicted's reply, which the caller got first.
+local function evict_past_capacity(config, items, counters, priorities, tally, evicted, now, ttl_ms)
   local capacity = tonumber(redis.call('HGET', config, 'capacity') or '')
-  local now, ttl_ms = expire_evicted(config, evicted)
   local n = 0
   if not capacity then return 0 end
   while redis.call('ZCARD', items) > capacity do
@@ -124,7 +124,7 @@ if redis.call('EXISTS', meta) == 1 then
   return {0, found[1], tonumber(found[2])}
 end
 local table_name, episode_id = ARGV[1], ARGV[2]
-expire_evicted(config, evicted)
+local now, ttl_ms = expire_evicted(config, evicted)
 if redis.call('ZSCORE', evicted, episode_id) then
   return {2, table_name, 0}
 end
@@ -153,7 +153,7 @@ redis.call('HINCRBY', counters, 'steps', tonumber(ARGV[3]))
 redis.call('HINCRBY', counters, 'bytes', tonumber(ARGV[4]))
 tally_episode(tally, meta, 1)
 redis.call('SADD', tables, table_name)
-evict_past_capacity(config, items, counters, priorities, tally, evicted)
+evict_past_capacity(config, items, counters, priorities, tally, evicted, now, ttl_ms)
 return {1, table_name, seq}
 """
 
@@ -165,7 +165,8 @@ CONFIGURE_TABLE = _PREAMBLE + """
 redis.call('DEL', KEYS[1])
 if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
 redis.call('SADD', KEYS[7], ARGV[1])
-return evict_past_capacity(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+local now, ttl_ms = expire_evicted(KEYS[1], KEYS[6])
+return evict_past_capacity(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], now, ttl_ms)
 """
 
 ACQUIRE_SAMPLES = _PREAMBLE + """
@@ -247,7 +248,7 @@ def write_episode_request(
 INDEX_SCRIPT_KEYS: tuple[str, ...] = ("config", "items", "counters")
 """KEYS of READ_INDEX."""
 
-READ_INDEX = """#!lua flags=no-writes
+READ_INDEX = "#!lua flags=no-writes\n" + _HELPERS_LUA + """
 local META_FIELDS = {%s}
 -- KEYS: config, items, counters; ARGV: after_seq, limit.
 -- Returns {config field/value pairs, oldest seq ('' when empty), priority_version,
@@ -262,10 +263,10 @@ if #ids > tonumber(ARGV[2]) then
 end
 local out = {redis.call('HGETALL', KEYS[1]), oldest, version, more}
 for _, id in ipairs(ids) do
-  out[#out + 1] = redis.call('HMGET', '%s' .. id .. '}:meta', unpack(META_FIELDS))
+  out[#out + 1] = redis.call('HMGET', episode_key(id, 'meta'), unpack(META_FIELDS))
 end
 return out
-""" % (", ".join(f"'{name}'" for name in keys.META_FIELDS), keys.EPISODE_KEY_PREFIX)
+""" % ", ".join(f"'{name}'" for name in keys.META_FIELDS)
 
 READ_WINDOWS = """#!lua flags=no-writes
 -- KEYS: state, action, frame key of each window; ARGV: first and last byte of the state
