@@ -119,6 +119,22 @@ class TlsConfig:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
+_HANDLER_FACTORIES = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
+
+
+def _replace(handler: grpc.RpcMethodHandler, *, behaviour=None, request_deserializer=None) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s kind with its behaviour or request deserializer replaced."""
+    kind, make = next((kind, make) for kind, make in _HANDLER_FACTORIES if getattr(handler, kind))
+    return make(behaviour or getattr(handler, kind),
+                request_deserializer=request_deserializer or handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
 class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Rejects calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED, except exempt
     methods; counts rejections under ``service`` (e.g. ``weights``, ``robot``)."""
@@ -142,9 +158,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-        make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
-        return make(deny, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        return _replace(handler, behaviour=deny)
 
     def _authorized(self, metadata) -> bool:
         for key, value in metadata or ():
@@ -152,14 +166,6 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
                 given = value.encode() if isinstance(value, str) else value
                 return hmac.compare_digest(given, self._expected)
         return False
-
-
-_HANDLER_FACTORIES = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler),
-)
 
 
 class UndecodableRequestInterceptor(grpc.ServerInterceptor):
@@ -188,9 +194,7 @@ class UndecodableRequestInterceptor(grpc.ServerInterceptor):
                 UNDECODABLE_REQUESTS.labels(self._service).inc()
                 raise
 
-        kind, make = next((kind, make) for kind, make in _HANDLER_FACTORIES if getattr(handler, kind))
-        return make(getattr(handler, kind), request_deserializer=counted,
-                    response_serializer=handler.response_serializer)
+        return _replace(handler, request_deserializer=counted)
 
 
 class _TokenClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
