@@ -5,9 +5,11 @@ every round rolls out the newest applied policy: DAgger episodes (``actors.dagge
 policy-only evaluation episodes (on fixed seeds when ``actors.eval_seed_base`` and
 ``actors.dagger_seed_base`` are set, so rounds are compared on the same episodes). A scene with several robots (gr1_handover) gives
 one trajectory per robot, each written as its own episode; every robot has its own policy
-(System 2 cache and noise) over the shared model. Every trajectory
-is written to ``rollouts`` (executed actions) and ``corrections`` (expert labels), stamped
-with the weight version that produced it.
+(System 2 cache and noise) over the shared model. Each trajectory is written by its DAgger mode's
+segments (actors/dagger): the policy's own steps to ``rollouts``, the corrections (operator
+takeovers, relabelled planning states, each step labelled with the expert's chunk) to
+``corrections``, every episode stamped with the weight version that produced it. In simulation
+the operator is the env's scripted expert behind a gate (actors/operator.py).
 
 With ``actors.robot=bridge`` the actor drives its robot only through a robot bridge
 (``actors/bridge/connection.py``, one robot per bridge): its rollouts and evaluations run there,
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 import logging
 import threading
 import time
@@ -38,13 +41,15 @@ import torch
 from fleetloop.actors.bridge import RobotClient
 from fleetloop.actors.bridge.connection import BridgeConnection
 from fleetloop.actors.bridge.episode import EpisodeDiscarded
-from fleetloop.actors.dagger import DEMO, INTERVENTION, RELABEL, ROBOT, beta_for_round, segments, to_episode
+from fleetloop.actors.dagger import DEMO, ROBOT, Segment, make_mode, runs
+from fleetloop.actors.dagger.episodes import to_episode
 from fleetloop.actors.envs import env_options, make_env, make_expert
-from fleetloop.actors.gate import InterventionGate
+from fleetloop.actors.envs.trace import ExpertUnavailable
+from fleetloop.actors.operator import Takeover, make_operator
 from fleetloop.actors.outbox import Outbox
 from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episodes
 from fleetloop.actors.subscriber import WeightSubscriber
-from fleetloop.replay import ReplayClient
+from fleetloop.replay import InvalidEpisodeError, ReplayClient
 from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id, embodiment_layout, model_preset
 from fleetloop.system.checkpoint import tensors_digest
 
@@ -73,6 +78,15 @@ EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the late
 WEIGHTS_VERSION = prom.Gauge("fleetloop_actor_weights_version", "Weight version the actor's policy runs.", ["actor"])
 POLICY_LAG = prom.Gauge("fleetloop_actor_policy_lag_versions",
                         "Published versions the actor's policy is behind the newest it was told of.", TASK_LABELS)
+SKIPPED_SEGMENTS = prom.Counter("fleetloop_actor_skipped_segments_total",
+                                 "Correction segments marked and not written: a takeover that hit its cap or whose "
+                                 "expert could no longer plan, a label that is not finite.", ["actor", "reason"])
+EXPERT_UNAVAILABLE = prom.Counter("fleetloop_actor_expert_unavailable_total",
+                                   "Planning steps at which the scripted expert could not plan (e.g. its goal out of "
+                                   "reach): no label there, no judgement, no takeover.", ["actor"])
+TAKEOVER_STEPS = prom.Histogram("fleetloop_actor_takeover_steps", "Length in steps of finished operator takeovers, "
+                                "by how they ended (subgoal, agreement, cap, episode_end).", [*TASK_LABELS, "ended_by"],
+                                buckets=(4, 8, 16, 24, 32, 48, 64, 96, 128))
 INFERENCE_SECONDS = prom.Histogram("fleetloop_actor_inference_seconds", "Time to predict one action chunk.", ["actor"],
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
@@ -106,6 +120,12 @@ class EnvActor:
         self.embodiment = self.env.embodiment
         self.embodiment_id = embodiment_id(self.embodiment)
         self.layout = embodiment_layout(self.embodiment)
+        self.mode = make_mode(acfg.dagger.mode)
+        horizon = self.model_cfg.action_head.action_horizon
+        groups = dict(self.layout.action) if self.layout is not None else None
+        self.operators = {agent: make_operator(acfg.dagger, self.expert, agent, horizon=horizon,
+                                               execute_steps=acfg.execute_steps, action_groups=groups)
+                          for agent in self.env.possible_agents}
         self.actor_index = actor_index
         self.bridge = None if acfg.robot == "sim" else BridgeConnection(
             RobotClient.from_config(cfg.bridge, bridge_target), self.actor_id, self.embodiment,
@@ -177,10 +197,13 @@ class EnvActor:
         return chunk
 
     # -- episodes --------------------------------------------------------------------------
-    def _episode(self, *, beta: float, use_policy: bool, frame_every: int, gated: bool = False,
-                 seed: int | None = None) -> tuple[dict[str, Trajectory] | None, int]:
+    def _episode(self, *, use_policy: bool, frame_every: int, seed: int | None = None, beta: float = 0.0,
+                 training: bool = False, watch: bool = False,
+                 probe_recovery: bool = False) -> tuple[dict[str, Trajectory] | None, int]:
         """Run one episode (one trajectory per robot of the scene); (None, version) when the
-        policy's output made it unusable (discarded). ``seed`` None takes the actor's next seed."""
+        policy's output made it unusable (discarded). ``training``: a DAgger episode of the
+        configured mode; ``watch``: an evaluation the operators judge without taking over.
+        ``seed`` None takes the actor's next seed."""
         version = self.version
         POLICY_LAG.labels(*self.labels).set(max(0, self.subscriber.latest_announced - version))
         if seed is None:
@@ -188,44 +211,59 @@ class EnvActor:
             self.episode_count += 1
         for k, policy in enumerate(self.policies.values()):
             policy.reset(seed=seed * len(self.policies) + k)  # the same episode seed, the same noise
-        dcfg = self.cfg.actors.dagger
-        gates = {agent: InterventionGate(dcfg.gate_threshold, dcfg.gate_patience, dcfg.takeover_steps)
-                 for agent in self.policies} if gated else None
         plans = {agent: functools.partial(self._plan, policy) for agent, policy in self.policies.items()}
         try:
             if self.bridge is not None and use_policy:  # the bridge's operator gates; evaluations it watches
                 trajs = {self.bridge.robot_id: self.bridge.episode(next(iter(plans.values())), seed=seed,
-                                                                   evaluation=not gated)}
+                                                                   evaluation=not training)}
             else:
-                trajs = run_episodes(self.env, self.expert, plans if use_policy else None, beta=beta,
+                trajs = run_episodes(self.env, self.expert, plans if use_policy else None,
                                      horizon=self.model_cfg.action_head.action_horizon,
                                      execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every,
-                                     rng=self.rng, seed=seed, gates=gates)
-        except (PolicyOutputError, EpisodeDiscarded) as exc:
+                                     rng=self.rng, seed=seed, mode=self.mode if training else None, beta=beta,
+                                     operators=self.operators if (training or watch) else None, watch=watch,
+                                     probe_recovery=probe_recovery)
+        except (PolicyOutputError, EpisodeDiscarded, ExpertUnavailable) as exc:
             log.warning("%s: episode (seed %d) discarded: %s", self.actor_id, seed, exc)
-            DISCARDED.labels(self.actor_id, exc.reason if isinstance(exc, EpisodeDiscarded) else "policy_output").inc()
+            reason = {PolicyOutputError: "policy_output", ExpertUnavailable: "expert_unavailable"}.get(type(exc))
+            DISCARDED.labels(self.actor_id, reason or exc.reason).inc()
             return None, version
+        for agent, traj in trajs.items():
+            if traj.expert_unavailable:
+                step, why = traj.expert_unavailable[0]
+                log.warning("%s: the expert could not plan at %d step(s) of episode %d (%s), first at step %d: %s",
+                            self.actor_id, len(traj.expert_unavailable), seed, agent, step, why)
+                EXPERT_UNAVAILABLE.labels(self.actor_id).inc(len(traj.expert_unavailable))
         steps = len(next(iter(trajs.values())).states)
         ENV_STEPS.labels(self.actor_id).inc(steps * len(trajs))
         EPISODE_LENGTH.labels(*self.labels).set(steps)
         return trajs, version
 
-    def _write(self, table: str, traj: Trajectory, cls: str, version: int, *, relabel: bool = False,
-               start: int = 0, end: int | None = None) -> str:
-        """Write steps [start, end) as one episode of correction class ``cls`` (its priority is
-        the class weight) through the outbox, which records it in the audit file once Redis acknowledged it."""
-        episode = to_episode(traj, relabel=relabel, source=cls, embodiment=self.embodiment, policy_version=version,
-                             actor_id=self.actor_id, start=start, end=end)
-        return self.outbox.put(table, episode, priority=self.cfg.actors.dagger.class_weights[cls])
+    def _write(self, traj: Trajectory, segment: Segment, version: int) -> str | None:
+        """Write one segment as an episode of its table and class through the outbox, which records
+        it in the audit file once Redis acknowledged it. A correction whose labels are unusable
+        (NaN from an expert that could not plan) is skipped with a metric and a log line."""
+        try:
+            episode = to_episode(traj, segment, embodiment=self.embodiment, policy_version=version,
+                                 actor_id=self.actor_id)
+            episode.validate()
+        except (ValueError, InvalidEpisodeError) as exc:
+            log.warning("%s: %s segment of %d steps skipped: %s", self.actor_id, segment.cls, len(segment.steps), exc)
+            SKIPPED_SEGMENTS.labels(self.actor_id, "invalid_label").inc()
+            return None
+        return self.outbox.put(segment.table, episode, priority=1.0)
 
-    def collect_demos(self, count: int) -> int:
-        """Write ``count`` expert demonstrations (one episode per robot) to ``pretrain``; returns
-        how many succeeded."""
+    def collect_demos(self, count: int, seeds: list[int] | None = None) -> int:
+        """Write ``count`` expert demonstrations (one episode per robot) to ``pretrain``, on ``seeds``
+        when given (else the actor's next seeds); returns how many succeeded."""
         successes = 0
-        for _ in range(count):
-            trajs, _ = self._episode(beta=1.0, use_policy=False, frame_every=self.cfg.actors.demo_frame_every)
+        for i in range(count):
+            trajs, _ = self._episode(use_policy=False, frame_every=self.cfg.actors.demo_frame_every,
+                                     seed=None if seeds is None else seeds[i])
+            if trajs is None:  # the expert could not plan it: discarded
+                continue
             for traj in trajs.values():
-                self._write("pretrain", traj, DEMO, version=0)
+                self._write(traj, Segment.whole("pretrain", DEMO, len(traj.states)), version=0)
             successes += all(traj.success for traj in trajs.values())
         return successes
 
@@ -234,67 +272,116 @@ class EnvActor:
         dagger_seed_base): the same in every round; None without a base (the actor's next seed)."""
         return None if base is None else base + self.actor_index * per_round + index
 
+    def dagger_episodes(self, round_index: int, seeds: list[int | None], write: bool = True) -> dict[str, Any]:
+        """DAgger episodes of mode ``actors.dagger.mode`` on ``seeds`` (None: the actor's next seed),
+        their segments written by correction class unless ``write`` is False (a probe of the
+        intervention rate). An episode succeeds when every robot of the scene succeeded.
+
+        Returns:
+            episodes, successes, discarded, expert_steps (steps the expert or operator drove),
+            steps, intervention_rate, expert_label_rows (the expert effort of what was written:
+            label rows, see ``Trajectory.expert_label_rows``, plus the driven steps of unlabelled
+            takeovers), takeovers (count, lengths, endings, subgoals), skipped (takeovers not trained
+            on: capped, or the expert could no longer plan).
+        """
+        dcfg = self.cfg.actors.dagger
+        beta = self.mode.beta(dcfg.beta_start, dcfg.beta_decay, round_index)
+        totals = {"episodes": 0, "successes": 0, "discarded": 0, "expert_steps": 0, "steps": 0,
+                  "expert_label_rows": 0, "written": 0}
+        takeovers: list[Takeover] = []
+        for seed in seeds:
+            trajs, version = self._episode(use_policy=True, frame_every=self.cfg.actors.execute_steps, seed=seed,
+                                           beta=beta, training=True)
+            totals["episodes"] += 1
+            if trajs is None:
+                totals["discarded"] += 1
+                continue
+            for traj in trajs.values():
+                totals["expert_steps"] += sum(traj.intervened)
+                totals["steps"] += len(traj.intervened)
+                takeovers += traj.takeovers
+                if write:
+                    written = self._write_trajectory(traj, version)
+                    totals["written"] += len(written)
+                    totals["expert_label_rows"] += _label_effort(traj, written)
+            totals["successes"] += all(traj.success for traj in trajs.values())
+        skipped = sum(t.skipped for t in takeovers)
+        for ending, count in Counter(t.ended_by for t in takeovers if t.skipped).items():
+            SKIPPED_SEGMENTS.labels(self.actor_id, "takeover_cap" if ending == "cap" else ending).inc(count)
+        rate = totals["expert_steps"] / totals["steps"] if totals["steps"] else 0.0
+        INTERVENTION_RATE.labels(*self.labels).set(rate)
+        if totals["expert_steps"]:
+            operator_minutes = totals["expert_steps"] * self.env.control_dt / 60.0
+            RETURN_ON_HUMAN_EFFORT.labels(*self.labels).set(totals["successes"] / operator_minutes)
+        for takeover in takeovers:
+            TAKEOVER_STEPS.labels(*self.labels, takeover.ended_by).observe(takeover.length)
+        return {**totals, "mode": dcfg.mode, "beta": beta, "intervention_rate": rate, "skipped": skipped,
+                "takeovers": len(takeovers), "takeover_steps": [t.length for t in takeovers],
+                "takeover_endings": dict(Counter(t.ended_by for t in takeovers)),
+                "takeover_subgoals": dict(Counter(t.subgoal for t in takeovers))}
+
+    def evaluate(self, seeds: list[int | None], watch: bool = False, probe_recovery: bool = False) -> dict[str, Any]:
+        """Policy-only episodes on ``seeds``, written to ``rollouts``; ``watch``: the operators judge
+        every plan without taking over, ``probe_recovery``: and record whether the state of the first
+        firing was still recoverable. A discarded episode counts as a failure.
+
+        Returns:
+            episodes, successes (one bool per seed), discarded, and with ``watch`` per episode the
+            steps at which the gate fired and whether the first was still recoverable.
+        """
+        results: dict[str, Any] = {"episodes": len(seeds), "successes": [], "discarded": 0, "gate": []}
+        for seed in seeds:
+            trajs, version = self._episode(use_policy=True, frame_every=self.cfg.actors.execute_steps, seed=seed,
+                                           watch=watch, probe_recovery=probe_recovery)
+            if trajs is None:
+                results["discarded"] += 1
+                results["successes"].append(False)
+                continue
+            for traj in trajs.values():
+                # An operator may take over an evaluation on a robot too: its steps are corrections.
+                segments = self.mode.segments(traj, pre_intervention_chunks=self.cfg.actors.dagger.pre_intervention_chunks) \
+                    if traj.takeovers else [Segment.whole("rollouts", ROBOT, len(traj.states))]
+                for segment in segments:
+                    self._write(traj, segment, version)
+                if watch:
+                    results["gate"].append(_gate_record(traj))
+            results["successes"].append(all(traj.success for traj in trajs.values()))
+        rate = sum(results["successes"]) / len(seeds) if seeds else 0.0
+        SUCCESS_RATE.labels(*self.labels).set(rate)
+        return {**results, "success_rate": rate}
+
     def run_round(self, round_index: int, min_version: int = 0, timeout_s: float = 120.0) -> dict[str, Any]:
-        """This round's DAgger episodes (mode ``actors.dagger.mode``), then policy-only evaluation
-        episodes, written to the replay by correction class (actors/dagger.py).
+        """This round's DAgger episodes (``dagger_episodes``), then policy-only evaluation episodes
+        (``evaluate``), on fixed seeds when actors.dagger_seed_base / eval_seed_base are set.
 
         Waits first until a weights version >= ``min_version`` is applied (a restarted actor
-        pulls it anew). An episode succeeds when every robot of the scene succeeded.
+        pulls it anew).
 
         Raises:
             TimeoutError: that version did not arrive within ``timeout_s``.
         """
         if not self.wait_for_version(min_version, timeout_s):
             raise TimeoutError(f"{self.actor_id}: weights version {min_version} not applied within {timeout_s:.0f} s")
-        acfg, dcfg = self.cfg.actors, self.cfg.actors.dagger
-        gated = dcfg.mode == "hg-dagger"
-        beta = 0.0 if gated else beta_for_round(dcfg.beta_start, dcfg.beta_decay, round_index)
-        eval_successes, dagger_successes, expert_steps, dagger_steps, discarded, versions = 0, 0, 0, 0, 0, set()
-        for i in range(acfg.dagger_episodes_per_round + acfg.eval_episodes_per_round):
-            training = i < acfg.dagger_episodes_per_round
-            trajs, version = self._episode(
-                beta=beta if training else 0.0, use_policy=True, frame_every=acfg.execute_steps,
-                gated=gated and training,
-                seed=self._fixed_seed(acfg.dagger_seed_base, acfg.dagger_episodes_per_round, i) if training else
-                self._fixed_seed(acfg.eval_seed_base, acfg.eval_episodes_per_round, i - acfg.dagger_episodes_per_round))
-            versions.add(version)
-            if trajs is None:  # discarded: nothing written; an evaluation episode counts as a failure
-                discarded += 1
-                continue
-            for traj in trajs.values():
-                # An operator may take over an evaluation on a robot too: its steps are corrections.
-                self._write_trajectory(traj, version, takeovers_only=gated and (training or any(traj.intervened)))
-            success = all(traj.success for traj in trajs.values())
-            if training:
-                expert_steps += sum(sum(traj.intervened) for traj in trajs.values())
-                dagger_steps += sum(len(traj.intervened) for traj in trajs.values())
-                dagger_successes += success
-            else:
-                eval_successes += success
-        success_rate = eval_successes / acfg.eval_episodes_per_round
-        intervention_rate = expert_steps / dagger_steps if dagger_steps else 0.0
-        SUCCESS_RATE.labels(*self.labels).set(success_rate)
-        INTERVENTION_RATE.labels(*self.labels).set(intervention_rate)
-        if expert_steps:
-            operator_minutes = expert_steps * self.env.control_dt / 60.0
-            RETURN_ON_HUMAN_EFFORT.labels(*self.labels).set(dagger_successes / operator_minutes)
-        return {"actor": self.actor_id, "round": round_index, "mode": dcfg.mode, "beta": beta,
-                "eval_episodes": acfg.eval_episodes_per_round, "eval_successes": eval_successes,
-                "success_rate": success_rate, "intervention_rate": intervention_rate, "discarded": discarded,
-                "versions_used": sorted(versions)}
+        acfg = self.cfg.actors
+        n_dagger, n_eval = acfg.dagger_episodes_per_round, acfg.eval_episodes_per_round
+        dagger = self.dagger_episodes(round_index, [self._fixed_seed(acfg.dagger_seed_base, n_dagger, i)
+                                                    for i in range(n_dagger)])
+        evaluation = self.evaluate([self._fixed_seed(acfg.eval_seed_base, n_eval, i) for i in range(n_eval)])
+        versions = sorted({self.version})
+        return {"actor": self.actor_id, "round": round_index, "mode": dagger["mode"], "beta": dagger["beta"],
+                "eval_episodes": n_eval, "eval_successes": sum(evaluation["successes"]),
+                "success_rate": evaluation["success_rate"], "intervention_rate": dagger["intervention_rate"],
+                "discarded": dagger["discarded"] + evaluation["discarded"], "versions_used": versions,
+                "expert_label_rows": dagger["expert_label_rows"], "takeovers": dagger["takeovers"],
+                "takeover_endings": dagger["takeover_endings"], "skipped": dagger["skipped"]}
 
-    def _write_trajectory(self, traj: Trajectory, version: int, *, takeovers_only: bool) -> None:
-        """hg-dagger: only the takeover segments go to ``corrections`` (the steps before them to
-        ``rollouts``); otherwise the whole rollout, and in dagger mode its expert relabelling."""
-        dcfg = self.cfg.actors.dagger
-        if takeovers_only:
-            for seg in segments(traj.intervened, dcfg.pre_intervention_steps):
-                table = "corrections" if seg.cls == INTERVENTION else "rollouts"
-                self._write(table, traj, seg.cls, version, start=seg.start, end=seg.end)
-            return
-        self._write("rollouts", traj, ROBOT, version)
-        if dcfg.mode == "dagger":
-            self._write("corrections", traj, RELABEL, version, relabel=True)
+    def _write_trajectory(self, traj: Trajectory, version: int) -> list[Segment]:
+        """Write a DAgger trajectory by its mode's segments; the segments written."""
+        written = []
+        for segment in self.mode.segments(traj, pre_intervention_chunks=self.cfg.actors.dagger.pre_intervention_chunks):
+            if self._write(traj, segment, version) is not None:
+                written.append(segment)
+        return written
 
     def status(self) -> dict[str, Any]:
         return {"actor": self.actor_id, "embodiment": self.embodiment, "versions_applied": list(self.versions_applied),
@@ -333,3 +420,27 @@ def read_audit(path: Path) -> dict[str, list[str]]:
                 continue
             written.setdefault(entry["table"], []).append(entry["episode_id"])
     return written
+
+
+def _label_effort(traj: Trajectory, written: list[Segment]) -> int:
+    """Expert actions in the corrections written of ``traj``: distinct label rows of the labelled
+    segments (consecutive steps share all but one row of their chunks), the driven steps of
+    unlabelled ones."""
+    rows = 0
+    for segment in written:
+        if segment.table != "corrections":
+            continue
+        if not segment.labelled:
+            rows += len(segment.steps)
+            continue
+        for run in runs(segment.steps):
+            rows += len(run) + len(traj.labels[run[0]]) - 1
+    return rows
+
+
+def _gate_record(traj: Trajectory) -> dict[str, Any]:
+    """A watched evaluation: the steps the gate fired at, and whether the expert could still finish
+    from the first of them (None: not probed)."""
+    fired = [plan for plan in traj.plans if plan.verdict is not None and plan.verdict.fire]
+    return {"success": traj.success, "fired": [plan.step for plan in fired],
+            "recoverable_at_first_fire": fired[0].recoverable if fired else None}

@@ -1,22 +1,33 @@
 """One episode of chunked control in a PettingZoo ParallelEnv, recorded for the replay.
 
 Every agent of the env acts in every step (one trajectory each; the GR-1 handover has two).
-Each plans an action chunk every ``execute_steps`` steps. Without a gate (DAgger), with
-probability ``beta`` the scripted expert's chunk, otherwise the policy's. With a gate
-(HG-DAgger), the policy drives until the gate fires; then the expert (the operator) drives for
-the takeover and the policy re-plans when it gets control back. At every visited state the
-expert's own action is recorded as well, which is the DAgger label of that state.
+Each plans an action chunk every ``execute_steps`` steps, from a frame rendered at that step:
+
+- a demonstration (no policy): the expert drives every chunk;
+- an ungated DAgger mode (``dagger``): the expert drives a chunk with probability ``beta``, else the
+  policy; the expert's chunk from every planning state is recorded as that state's label;
+- a gated mode (``hg-dagger``): the policy drives; at each planning step its chunk is judged by
+  the robot's operator (actors/operator.py), which records its own chunk as the label, and takes
+  over when the gate fires. While the operator drives, every step gets a frame and the expert's
+  chunk as its label; control returns when the takeover's job is done;
+- an evaluation: the policy drives alone; with ``watch``, an operator judges every plan without
+  ever taking over (``Plan.verdict``), and with ``probe_recovery`` also records, at the first plan
+  the gate fires on, whether the expert could still finish from there (``Plan.recoverable``): a
+  failure flagged at a recoverable state was flagged in time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from fleetloop.actors.gate import InterventionGate
+from fleetloop.actors.dagger import DaggerMode
+from fleetloop.actors.envs.trace import ExpertUnavailable
+from fleetloop.actors.gates import Verdict
+from fleetloop.actors.operator import SimulatedOperator, Takeover
 
 PlanFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 """``plan(image, state, instruction) -> (H, action_dim)`` action chunk of a policy."""
@@ -43,117 +54,254 @@ def checked_chunk(chunk, execute_steps: int, action_dim: int) -> np.ndarray:
 
 
 @dataclass
+class Plan:
+    """One planning step: who drove the chunk planned there, and the operator's view of it."""
+
+    step: int
+    driver: str
+    """``policy`` or ``expert``."""
+    verdict: Verdict | None = None
+    recoverable: bool | None = None
+    """``probe_recovery``, at the first plan the gate fired on: the expert could still finish from here."""
+
+
+@dataclass
 class Trajectory:
     """What one agent saw and did during one episode."""
 
     instruction: str
+    execute_steps: int = 1
     states: list[np.ndarray] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
-    labels: list[np.ndarray] = field(default_factory=list)
     intervened: list[bool] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     frames: dict[int, np.ndarray] = field(default_factory=dict)
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+    """step -> the expert's H-step chunk from that step's state."""
+    plans: list[Plan] = field(default_factory=list)
+    takeovers: list[Takeover] = field(default_factory=list)
+    expert_unavailable: list[tuple[int, str]] = field(default_factory=list)
+    """(step, why) of every time the expert could not plan: no label there, nobody judged or drove."""
     success: bool = False
 
+    @property
+    def expert_label_rows(self) -> int:
+        """Distinct expert actions this trajectory's labels hold (its expert effort): a takeover
+        of L steps is L + H - 1 rows (the chunks of consecutive steps overlap), a labelled
+        planning state outside takeovers H rows."""
+        rows, inside = 0, set()
+        for takeover in self.takeovers:
+            steps = [s for s in range(takeover.start, takeover.end) if s in self.labels]
+            if steps:
+                rows += len(steps) + len(self.labels[steps[0]]) - 1
+                inside.update(steps)
+        return rows + sum(len(chunk) for step, chunk in self.labels.items() if step not in inside)
 
-def run_episode(env, expert, plan: PlanFn | None, *, beta: float, horizon: int, execute_steps: int,
-                frame_every: int, rng: np.random.Generator, seed: int,
-                gate: InterventionGate | None = None) -> Trajectory:
-    """``run_episodes`` for an env with a single agent: its one trajectory."""
-    (agent,) = env.possible_agents
-    return run_episodes(env, expert, None if plan is None else {agent: plan}, beta=beta, horizon=horizon,
-                        execute_steps=execute_steps, frame_every=frame_every, rng=rng, seed=seed,
-                        gates=None if gate is None else {agent: gate})[agent]
 
-
-def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, beta: float, horizon: int,
-                 execute_steps: int, frame_every: int, rng: np.random.Generator, seed: int,
-                 gates: Mapping[str, InterventionGate] | None = None) -> dict[str, Trajectory]:
+def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, horizon: int, execute_steps: int,
+                 frame_every: int, rng: np.random.Generator, seed: int, mode: DaggerMode | None = None,
+                 beta: float = 0.0, operators: Mapping[str, SimulatedOperator] | None = None, watch: bool = False,
+                 probe_recovery: bool = False) -> dict[str, Trajectory]:
     """Run one episode of every agent of the env (all act in each step); one trajectory per agent.
 
     Args:
         env: a ParallelEnv with ``render_camera(agent)``.
-        expert: scripted expert with ``action_chunk(agent, horizon)`` and ``action(agent)``.
-        plans: the policy of each agent; None means the expert drives every chunk (a demonstration).
-        beta: probability that the expert drives a chunk, drawn per agent and chunk (ignored
-            when ``plans`` is None).
-        horizon: length H of a planned chunk.
+        expert: the env's scripted expert (actors/envs/trace.py).
+        plans: the policy of each agent; None: the expert drives every chunk (a demonstration).
+        horizon: length H of a planned chunk and of every label.
         execute_steps: steps of a chunk executed before planning again (<= horizon).
-        frame_every: render a camera frame every N steps; must divide ``execute_steps``
-            so that the policy always plans from a fresh frame.
+        frame_every: render a frame every N steps besides every planning step; must divide
+            ``execute_steps``.
         rng: source of the beta coin flips.
         seed: the episode's environment seed.
-        gates: HG-DAgger: per agent, decides when the expert takes over from the policy
-            (``beta`` is then ignored); needs ``plans``.
+        mode: the DAgger mode; None: no corrections (a demonstration or an evaluation).
+        beta: ungated modes: probability that the expert drives a chunk.
+        operators: gated modes and ``watch``: the operator of each agent.
+        watch: the operators judge every plan but never take over (an evaluation).
+        probe_recovery: with ``watch``, record at the first plan the gate fires on whether the
+            expert could still finish from there.
 
     Raises:
-        PolicyOutputError: the policy returned a chunk of the wrong shape or with NaN/inf;
-            the bad chunk is never executed.
+        ValueError: inconsistent arguments.
+        PolicyOutputError: the policy returned a chunk of the wrong shape or with NaN/inf; the bad
+            chunk is never executed.
     """
-    if gates is not None and plans is None:
-        raise ValueError("a gate needs a policy to take over from (plan is None)")
+    gated = mode is not None and mode.gated
+    if (gated or watch) and (plans is None or operators is None):
+        raise ValueError("a gate needs a policy to take over from and an operator per agent")
     if execute_steps > horizon or execute_steps % frame_every:
         raise ValueError(f"execute_steps ({execute_steps}) must be <= horizon ({horizon}) and a multiple of frame_every ({frame_every})")
     observations, _ = env.reset(seed=seed)
-    drivers = {agent: _Driver(env, expert, None if plans is None else plans[agent], agent,
-                              None if gates is None else gates[agent], observations[agent]["instruction"])
+    drivers = {agent: _Driver(env, expert, agent, observations[agent]["instruction"],
+                              plan=None if plans is None else plans[agent], mode=mode,
+                              operator=None if operators is None else operators[agent], horizon=horizon,
+                              execute_steps=execute_steps, frame_every=frame_every, rng=rng, beta=beta, watch=watch,
+                              probe_recovery=probe_recovery)
                for agent in env.agents}
     step = 0
     while env.agents:
-        actions = {agent: drivers[agent].act(observations[agent]["state"], step, beta=beta, horizon=horizon,
-                                             execute_steps=execute_steps, frame_every=frame_every, rng=rng)
-                   for agent in env.agents}
+        actions = {agent: drivers[agent].act(observations[agent]["state"], step) for agent in env.agents}
         observations, rewards, _, _, infos = env.step(actions)
         for agent in actions:
             drivers[agent].traj.rewards.append(float(rewards[agent]))
             drivers[agent].traj.success = bool(infos[agent]["success"])
         step += 1
+    for driver in drivers.values():
+        driver.finish(step)
     return {agent: driver.traj for agent, driver in drivers.items()}
 
 
 class _Driver:
-    """Chooses one agent's action each step (policy, expert or takeover) and records it."""
+    """Chooses one agent's action each step (policy, expert or operator) and records it."""
 
-    def __init__(self, env, expert, plan: PlanFn | None, agent: str, gate: InterventionGate | None,
-                 instruction: str):
-        self.env, self.expert, self.plan, self.agent, self.gate = env, expert, plan, agent, gate
-        self.traj = Trajectory(instruction=instruction)
+    def __init__(self, env, expert, agent: str, instruction: str, *, plan: PlanFn | None, mode: DaggerMode | None,
+                 operator: SimulatedOperator | None, horizon: int, execute_steps: int, frame_every: int,
+                 rng: np.random.Generator, beta: float, watch: bool, probe_recovery: bool):
+        self.env, self.expert, self.agent, self.plan, self.mode, self.operator = env, expert, agent, plan, mode, operator
+        self.horizon, self.execute_steps, self.frame_every = horizon, execute_steps, frame_every
+        self.rng, self.beta, self.watch, self.probe_recovery = rng, beta, watch, probe_recovery
+        self.gated = mode is not None and mode.gated and not watch
+        self.traj = Trajectory(instruction=instruction, execute_steps=execute_steps)
         self.chunk: np.ndarray | None = None
         self.chunk_start = 0
         self.expert_drives = True
-        if gate is not None:
-            gate.reset()
+        self._probed = False  # probe_recovery: the first firing was probed
+        if operator is not None:
+            operator.reset()
 
-    def _policy_chunk(self, step: int, state: np.ndarray, execute_steps: int) -> np.ndarray:
-        frame = self.traj.frames.get(step)
-        if frame is None:
-            frame = self.traj.frames[step] = self.env.render_camera(self.agent)
-        return checked_chunk(self.plan(frame, state, self.traj.instruction), execute_steps, self.env.action_dim)
-
-    def act(self, state: np.ndarray, step: int, *, beta: float, horizon: int, execute_steps: int,
-            frame_every: int, rng: np.random.Generator) -> np.ndarray:
-        label = np.asarray(self.expert.action(self.agent), dtype=np.float32)
-        if step % frame_every == 0:
-            self.traj.frames[step] = self.env.render_camera(self.agent)
-        gate = self.gate
-        if gate is not None:
-            if not gate.operator_in_control and (self.chunk is None or step - self.chunk_start >= execute_steps):
-                self.chunk, self.chunk_start = self._policy_chunk(step, state, execute_steps), step
-            self.expert_drives = gate.operator_in_control or gate.check(self.chunk[step - self.chunk_start], label)
-            if self.expert_drives:
-                gate.operator_step()
-                self.chunk = None  # the policy re-plans from a fresh frame once it has control back
-                action = label
-            else:
-                action = np.asarray(self.chunk[step - self.chunk_start], dtype=np.float32)
-        else:
-            if step % execute_steps == 0:
-                self.expert_drives = self.plan is None or rng.random() < beta
-                self.chunk = (self.expert.action_chunk(self.agent, horizon) if self.expert_drives
-                              else self._policy_chunk(step, state, execute_steps))
-            action = np.asarray(self.chunk[step % execute_steps], dtype=np.float32)
+    def act(self, state: np.ndarray, step: int) -> np.ndarray:
+        action = None
+        if self._operator_drives():
+            self._maybe_hand_back(state, step)
+            if self._operator_drives():
+                action = self._operator_action(step)
+        if action is None and (self.chunk is None or step - self.chunk_start >= self.execute_steps):
+            self._plan(state, step)
+            if self._operator_drives():
+                action = self._operator_action(step)
+        if action is None:
+            action = np.asarray(self.chunk[step - self.chunk_start], dtype=np.float32)
+            if step % self.frame_every == 0:
+                self._frame(step)
         self.traj.states.append(state)
         self.traj.actions.append(action)
-        self.traj.labels.append(label)
         self.traj.intervened.append(self.expert_drives)
         return action
+
+    def finish(self, steps: int) -> None:
+        """The episode ended: close a takeover still running."""
+        if self._operator_drives():
+            self._end_takeover(steps, "episode_end")
+
+    # -- planning ----------------------------------------------------------------------------
+    def _frame(self, step: int) -> np.ndarray:
+        if step not in self.traj.frames:
+            self.traj.frames[step] = self.env.render_camera(self.agent)
+        return self.traj.frames[step]
+
+    def _policy_chunk(self, state: np.ndarray, step: int) -> np.ndarray:
+        chunk = self.plan(self._frame(step), state, self.traj.instruction)
+        return checked_chunk(chunk, self.execute_steps, self.env.action_dim)
+
+    def _start_chunk(self, chunk: np.ndarray, step: int, driver: str, verdict: Verdict | None = None) -> None:
+        self.chunk, self.chunk_start, self.expert_drives = chunk, step, driver == "expert"
+        self.traj.plans.append(Plan(step, driver, verdict))
+
+    def _plan(self, state: np.ndarray, step: int) -> None:
+        if self.plan is None:  # a demonstration
+            self._start_chunk(self.expert.action_chunk(self.agent, self.horizon), step, "expert")
+        elif self.mode is not None and not self.mode.gated:  # beta-mixture: label every planning state
+            self._frame(step)
+            label = self._expert_chunk(step)
+            if label is not None and self.mode.expert_drives(self.rng, self.beta):
+                self._start_chunk(label, step, "expert")
+            else:
+                self._start_chunk(self._policy_chunk(state, step), step, "policy")
+        else:
+            chunk = self._policy_chunk(state, step)
+            verdict = self._judge(chunk, step) if self.operator is not None else None
+            self._start_chunk(chunk, step, "policy", verdict)
+            if verdict is None or not verdict.fire:
+                return
+            if self.watch and self.probe_recovery and not self._probed:
+                self._probed = True
+                self.traj.plans[-1].recoverable = self._can_finish(step)
+            elif self.gated:
+                self._take_over(step)
+
+    def _expert_chunk(self, step: int) -> np.ndarray | None:
+        """The expert's chunk from here, recorded as this step's label (None: it cannot plan)."""
+        try:
+            self.traj.labels[step] = self.expert.action_chunk(self.agent, self.horizon)
+            return self.traj.labels[step]
+        except ExpertUnavailable as exc:
+            self._unavailable(step, exc)
+            return None
+
+    def _judge(self, chunk: np.ndarray, step: int) -> Verdict | None:
+        """The operator's verdict on the policy's plan, its own chunk recorded as the label (None: the
+        expert cannot plan here, so nobody judges and the policy drives)."""
+        try:
+            verdict = self.operator.judge(chunk)
+            self.traj.labels[step] = self.operator.reference()
+            return verdict
+        except ExpertUnavailable as exc:
+            self._unavailable(step, exc)
+            return None
+
+    def _can_finish(self, step: int) -> bool:
+        try:
+            return self.expert.can_finish(self.agent, self.env.max_steps - step)
+        except ExpertUnavailable:
+            return False
+
+    def _unavailable(self, step: int, exc: ExpertUnavailable) -> None:
+        self.traj.expert_unavailable.append((step, str(exc)))
+
+    # -- takeovers ----------------------------------------------------------------------------
+    def _operator_drives(self) -> bool:
+        return self.operator is not None and self.operator.in_control
+
+    def _take_over(self, step: int) -> None:
+        try:
+            self.traj.takeovers.append(self.operator.take_over(step, "gate"))
+        except ExpertUnavailable as exc:  # the operator cannot drive from here: the policy goes on
+            self._unavailable(step, exc)
+
+    def _operator_action(self, step: int) -> np.ndarray | None:
+        """The operator's action at this step, its chunk recorded as the label; None when the expert
+        can no longer plan (the takeover ends, marked, and the policy plans again)."""
+        try:
+            label = self.operator.reference()
+        except ExpertUnavailable as exc:
+            self._unavailable(step, exc)
+            self._end_takeover(step, "expert_unavailable")
+            return None
+        self._frame(step)
+        self.traj.labels[step] = label
+        self.expert_drives = True
+        self.chunk = None
+        return np.asarray(label[0], dtype=np.float32)
+
+    def _end_takeover(self, step: int, reason: str) -> None:
+        self.traj.takeovers[-1] = self.operator.end_takeover(step, reason)
+        self.chunk = None
+
+    def _maybe_hand_back(self, state: np.ndarray, step: int) -> None:
+        fresh: dict[str, np.ndarray] = {}
+
+        def fresh_plan() -> np.ndarray:
+            fresh["chunk"] = self._policy_chunk(state, step)
+            return fresh["chunk"]
+
+        try:
+            reason = self.operator.hand_back_reason(step, fresh_plan)
+        except ExpertUnavailable as exc:
+            self._unavailable(step, exc)
+            reason = "expert_unavailable"
+        if reason is None:
+            return
+        self._end_takeover(step, reason)
+        if reason == "agreement":
+            self.traj.labels[step] = self.operator.reference()
+            self._start_chunk(fresh["chunk"], step, "policy")

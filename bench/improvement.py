@@ -1,61 +1,71 @@
-"""DAgger improvement: success on GR-1 pick-and-place before and after DAgger rounds.
+"""DAgger improvement: do corrections beat demonstrations at equal compute and equal expert effort?
 
-The loop's own parts, in one process: an embedded Valkey replay, the DeepSpeed ``Learner``
-(its weights reach the actor over the gRPC WeightService) and an ``EnvActor`` rolling out
-MuJoCo episodes with the scripted expert as the operator.
+The loop's own parts: per arm an embedded Valkey replay, the DeepSpeed ``Learner`` (its weights
+reach the actor over the gRPC WeightService) and an ``EnvActor`` rolling out GR-1 pick-and-place
+in MuJoCo, with the scripted expert as the operator. Protocol (docs/improvement.md):
 
-1. The actor writes N expert demonstrations to ``pretrain``; the learner fits the
-   normalisation on them and trains T0 steps (round 0: demonstrations only).
-2. Every round r = 0..k: the actor runs ``EnvActor.run_round`` with round r's policy: M DAgger
-   episodes on the same M scenes every round (``actors.dagger_seed_base``; ``hg-dagger``: the gate
-   lets the expert take over and only the takeovers become ``corrections``; ``dagger``:
-   beta-mixture rollouts, every visited state relabelled), then
-   E policy-only evaluation episodes on fixed seeds (``actors.eval_seed_base``: the same env
-   seeds and denoising noise in every round). Before round r + 1 the learner trains T more
-   steps on the mixture pretrain + corrections (``--correction-share`` of each batch).
-3. Control (unless --no-control): a fresh learner with the same seed and learning-rate
-   schedule trains the same total steps (T0 + k T) on the demonstrations alone and is
-   evaluated on the same seeds, so the gain is not just "more training".
+1. **Shared behaviour cloning.** N expert demonstrations; the learner fits the normalisation and
+   trains B steps, evaluated every B/4 steps on the curve seeds (the plateau curve); the policy
+   file it saves is the start of every arm.
+2. **Arms**, each its own process and replay, each a fresh learner from that file
+   (``learner.init_from``) with the same schedule, seed and batch, k rounds of T steps:
+   - D: the DAgger mode (``--mode``) on fresh scenes every round (M episodes), its corrections
+     mixed in at ``--correction-share``;
+   - C1 (equal steps): the N demonstrations alone;
+   - C2 (equal expert effort): after each of D's rounds, demonstrations on D's scenes (then the
+     scenes after them) until their expert-driven steps reach D's expert-labelled steps so far.
+3. Every arm's final policy, and D's after every round, is evaluated on the same E seeds with
+   the same denoising noise (paired). Success rates carry Wilson 95 % intervals; D against C1 and
+   C2 an exact McNemar test. D's round-0 evaluation (the shared checkpoint) is watched by the gate
+   with recovery probes: ``gate_recall`` is the share of failures it flagged while the expert
+   could still finish. The intervention rate of each of D's policies is measured on a fixed probe
+   set of gated episodes that are not written.
 
-Success rates carry Wilson 95 % intervals. ``intervention_rate_by_round[r]`` is the fraction
-of steps the expert drove in round r's DAgger episodes (those that feed round r + 1; the final
-round's are measured, not trained on). Logs go to stderr; the last stdout line is one JSON
-object.
+Logs go to stderr; the last stdout line is one JSON object.
 
     python bench/improvement.py [--quick] [--mode hg-dagger|dagger] [--images-only]
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering (before mujoco loads)
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import torch
-
-from fleetloop.actors.env_actor import EnvActor
-from fleetloop.config import FleetloopConfig, load_config
-from fleetloop.learner.learner import Learner
-from fleetloop.learner.role import fit_pretrain_normalization
-from fleetloop.replay import EmbeddedValkey
-
 logger = logging.getLogger("bench.improvement")
 
-EVAL_SEED_BASE = 900_000
-"""Evaluation episode i resets the env (and seeds the policy's noise) from EVAL_SEED_BASE + i."""
+DEMO_SEED_BASE = 700_000
+"""Demonstration i (shared by every arm) resets its env from DEMO_SEED_BASE + i."""
 DAGGER_SEED_BASE = 800_000
-"""DAgger episode i of every round likewise from DAGGER_SEED_BASE + i: the same scenes each round."""
+"""DAgger episode i of round r resets from DAGGER_SEED_BASE + r M + i (fresh scenes each round); C2 records
+its demonstrations on the same sequence of scenes."""
+PROBE_SEED_BASE = 850_000
+"""Probe episode i (gated, not written) of every round resets from PROBE_SEED_BASE + i."""
+EVAL_SEED_BASE = 900_000
+"""Evaluation episode i of every arm and round resets (and seeds the policy's noise) from EVAL_SEED_BASE + i."""
+CURVE_SEED_BASE = 950_000
+"""Behaviour-cloning curve episode i resets from CURVE_SEED_BASE + i."""
 
-FULL = dict(demos=4, pretrain_steps=1500, round_steps=500, rounds=3, dagger_episodes=40, eval_episodes=50)
-QUICK = dict(demos=2, pretrain_steps=10, round_steps=5, rounds=2, dagger_episodes=1, eval_episodes=3)
+FULL = dict(demos=4, bc_steps=2000, rounds=3, round_steps=400, dagger_episodes=30, eval_episodes=100,
+            probe_episodes=20, curve_episodes=30)
+QUICK = dict(demos=2, bc_steps=8, rounds=2, round_steps=4, dagger_episodes=1, eval_episodes=3, probe_episodes=1,
+             curve_episodes=2)
+ARMS = ("dagger", "equal_steps", "equal_expert")
 
+
+# ---- statistics ----------------------------------------------------------------------------------
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> list[float]:
     """Wilson score 95 % interval [low, high] of a binomial rate."""
@@ -65,126 +75,280 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> list[float]:
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
-def make_config(args: argparse.Namespace, mixture: dict[str, float], dagger_episodes: int) -> FleetloopConfig:
-    """The run's config: one actor on gr1_pick_place with fixed evaluation seeds; one learning-rate
-    schedule over all T0 + k T steps (published by the bench at round ends)."""
-    total = args.pretrain_steps + args.rounds * args.round_steps
-    return load_config("default", [
+def mcnemar_exact(a: list[bool], b: list[bool]) -> float:
+    """Two-sided exact McNemar p-value of paired outcomes ``a`` and ``b`` (binomial test on the
+    discordant pairs)."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return round(min(1.0, 2 * tail), 6)
+
+
+def gate_recall(records: list[dict]) -> dict[str, Any]:
+    """Among failed watched episodes, the share the gate flagged while the expert could still finish
+    from the state it first fired at; and how many successes it flagged (false alarms)."""
+    failures = [r for r in records if not r["success"]]
+    flagged = sum(bool(r["recoverable_at_first_fire"]) for r in failures)
+    successes = [r for r in records if r["success"]]
+    return {"failures": len(failures), "flagged_in_time": flagged,
+            "recall": round(flagged / len(failures), 4) if failures else None,
+            "flagged_successes": sum(bool(r["fired"]) for r in successes), "successes": len(successes)}
+
+
+# ---- one learner and its actor --------------------------------------------------------------------
+
+def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_steps: int,
+                init_from: str | None = None):
+    """The run config of one arm (or of behaviour cloning): one actor on gr1_pick_place, one schedule
+    over ``total_steps`` (restarted every round with --lr-restart)."""
+    from fleetloop.config import load_config
+
+    restart = args.round_steps if (args.lr_restart and init_from) else 0
+    overrides = [
         "model.preset=tiny", "actors.env=gr1_pick_place", "actors.num_actors=1", f"actors.max_steps={args.max_steps}",
         f"actors.execute_steps={args.execute_steps}", f"actors.dagger.mode={args.mode}",
-        f"actors.state_includes_object_pose={not args.images_only}", f"actors.eval_seed_base={EVAL_SEED_BASE}",
-        f"actors.dagger_seed_base={DAGGER_SEED_BASE}",
-        f"actors.eval_episodes_per_round={args.eval_episodes}", f"actors.dagger_episodes_per_round={dagger_episodes}",
-        f"actors.dagger.gate_threshold={args.gate_threshold}", "actors.torch_threads=1",
+        f"actors.state_includes_object_pose={not args.images_only}", "actors.torch_threads=1",
+        f"actors.dagger.gate={json.dumps(gate_options(args))}",
+        f"actors.dagger.takeover.max_steps={args.takeover_cap}",
+        f"actors.dagger.pre_intervention_chunks={args.pre_intervention_chunks}",
+        f"actors.dagger.beta_start={args.beta_start}", f"actors.dagger.beta_decay={args.beta_decay}",
         f"learner.batch_size={args.batch_size}", f"learner.lr={args.lr}", f"run.seed={args.seed}",
-        "run.rounds=1", f"learner.steps_per_round={total}", f"learner.publish_every={total}",
-        f"learner.warmup_steps={min(50, total // 10)}", "learner.checkpoint_every=0", "learner.torch_threads=1",
+        "run.rounds=1", f"learner.steps_per_round={total_steps}", f"learner.publish_every={total_steps}",
+        f"learner.warmup_steps={min(50, max(1, total_steps // 10))}", "learner.checkpoint_every=0",
+        "learner.torch_threads=1", f"learner.lr_restart_every={restart}",
         f"learner.tune_llm={args.images_only}", f"learner.tune_visual={args.images_only}",
         f"replay.mixture={json.dumps(mixture)}", "weights.port=0", "metrics.learner_port=0",
         "metrics.actor_base_port=0",
-    ])
+    ]
+    if init_from:
+        overrides.append(f"learner.init_from={init_from}")
+    return load_config("default", overrides)
 
 
-class Run:
-    """One learner and the actor following its weights (the actor's audit in ``root``)."""
+def gate_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.gate == "joint":
+        return {"kind": "joint", "default_threshold": args.joint_threshold, "patience": args.patience}
+    return {"kind": "task_space", "effector_m": args.effector_m, "patience": args.patience}
 
-    def __init__(self, cfg: FleetloopConfig, url: str, root: Path):
-        self.learner = Learner(cfg, str(root / "learner"), url)
-        self.actor = EnvActor(0, cfg, url, self.learner.endpoints()["weights"], str(root / "audit"))
 
-    def train(self, steps: int) -> dict:
-        """Train ``steps`` steps and publish; the version the actor must run next."""
+class Arm:
+    """One replay server, learner and actor following its weights (everything under ``root``)."""
+
+    def __init__(self, cfg, root: Path):
+        from fleetloop.actors.env_actor import EnvActor
+        from fleetloop.learner.learner import Learner
+        from fleetloop.replay import EmbeddedValkey
+
+        self.cfg = cfg
+        self.server = EmbeddedValkey(root / "replay")
+        self.server.start()
+        self.learner = Learner(cfg, str(root / "learner"), self.server.url)
+        self.actor = EnvActor(0, cfg, self.server.url, self.learner.endpoints()["weights"], str(root / "audit"))
+        self.embodiment = self.actor.embodiment
+
+    def train(self, steps: int, refit: bool = False) -> dict[str, Any]:
+        """(Refit the normalisation,) train ``steps`` steps, publish, and wait until the actor runs it."""
         start = time.time()
+        if refit:
+            self.learner.fit_mixture_normalization()
         loss = self.learner.train(steps)["loss"]
-        return {"steps": steps, "loss": round(loss, 4), "train_seconds": round(time.time() - start, 1),
-                "version": self.learner.publish()}
+        version = self.learner.publish()
+        if not self.actor.wait_for_version(version, 300):
+            raise TimeoutError(f"the actor did not apply weights version {version}")
+        return {"steps": steps, "loss": round(loss, 4), "train_seconds": round(time.time() - start, 1)}
 
-    def round(self, index: int, version: int) -> dict:
-        """``run_round`` of the actor on ``version``: its DAgger episodes, then the evaluation."""
+    def publish(self) -> None:
+        version = self.learner.publish()
+        if not self.actor.wait_for_version(version, 300):
+            raise TimeoutError(f"the actor did not apply weights version {version}")
+
+    def evaluate(self, episodes: int, **watch: bool) -> dict[str, Any]:
         start = time.time()
-        result = self.actor.run_round(index, min_version=version, timeout_s=300)
-        ci = wilson(result["eval_successes"], result["eval_episodes"])
-        logger.info("round %d (version %d): success %d/%d %s, intervention rate %.3f", index, version,
-                    result["eval_successes"], result["eval_episodes"], ci, result["intervention_rate"])
-        return {"successes": result["eval_successes"], "success_rate": result["success_rate"], "ci95": ci,
-                "intervention_rate": round(result["intervention_rate"], 4), "discarded": result["discarded"],
-                "rollout_seconds": round(time.time() - start, 1)}
+        result = self.actor.evaluate([EVAL_SEED_BASE + i for i in range(episodes)], **watch)
+        successes = result["successes"]
+        return {"successes": sum(successes), "success_rate": round(sum(successes) / episodes, 4),
+                "ci95": wilson(sum(successes), episodes), "outcomes": successes, "gate": result["gate"],
+                "eval_seconds": round(time.time() - start, 1)}
+
+    def probe(self, episodes: int) -> float:
+        """Intervention rate of the current policy on the fixed probe scenes (nothing written)."""
+        if not episodes:
+            return 0.0
+        return round(self.actor.dagger_episodes(0, [PROBE_SEED_BASE + i for i in range(episodes)],
+                                                write=False)["intervention_rate"], 4)
+
+    def episodes(self) -> dict[str, int]:
+        """Episodes per table of the arm's replay (what it could train on, and its evaluations)."""
+        return {table: row["episodes"] for table, row in self.learner.replay.table_stats().items()}
 
     def close(self) -> None:
         self.actor.close()
         self.learner.close()
+        self.server.stop()
 
 
-def run_dagger(args: argparse.Namespace, url: str, root: Path) -> tuple[list[dict], int]:
-    """Demonstrations, then rounds 0..k; one record per round and the demos that succeeded."""
-    mixture = {"pretrain": 1.0 - args.correction_share, "corrections": args.correction_share}
-    run = Run(make_config(args, mixture, args.dagger_episodes), url, root)
+# ---- phases ---------------------------------------------------------------------------------------
+
+def behaviour_cloning(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Demonstrations, normalisation, B steps with the curve; the saved policy file."""
+    arm = Arm(make_config(args, mixture={"pretrain": 1.0}, total_steps=args.bc_steps), root)
     try:
         start = time.time()
-        demo_successes = run.actor.collect_demos(args.demos)
-        logger.info("%d/%d expert demonstrations succeeded (%.0f s)", demo_successes, args.demos, time.time() - start)
-        fit_pretrain_normalization(run.learner)
-        records = []
-        for r in range(args.rounds + 1):
-            trained = run.train(args.round_steps if r else args.pretrain_steps)
-            before = len(run.actor.status()["written"].get("corrections", []))
-            record = {"round": r, **trained, **run.round(r, trained["version"])}
-            record["correction_episodes"] = len(run.actor.status()["written"].get("corrections", [])) - before
-            records.append(record)
-        return records, demo_successes
+        demo_successes = arm.actor.collect_demos(args.demos, [DEMO_SEED_BASE + i for i in range(args.demos)])
+        arm.learner.fit_mixture_normalization()
+        curve, chunk = [], max(1, args.bc_steps // 4)
+        seeds = [CURVE_SEED_BASE + i for i in range(args.curve_episodes)]
+        while arm.learner.step < args.bc_steps:
+            trained = arm.train(min(chunk, args.bc_steps - arm.learner.step))
+            outcome = arm.actor.evaluate(seeds)["successes"]
+            curve.append({"step": arm.learner.step, "loss": trained["loss"], "successes": sum(outcome),
+                          "episodes": len(seeds)})
+            logger.info("behaviour cloning: step %d, loss %.4f, %d/%d on the curve seeds", arm.learner.step,
+                        trained["loss"], sum(outcome), len(seeds))
+        policy = arm.learner.save_checkpoint()
+        return {"policy": policy, "curve": curve, "demo_successes": demo_successes,
+                "demo_steps": args.demos * args.max_steps, "seconds": round(time.time() - start, 1)}
     finally:
-        run.close()
+        arm.close()
 
 
-def run_control(args: argparse.Namespace, url: str, root: Path) -> dict:
-    """A fresh learner (same seed and schedule) trained T0 + k T steps on the demonstrations alone."""
-    run = Run(make_config(args, {"pretrain": 1.0}, dagger_episodes=0), url, root)
+def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict[str, Any]:
+    """Arm D: round 0 is the shared checkpoint; every round evaluates, probes, collects M DAgger
+    episodes on fresh scenes (their expert-labelled steps sent to C2) and trains T steps."""
+    mixture = {"pretrain": 1.0 - args.correction_share, "corrections": args.correction_share}
+    arm = Arm(make_config(args, mixture=mixture, total_steps=args.rounds * args.round_steps, init_from=policy), root)
     try:
-        fit_pretrain_normalization(run.learner)
-        trained = run.train(args.pretrain_steps + args.rounds * args.round_steps)
-        return {**trained, **run.round(0, trained["version"])}
+        arm.actor.collect_demos(args.demos, [DEMO_SEED_BASE + i for i in range(args.demos)])
+        arm.publish()
+        rounds, label_rows = [], 0
+        for r in range(args.rounds + 1):
+            record: dict[str, Any] = {"round": r}
+            watch = {"watch": True, "probe_recovery": True} if r == 0 else {}
+            record.update(arm.evaluate(args.eval_episodes, **watch))
+            record["intervention_rate"] = arm.probe(args.probe_episodes)
+            if r < args.rounds:
+                start = time.time()
+                seeds = [DAGGER_SEED_BASE + r * args.dagger_episodes + i for i in range(args.dagger_episodes)]
+                collected = arm.actor.dagger_episodes(r, seeds)
+                label_rows += collected["expert_label_rows"]
+                to_c2.put({"round": r, "expert_label_rows": label_rows})
+                record.update({key: collected[key] for key in ("expert_label_rows", "takeovers", "takeover_endings",
+                                                               "takeover_subgoals", "skipped", "written")})
+                record["dagger_successes"] = collected["successes"]
+                record["dagger_intervention_rate"] = round(collected["intervention_rate"], 4)
+                lengths = collected["takeover_steps"]
+                record["takeover_mean_steps"] = round(sum(lengths) / len(lengths), 1) if lengths else 0.0
+                record["rollout_seconds"] = round(time.time() - start, 1)
+                record.update(arm.train(args.round_steps, refit=args.refit_normalization))
+            logger.info("D round %d: %d/%d, probe intervention rate %.3f", r, record["successes"],
+                        args.eval_episodes, record["intervention_rate"])
+            rounds.append(record)
+        return {"rounds": rounds, "expert_label_rows": label_rows, "episodes": arm.episodes()}
     finally:
-        run.close()
+        arm.close()
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI: check the mechanics in a few minutes")
-    parser.add_argument("--mode", choices=("hg-dagger", "dagger"), default="hg-dagger")
-    parser.add_argument("--images-only", action="store_true",
-                        help="no object pose in the state (System 2 then trains too)")
-    parser.add_argument("--no-control", action="store_true", help="skip the demos-only control at equal steps")
-    parser.add_argument("--seed", type=int, default=0)
-    for name, default in FULL.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
-                            help=f"default {default} ({QUICK[name]} with --quick)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--gate-threshold", type=float, default=0.3, help="hg-dagger gate (rad)")
-    parser.add_argument("--correction-share", type=float, default=0.2,
-                        help="share of each batch drawn from corrections after round 0 (the rest: pretrain)")
-    parser.add_argument("--max-steps", type=int, default=96, help="control steps per episode")
-    parser.add_argument("--execute-steps", type=int, default=8, help="steps of a chunk executed before re-planning")
-    args = parser.parse_args()
-    for name, default in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    if args.quick:
-        args.no_control = True
-    return args
+def run_equal_steps(args: argparse.Namespace, root: Path, policy: str) -> dict[str, Any]:
+    """Arm C1: the shared demonstrations alone, k T steps."""
+    arm = Arm(make_config(args, mixture={"pretrain": 1.0}, total_steps=args.rounds * args.round_steps,
+                          init_from=policy), root)
+    try:
+        arm.actor.collect_demos(args.demos, [DEMO_SEED_BASE + i for i in range(args.demos)])
+        for _ in range(args.rounds):
+            trained = arm.train(args.round_steps, refit=args.refit_normalization)
+        return {**trained, **arm.evaluate(args.eval_episodes), "expert_steps": 0, "episodes": arm.episodes()}
+    finally:
+        arm.close()
 
 
-def main() -> None:
-    args = parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+def run_equal_expert(args: argparse.Namespace, root: Path, policy: str, from_d) -> dict[str, Any]:
+    """Arm C2: after each of D's rounds, demonstrations on D's scenes until their expert-driven steps
+    reach D's expert-labelled steps so far; then T steps on every demonstration."""
+    arm = Arm(make_config(args, mixture={"pretrain": 1.0}, total_steps=args.rounds * args.round_steps,
+                          init_from=policy), root)
+    try:
+        arm.actor.collect_demos(args.demos, [DEMO_SEED_BASE + i for i in range(args.demos)])
+        demo_steps, next_scene, per_round = 0, 0, []
+        for _ in range(args.rounds):
+            budget = from_d.get(timeout=7200)
+            count = max(0, math.ceil((budget["expert_label_rows"] - demo_steps) / args.max_steps))
+            arm.actor.collect_demos(count, [DAGGER_SEED_BASE + next_scene + i for i in range(count)])
+            next_scene += count
+            demo_steps += count * args.max_steps
+            per_round.append({"round": budget["round"], "demos": count, "expert_steps": demo_steps,
+                              "dagger_expert_steps": budget["expert_label_rows"]})
+            trained = arm.train(args.round_steps, refit=args.refit_normalization)
+        return {**trained, **arm.evaluate(args.eval_episodes), "expert_steps": demo_steps, "per_round": per_round,
+                "episodes": arm.episodes()}
+    finally:
+        arm.close()
+
+
+def _arm_main(name: str, args: argparse.Namespace, root: str, policy: str, queue, results) -> None:
+    """Entry of an arm's process: run it, put (name, result or error) on ``results``."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s [{name}] %(name)s: %(message)s")
+    import torch
+
     torch.manual_seed(args.seed)
-    start = time.time()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey(Path(tmp) / "replay") as server:
-        rounds, demo_successes = run_dagger(args, server.url, Path(tmp) / "dagger")
-        control = None if args.no_control else run_control(args, server.url, Path(tmp) / "control")
+    try:
+        if name == "dagger":
+            result = run_dagger(args, Path(root), policy, queue)
+        elif name == "equal_steps":
+            result = run_equal_steps(args, Path(root), policy)
+        else:
+            result = run_equal_expert(args, Path(root), policy, queue)
+        results.put((name, result))
+    except BaseException:
+        results.put((name, {"error": traceback.format_exc()}))
+
+
+def run_arms(args: argparse.Namespace, root: Path, policy: str) -> dict[str, dict[str, Any]]:
+    """The three arms as processes (D feeds C2 its expert steps round by round)."""
+    context = multiprocessing.get_context("spawn")
+    to_c2, results = context.Queue(), context.Queue()
+    processes = [context.Process(target=_arm_main, args=(name, args, str(root / name), policy, to_c2, results),
+                                 name=name) for name in ARMS]
+    for process in processes:
+        process.start()
+    outcome: dict[str, dict[str, Any]] = {}
+    try:
+        while len(outcome) < len(ARMS):
+            name, result = results.get(timeout=7200)
+            if "error" in result:
+                raise RuntimeError(f"arm {name} failed:\n{result['error']}")
+            outcome[name] = result
+            logger.info("arm %s finished", name)
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+    return outcome
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[str, Any]], wall: float) -> dict:
+    d = arms["dagger"]
+    rounds = d["rounds"]
+    final = rounds[-1]
+    c1, c2 = arms["equal_steps"], arms["equal_expert"]
+    base = rounds[0]
+
+    def control(arm: dict[str, Any]) -> dict[str, Any]:
+        return {key: arm[key] for key in ("successes", "success_rate", "ci95", "expert_steps", "loss", "episodes")}
+
+    def effort_return(arm_final: float, expert_steps: int) -> float | None:
+        gained = 100 * (arm_final - base["success_rate"])
+        return round(1000 * gained / expert_steps, 2) if expert_steps else None
+
     success = [r["success_rate"] for r in rounds]
     ci = [r["ci95"] for r in rounds]
-    print(json.dumps({
+    per_round = [{k: v for k, v in r.items() if k not in ("outcomes", "gate")} for r in rounds]
+    return {
         "benchmark": "improvement",
         "quick": args.quick,
         "task": "gr1_pick_place",
@@ -195,25 +359,100 @@ def main() -> None:
         "intervals_overlap": ci[-1][0] <= ci[0][1],
         "intervention_rate_by_round": [r["intervention_rate"] for r in rounds],
         "eval_episodes_per_round": args.eval_episodes,
-        "control_same_total_steps": control,
+        "control_same_total_steps": control(c1),
+        "control_equal_steps": control(c1),
+        "control_equal_expert": {**control(c2), "per_round": c2["per_round"]},
+        "mcnemar_p": {"vs_equal_steps": mcnemar_exact(final["outcomes"], c1["outcomes"]),
+                      "vs_equal_expert": mcnemar_exact(final["outcomes"], c2["outcomes"])},
+        "gain_vs_equal_steps_points": round(100 * (final["success_rate"] - c1["success_rate"]), 1),
+        "gain_vs_equal_expert_points": round(100 * (final["success_rate"] - c2["success_rate"]), 1),
+        "expert_steps_by_arm": {"dagger": d["expert_label_rows"], "equal_steps": 0, "equal_expert": c2["expert_steps"]},
+        "episodes_by_arm": {name: arm["episodes"] for name, arm in arms.items()},
+        "shared_demo_steps": bc["demo_steps"],
+        "return_on_human_effort": {"dagger": effort_return(final["success_rate"], d["expert_label_rows"]),
+                                   "equal_expert": effort_return(c2["success_rate"], c2["expert_steps"])},
+        "gate_recall": gate_recall(base["gate"])["recall"],
+        "gate_flags": gate_recall(base["gate"]),
+        "bc_curve": bc["curve"],
+        "bc_seconds": bc["seconds"],
         "state_includes_object_pose": not args.images_only,
         "n_demos": args.demos,
-        "demo_successes": demo_successes,
-        "pretrain_steps": args.pretrain_steps,
+        "demo_successes": bc["demo_successes"],
+        "bc_steps": args.bc_steps,
         "steps_per_round": args.round_steps,
         "rounds": args.rounds,
         "dagger_episodes_per_round": args.dagger_episodes,
+        "probe_episodes": args.probe_episodes,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "gate_threshold": args.gate_threshold,
+        "lr_restart": args.lr_restart,
+        "refit_normalization": args.refit_normalization,
+        "gate": gate_options(args),
+        "takeover_cap": args.takeover_cap,
+        "pre_intervention_chunks": args.pre_intervention_chunks,
         "correction_share": args.correction_share,
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
         "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + args.eval_episodes - 1],
-        "dagger_seeds": [DAGGER_SEED_BASE, DAGGER_SEED_BASE + args.dagger_episodes - 1],
-        "per_round": rounds,
-        "wall_seconds": round(time.time() - start, 1),
-    }))
+        "per_round": per_round,
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI: check the mechanics in a few minutes")
+    parser.add_argument("--mode", choices=("hg-dagger", "dagger"), default="hg-dagger")
+    parser.add_argument("--images-only", action="store_true",
+                        help="no object pose in the state (System 2 then trains too)")
+    parser.add_argument("--seed", type=int, default=0)
+    for name, default in FULL.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
+                            help=f"default {default} ({QUICK[name]} with --quick)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-restart", action=argparse.BooleanOptionalAction, default=True,
+                        help="every arm restarts its warm-up + cosine schedule each round")
+    parser.add_argument("--refit-normalization", action=argparse.BooleanOptionalAction, default=False,
+                        help="every arm refits the normalisation on its mixture's tables before each round")
+    parser.add_argument("--gate", choices=("task_space", "joint"), default="task_space")
+    parser.add_argument("--effector-m", type=float, default=0.07, help="task_space gate: effector path gap (m)")
+    parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
+    parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
+    parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")
+    parser.add_argument("--pre-intervention-chunks", type=int, default=1)
+    parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
+    parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")
+    parser.add_argument("--correction-share", type=float, default=0.5,
+                        help="share of D's batches drawn from corrections (the rest: the demonstrations)")
+    parser.add_argument("--max-steps", type=int, default=96, help="control steps per episode")
+    parser.add_argument("--execute-steps", type=int, default=8, help="steps of a chunk executed before re-planning")
+    parser.add_argument("--bc-policy", type=Path, help="start the arms from this behaviour-cloning policy file of a "
+                                                       "--keep run (same demonstrations) instead of training one")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (its bc/ holds the policy file)")
+    args = parser.parse_args(argv)
+    for name, default in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
+    torch.manual_seed(args.seed)
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        if args.bc_policy:
+            bc = {**json.loads(args.bc_policy.with_name("bc.json").read_text()), "policy": str(args.bc_policy)}
+        else:
+            bc = behaviour_cloning(args, root / "bc")
+            Path(bc["policy"]).with_name("bc.json").write_text(json.dumps(bc))
+        arms = run_arms(args, root, bc["policy"])
+    print(json.dumps(report(args, bc, arms, time.time() - start)))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,11 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering of the demonstrations (before mujoco loads)
 
-from fleetloop.actors.dagger import DEMO, to_episode
+from fleetloop.actors.dagger import DEMO, Segment
+from fleetloop.actors.dagger.episodes import to_episode
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
-from fleetloop.actors.rollout import run_episode
+from fleetloop.actors.rollout import run_episodes
 from fleetloop.config import FleetloopConfig, load_config
 from fleetloop.replay import EmbeddedValkey, ReplayClient
 
@@ -58,9 +59,8 @@ def fill_replay(url: str, episodes: int) -> None:
     rng = np.random.default_rng(0)
     with ReplayClient(url) as client:
         for seed in range(episodes):
-            traj = run_episode(env, expert, None, beta=1.0, horizon=16, execute_steps=8, frame_every=4, rng=rng,
-                               seed=seed)
-            client.write_episode("pretrain", to_episode(traj, relabel=False, source=DEMO,
+            traj = run_episodes(env, expert, None, horizon=16, execute_steps=8, frame_every=4, rng=rng, seed=seed)["arm_0"]
+            client.write_episode("pretrain", to_episode(traj, Segment.whole("pretrain", DEMO, len(traj.states)),
                                                         embodiment=env.embodiment, policy_version=0, actor_id="bench"))
     env.close()
 
@@ -68,11 +68,10 @@ def fill_replay(url: str, episodes: int) -> None:
 def measure_rank(cfg: FleetloopConfig, run_dir: str, url: str, steps: int, rounds: int) -> dict:
     """Steps/s of this rank's Learner in both modes (rank 0's figures are the ones reported)."""
     from fleetloop.learner.learner import Learner
-    from fleetloop.learner.role import fit_pretrain_normalization
 
     learner = Learner(cfg, run_dir, url)
     try:
-        fit_pretrain_normalization(learner)
+        learner.fit_mixture_normalization()
         learner.train(3)  # warm-up: first steps allocate and fill the prefetch queue
         replay_prefetch = learner.prefetch
         memory = InMemoryBatches([learner._next_item() for _ in range(8)])

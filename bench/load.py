@@ -207,7 +207,7 @@ def probe_sizes(client: ReplayClient, probe: Episode, table: str, horizon: int) 
     record_bytes = client.redis.memory_usage(record, samples=0)
     client.redis.delete(record)
     return {
-        "episode": sum(client.redis.memory_usage(k, samples=0) for k in episode_keys),
+        "episode": sum(client.redis.memory_usage(k, samples=0) or 0 for k in episode_keys),  # no label key: 0
         "request": resp_size([b"EVALSHA", b"0" * 40, len(script_keys), *script_keys,
                               *script_args]),
         "window": resp_size([b"0" * 4 * state_dim, b"0" * 4 * horizon * action_dim,
@@ -324,7 +324,7 @@ def main() -> None:
     windows_per_slice = [windows for windows, _ in sampled]
     sampled_ids = set().union(*(ids for _, ids in sampled))
     frames_per_episode = len(range(0, args.steps, args.frame_every))
-    per_episode = 1 + len(keys.EPISODE_ARRAYS) + frames_per_episode
+    per_episode = 1 + len(keys.EPISODE_ARRAYS) - 1 + frames_per_episode  # meta, arrays but the (absent) label, frames
     inserts_per_s = rate(writers.per_slice, "load")
     single_writer = rate(writers.per_slice, "single_writer")
     windows_per_s = rate(windows_per_slice, "load")

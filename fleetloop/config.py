@@ -11,10 +11,10 @@ from __future__ import annotations
 import importlib.resources
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from fleetloop.limits import InputError, read_limited
 
@@ -56,6 +56,12 @@ def _check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
     if bad:
         raise ValueError(f"amounts must be finite and > 0, got {bad}")
     return resources
+
+
+DEFAULT_CLASS_WEIGHTS = {"demo": 1.0, "relabel": 1.0, "intervention": 1.0, "pre_intervention_relabel": 1.0,
+                         "pre_intervention": 0.0, "robot": 1.0}
+"""learner.class_weights by default (Sirius, Liu et al. 2023): corrections and demonstrations in full,
+the policy's own actions just before a takeover (what went wrong) left out."""
 
 
 class RunSection(_Section):
@@ -160,6 +166,23 @@ class LearnerSection(_Section):
                                                           "(GR00T's padding). False leaves them out of the loss "
                                                           "(LeRobot's action_is_pad): a takeover segment ends where "
                                                           "the policy drove on, not where the robot held still.")
+    class_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_CLASS_WEIGHTS),
+        description="Loss weight of a training window by its episode's correction class (actors/dagger): "
+                    "Sirius-style, the policy's own pre-takeover actions about 0; sources not listed (e.g. an "
+                    "ingested dataset's) weigh 1. Each class's share of the loss is its share of the batch "
+                    "(replay.mixture) times its weight.")
+    init_from: str | None = Field(None, description="A policy .safetensors file (e.g. a learner checkpoint's "
+                                                    "policy-step-*.safetensors) whose weights and normalisation a "
+                                                    "fresh learner starts from: fine-tuning, not a resume (step 0, a "
+                                                    "fresh optimizer and schedule). Ignored by --resume.")
+    refit_normalization: bool = Field(False, description="Refit the normalisation statistics on every table of "
+                                                        "replay.mixture (labels included) before each round's "
+                                                        "training, as corrections widen the states and actions "
+                                                        "seen; False: fitted once, before the first step.")
+    lr_restart_every: int = Field(0, ge=0, description="Warm restarts: the warm-up + cosine schedule starts again "
+                                                      "every N optimizer steps (e.g. learner.steps_per_round); "
+                                                      "0: one schedule over the whole run.")
     zero_stage: Literal[1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also "
                                                "gradients, 3 also parameters (gathered for publish and export).")
     publish_every: int = Field(50, ge=1, description="Publish weights every N optimizer steps (and at round end).")
@@ -180,6 +203,19 @@ class LearnerSection(_Section):
     @classmethod
     def _check_resources(cls, resources: dict[str, float]) -> dict[str, float]:
         return _check_ray_resources(resources)
+
+    @field_validator("class_weights")
+    @classmethod
+    def _check_class_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        from fleetloop.actors.dagger import CLASSES  # imported on use
+
+        unknown = sorted(set(weights) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"unknown class(es) {unknown}; classes: {list(CLASSES)}")
+        bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"weights must be finite and >= 0, got {bad}")
+        return {**DEFAULT_CLASS_WEIGHTS, **weights}
 
 
 class WeightsSection(_Section):
@@ -250,37 +286,71 @@ class BridgeSection(_Section):
     credentials = WeightsSection.credentials
 
 
+def _gate_kind(value: Any) -> str:
+    """The gate kind of a raw or validated ``actors.dagger.gate`` (the default kind when unset)."""
+    from fleetloop.actors.gates import DEFAULT_GATE
+
+    kind = value.get("kind", DEFAULT_GATE) if isinstance(value, dict) else getattr(value, "kind", DEFAULT_GATE)
+    return kind
+
+
+def _gate_options() -> Any:
+    """The union of every registered gate's options, told apart by ``kind`` (actors/gates)."""
+    from fleetloop.actors.gates import GATES
+
+    choices = tuple(Annotated[gate.Options, Tag(kind)] for kind, gate in GATES.items())
+    return Annotated[Union[choices], Discriminator(_gate_kind)]
+
+
+class TakeoverSection(_Section):
+    max_steps: int = Field(64, ge=1, description="Cap of one takeover (steps); a takeover that reaches it is "
+                                                 "marked and not trained on.")
+    hand_back: list[Literal["subgoal", "agreement"]] = Field(
+        default_factory=lambda: ["subgoal", "agreement"],
+        description="When the operator may hand back before the cap, checked every actors.execute_steps steps: "
+                    "subgoal: the expert's subgoal at the takeover's start is done (grasped, placed); agreement: "
+                    "the policy's fresh plan agrees with the operator's (the gate's test).")
+
+
 class DaggerSection(_Section):
-    mode: Literal["dagger", "hg-dagger"] = Field(
-        "dagger", description="dagger: beta-mixture rollouts, the expert labels every visited state; hg-dagger: the "
-                              "policy drives, the expert takes over when the gate fires, only takeovers become "
-                              "corrections (actors/dagger.py).")
+    mode: str = Field(
+        "dagger", description="A registered DAgger mode (actors/dagger): dagger: beta-mixture rollouts, every "
+                              "planning state labelled with the expert's chunk; hg-dagger: the policy drives, an "
+                              "operator takes over when the gate fires, takeovers and the planning states before "
+                              "them become corrections.")
     beta_start: float = Field(0.5, ge=0, le=1, description="dagger: probability that the expert drives a chunk in round 0.")
     beta_decay: float = Field(0.5, ge=0, le=1, description="dagger: beta of round r = beta_start * beta_decay**r.")
-    gate_threshold: float = Field(0.3, gt=0, description="hg-dagger: action divergence from the expert (max abs, action "
-                                                        "units) that counts a step toward a takeover.")
-    gate_patience: int = Field(3, ge=1, description="hg-dagger: consecutive divergent steps that make the expert take over.")
-    takeover_steps: int = Field(16, ge=1, description="hg-dagger: steps the expert drives once it took over.")
-    pre_intervention_steps: int = Field(8, ge=0, description="hg-dagger: policy steps before a takeover classed "
-                                                             "pre_intervention.")
-    class_weights: dict[str, float] = Field(
-        default_factory=lambda: {"demo": 1.0, "relabel": 1.0, "intervention": 1.0, "pre_intervention": 0.1,
-                                 "robot": 1.0},
-        description="Initial replay priority of each correction class; steers sampling in tables whose sampler "
-                    "is prioritized.")
+    gate: _gate_options() = Field(
+        default_factory=lambda: _gate_options_default(),
+        description="hg-dagger: how the operator judges each plan (actors/gates): kind task_space (effector path "
+                    "and grasp, effector_m, grasp, patience in chunks) or joint (thresholds per joint group, "
+                    "default_threshold, patience). Replaced whole by a later config layer.")
+    takeover: TakeoverSection = Field(default_factory=TakeoverSection)
+    pre_intervention_chunks: int = Field(1, ge=0, description="hg-dagger: the policy's planning states before a "
+                                                              "takeover relabelled with the expert's chunk "
+                                                              "(pre_intervention_relabel).")
 
-    @field_validator("class_weights")
+    @field_validator("mode")
     @classmethod
-    def _check_class_weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        from fleetloop.actors.dagger import CLASSES  # imported on use
+    def _check_mode(cls, mode: str) -> str:
+        from fleetloop.actors.dagger import MODES
 
-        unknown = sorted(set(weights) - set(CLASSES))
-        if unknown:
-            raise ValueError(f"unknown class(es) {unknown}; classes: {list(CLASSES)}")
-        bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w >= 0)}
-        if bad:
-            raise ValueError(f"weights must be finite and >= 0, got {bad}")
-        return {name: weights.get(name, 1.0) for name in CLASSES}
+        if mode not in MODES:
+            raise ValueError(f"unknown DAgger mode {mode!r}; modes: {sorted(MODES)}")
+        return mode
+
+    @property
+    def gated(self) -> bool:
+        """Derived: the mode lets an operator take over through a gate."""
+        from fleetloop.actors.dagger import MODES
+
+        return MODES[self.mode].gated
+
+
+def _gate_options_default() -> Any:
+    from fleetloop.actors.gates import GATES, DEFAULT_GATE
+
+    return GATES[DEFAULT_GATE].Options()
 
 
 class ActorsSection(_Section):
@@ -311,7 +381,7 @@ class ActorsSection(_Section):
     shuffle_layout: bool = Field(False, description="Reach task: shuffle the balls' places each episode (the policy must then find the named colour in the image).")
     demos_per_actor: int = Field(16, ge=1, description="Expert demonstrations each actor seeds into `pretrain`.")
     dagger_episodes_per_round: int = Field(3, ge=0, description="beta-mixture DAgger episodes per actor and round.")
-    eval_episodes_per_round: int = Field(5, ge=1, description="Policy-only episodes per actor and round (success rate; also relabelled).")
+    eval_episodes_per_round: int = Field(5, ge=1, description="Policy-only episodes per actor and round: the success rate (written to rollouts, never relabelled).")
     execute_steps: int = Field(8, ge=1, description="Steps of each predicted action chunk executed before re-planning.")
     demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
@@ -327,8 +397,8 @@ class ActorsSection(_Section):
 
     @model_validator(mode="after")
     def _check_robot(self) -> "ActorsSection":
-        if self.robot == "bridge" and self.dagger.mode != "hg-dagger":
-            raise ValueError("actors.robot=bridge needs actors.dagger.mode=hg-dagger: through a bridge only "
+        if self.robot == "bridge" and not self.dagger.gated:
+            raise ValueError("actors.robot=bridge needs a gated actors.dagger.mode (hg-dagger): through a bridge only "
                              f"operator takeovers give corrections, got mode {self.dagger.mode!r}")
         if self.bridge_targets and len(self.bridge_targets) != self.num_actors:
             raise ValueError(f"actors.bridge_targets lists {len(self.bridge_targets)} bridge(s) for "

@@ -376,9 +376,11 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
             log.info("resuming at learner step %d after %d finished rounds", loop.learner_status["step"], len(rounds))
         else:
             loop.seed_pretrain()
-            embodiment = loop.actor_status[0]["embodiment"]
-            _ray_call(loop.learner.fit_normalization.remote("pretrain", embodiment), "fitting normalisation")
+            if not cfg.learner.init_from:
+                _ray_call(loop.learner.fit_mixture_normalization.remote(), "fitting normalisation")
         for r in range(len(rounds), cfg.run.rounds):
+            if r and cfg.learner.refit_normalization:
+                _ray_call(loop.learner.fit_mixture_normalization.remote(), "refitting normalisation")
             trained = loop.train_round(r)
             rolled = loop.rollout_round(r, trained["version"])
             rounds.append({"round": r, **trained, **rolled})

@@ -55,11 +55,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float,
+                  restart_every: int = 0) -> Callable[[int], float]:
     """Learning-rate multiplier per optimizer step: linear warm-up to 1 over ``warmup_steps``,
-    then a cosine decay to ``min_ratio`` at ``total_steps`` (held there afterwards)."""
+    then a cosine decay to ``min_ratio`` at ``total_steps`` (held there afterwards). With
+    ``restart_every`` > 0 the schedule starts again every that many steps (warm restarts)."""
 
     def factor(step: int) -> float:
+        if restart_every:
+            step %= restart_every
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -88,7 +92,7 @@ def deepspeed_config(batch_size: int, grad_clip: float, zero_stage: int, grad_ac
 
 def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batch_size: int,
                  grad_clip: float, zero_stage: int, grad_accum_steps: int = 1, warmup_steps: int = 0,
-                 total_steps: int = 1, min_lr_ratio: float = 1.0):
+                 total_steps: int = 1, min_lr_ratio: float = 1.0, restart_every: int = 0):
     """Wrap ``model`` in a DeepSpeed engine with a torch AdamW optimizer and a warm-up +
     cosine schedule (``warmup_cosine``) that DeepSpeed steps at every optimizer step.
 
@@ -99,7 +103,8 @@ def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batc
 
     init_distributed()
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio,
+                                                                           restart_every))
     config = deepspeed_config(batch_size, grad_clip, zero_stage, grad_accum_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     log.info("DeepSpeed engine ready: ZeRO stage %d, accelerator %s", zero_stage, os.environ.get("DS_ACCELERATOR", "auto"))

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,10 +28,11 @@ from fleetloop.learner.data import Prefetcher
 from fleetloop.learner.engine import build_engine
 from fleetloop.learner.publisher import WeightPublisher
 from fleetloop.protos.security import address
-from fleetloop.replay import ReplayClient, WindowSampler
+from fleetloop.replay import EmptyReplayError, ReplayClient, WindowSampler
+from fleetloop.replay.stats import merge_bounds
 from fleetloop.system import DualSystemPolicy, Processor, embodiment_id, flow_draws, model_preset
-from fleetloop.system.checkpoint import save_tensors, tensors_digest
-from fleetloop.system.normalization import collapse_narrow_ranges
+from fleetloop.system.checkpoint import load_policy, save_tensors, tensors_digest
+from fleetloop.system.normalization import collapse_narrow_ranges, varies_across_episodes
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -61,6 +63,10 @@ class ResumeError(RuntimeError):
     """There is no checkpoint to resume from; the message names the folder."""
 
 
+class LearnerInitError(ValueError):
+    """``learner.init_from`` cannot be loaded; the message says what to give instead."""
+
+
 class Learner:
     """Trains the dual-system policy from the replay and publishes versioned weights.
 
@@ -81,6 +87,8 @@ class Learner:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.model_cfg = model_preset(self.cfg.model.preset)
         model = DualSystemPolicy(self.model_cfg)
+        if lcfg.init_from and not resume:
+            _load_initial_weights(model, lcfg.init_from)
         model.set_trainable(tune_llm=lcfg.tune_llm, tune_visual=lcfg.tune_visual, tune_projector=lcfg.tune_projector,
                             tune_diffusion_model=lcfg.tune_diffusion_model)
         model.set_gradient_checkpointing(lcfg.gradient_checkpointing)
@@ -88,7 +96,8 @@ class Learner:
         self.engine = build_engine(model, lr=lcfg.lr, weight_decay=lcfg.weight_decay, batch_size=lcfg.batch_size,
                                    grad_clip=lcfg.grad_clip, zero_stage=lcfg.zero_stage,
                                    grad_accum_steps=lcfg.grad_accum_steps, warmup_steps=lcfg.warmup_steps,
-                                   total_steps=cfg.total_learner_steps, min_lr_ratio=lcfg.min_lr_ratio)
+                                   total_steps=lcfg.lr_restart_every or cfg.total_learner_steps,
+                                   min_lr_ratio=lcfg.min_lr_ratio, restart_every=lcfg.lr_restart_every)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.replay = ReplayClient(redis_url, **self.cfg.replay.client_options())
         self.sampler = WindowSampler(self.replay, dict(self.cfg.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
@@ -138,15 +147,47 @@ class Learner:
                 "rank": self.rank, "world_size": self.world_size,
                 "resumed_from_step": self.resumed_from, "checkpoint_step": self.checkpoint_step, **self.endpoints()}
 
-    def fit_normalization(self, table: str, embodiment: str) -> None:
-        """Set the embodiment's min/max statistics from every step of ``table`` (dims that move
-        less than ``learner.min_stat_range`` are treated as constant)."""
-        stats = self.replay.compute_stats(table, embodiment)
-        bounds = {}
+    def fit_normalization(self, tables: str | Sequence[str], embodiment: str) -> None:
+        """Set the embodiment's min/max statistics from every step and label of ``tables`` (those
+        without the embodiment are skipped). Dims that move less than ``learner.min_stat_range``
+        count as constant unless they differ from episode to episode (``varies_across_episodes``).
+
+        Raises:
+            EmptyReplayError: no table holds an episode of ``embodiment``.
+        """
+        tables = [tables] if isinstance(tables, str) else list(tables)
+        stats = None
+        for table in tables:
+            try:
+                stats = merge_bounds(stats, self.replay.compute_stats(table, embodiment))
+            except EmptyReplayError:
+                continue
+        if stats is None:
+            raise EmptyReplayError(f"no episode of embodiment {embodiment!r} in tables {tables}")
+        bounds, min_range = {}, self.cfg.learner.min_stat_range
         for kind in ("state", "action"):
+            keep = varies_across_episodes(stats[f"{kind}_mean_min"], stats[f"{kind}_mean_max"],
+                                          stats[f"{kind}_within_max"], min_range)
             bounds[f"{kind}_min"], bounds[f"{kind}_max"] = collapse_narrow_ranges(
-                stats[f"{kind}_min"], stats[f"{kind}_max"], self.cfg.learner.min_stat_range)
+                stats[f"{kind}_min"], stats[f"{kind}_max"], min_range, keep)
         self.model.set_normalization(embodiment_id(embodiment), **bounds)
+
+    def fit_mixture_normalization(self) -> list[str]:
+        """``fit_normalization`` of every embodiment stored in the mixture's tables (weight > 0), on
+        all of those tables: every labelled step the learner trains on. Returns the embodiments.
+
+        Raises:
+            EmptyReplayError: those tables hold no episode; the message says how to fill them.
+        """
+        tables = [table for table, weight in self.cfg.replay.mixture.items() if weight > 0]
+        stats = self.replay.table_stats(detailed=True)
+        embodiments = sorted({e for table in tables for e in stats.get(table, {}).get("embodiments", {})})
+        if not embodiments:
+            raise EmptyReplayError(f"replay tables {tables} (replay.mixture) are empty: ingest a dataset first "
+                                   "(fleetloop ingest DATASET --embodiment TAG) or let `fleetloop up` seed pretrain")
+        for embodiment in embodiments:
+            self.fit_normalization(tables, embodiment)
+        return embodiments
 
     # ---- data ---------------------------------------------------------------------------
 
@@ -161,8 +202,10 @@ class Learner:
         1 rank x 2b sees.
         """
         windows = self.sampler.sample(self.cfg.learner.batch_size)
+        weights = self.cfg.learner.class_weights
         for window in windows:
             window["embodiment_id"] = embodiment_id(window["embodiment"])
+            window["weight"] = weights.get(window["source"], 1.0)
             if self.cfg.learner.loss_on_padded_actions:
                 del window["action_is_pad"]
         batch = self.processor.collate(windows)
@@ -188,8 +231,9 @@ class Learner:
                 wait = time.perf_counter() - wait_start
                 waited += wait
                 BATCH_WAIT.observe(wait)
-                if self.world_size > 1:  # ranks' windows may hold different numbers of padded steps
-                    batch["action_mask_count"] = torch.tensor(self._mean_over_ranks(batch["action_mask"].sum().float()))
+                if self.world_size > 1:  # ranks' windows may hold different numbers of padded steps and weights
+                    counted = batch["action_mask"].float() * batch["sample_weight"][:, None, None]
+                    batch["action_mask_count"] = torch.tensor(self._mean_over_ranks(counted.sum()))
 
                 loss = self.engine(batch)["loss"]
                 self.engine.backward(loss)
@@ -330,6 +374,26 @@ class Learner:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self.replay.close()
+
+
+def _load_initial_weights(model: DualSystemPolicy, path: str) -> None:
+    """Copy the weights and normalisation statistics of the policy file ``path`` into ``model``.
+
+    Raises:
+        LearnerInitError: the file is missing, not a fleetloop policy, or of another architecture.
+    """
+    if not Path(path).is_file():
+        raise LearnerInitError(f"learner.init_from: {path} is not a file; give a policy .safetensors file "
+                               "(a learner checkpoint's policy-step-*.safetensors or `fleetloop model convert-gr00t` output)")
+    try:
+        source = load_policy(path)
+    except ValueError as exc:
+        raise LearnerInitError(f"learner.init_from: {exc}") from None
+    if source.config != model.config:
+        raise LearnerInitError(f"learner.init_from: {path} holds a model of another architecture than model.preset; "
+                               "use a checkpoint of the same preset")
+    model.load_state_dict(source.state_dict(), strict=True)
+    log.info("initial weights from %s", path)
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:

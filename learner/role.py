@@ -2,7 +2,8 @@
 
 One process trains alone; under the ``deepspeed`` launcher every process is one rank (the
 launcher sets RANK/WORLD_SIZE/MASTER_*); under Ray Train each TorchTrainer worker runs
-``run_learner`` (see ``ray_train.py``). The loop: fit normalisation (fresh start) or resume,
+``run_learner`` (see ``ray_train.py``). The loop: fit normalisation on the mixture's tables (a
+fresh start without ``learner.init_from``) or resume,
 publish, then train in chunks that end on publish boundaries until ``steps`` (0 = until
 stopped). SIGTERM or Ctrl-C ends it at the next chunk boundary on every rank together,
 after a final publish and checkpoint, so a pre-empted pod loses no steps.
@@ -38,18 +39,6 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def fit_pretrain_normalization(learner: Learner) -> list[str]:
-    """Fit min/max statistics for every embodiment stored in ``pretrain``; returns them."""
-    stats = learner.replay.table_stats(detailed=True).get("pretrain", {})
-    embodiments = sorted(stats.get("embodiments", {}))
-    if not embodiments:
-        raise LearnerRoleError("replay table 'pretrain' is empty: ingest a dataset first "
-                               "(fleetloop ingest DATASET --embodiment TAG) or let `fleetloop up` seed it")
-    for embodiment in embodiments:
-        learner.fit_normalization("pretrain", embodiment)
-    return embodiments
-
-
 def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: int, resume: bool,
                 stop: threading.Event | None = None) -> dict[str, Any]:
     """Run this rank of the learner until ``steps`` optimizer steps (0 = until stopped).
@@ -60,8 +49,8 @@ def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: 
     stop = stop or _stop_on_signals()
     learner = Learner(cfg, run_dir, redis_url, resume=resume)
     try:
-        if learner.resumed_from is None:
-            log.info("normalisation fitted for %s", fit_pretrain_normalization(learner))
+        if learner.resumed_from is None and not cfg.learner.init_from:
+            log.info("normalisation fitted for %s", learner.fit_mixture_normalization())
         learner.publish()
         every = cfg.learner.publish_every
         loss, stopped = float("nan"), False

@@ -178,7 +178,7 @@ class InterventionRequest(_message.Message):
     def __init__(self, robot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Intervention(_message.Message):
-    __slots__ = ("robot_id", "episode_id", "step", "reason", "operator_id", "started", "ended", "horizon", "action_dim", "actions", "states", "state_dim", "subscribed")
+    __slots__ = ("robot_id", "episode_id", "step", "reason", "operator_id", "started", "ended", "horizon", "action_dim", "actions", "states", "state_dim", "subscribed", "ended_by")
     ROBOT_ID_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,7 @@ class Intervention(_message.Message):
     STATES_FIELD_NUMBER: _ClassVar[int]
     STATE_DIM_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BY_FIELD_NUMBER: _ClassVar[int]
     robot_id: str
     episode_id: str
     step: int
@@ -205,4 +206,5 @@ class Intervention(_message.Message):
     states: bytes
     state_dim: int
     subscribed: bool
-    def __init__(self, robot_id: _Optional[str] = ..., episode_id: _Optional[str] = ..., step: _Optional[int] = ..., reason: _Optional[str] = ..., operator_id: _Optional[str] = ..., started: _Optional[bool] = ..., ended: _Optional[bool] = ..., horizon: _Optional[int] = ..., action_dim: _Optional[int] = ..., actions: _Optional[bytes] = ..., states: _Optional[bytes] = ..., state_dim: _Optional[int] = ..., subscribed: _Optional[bool] = ...) -> None: ...
+    ended_by: str
+    def __init__(self, robot_id: _Optional[str] = ..., episode_id: _Optional[str] = ..., step: _Optional[int] = ..., reason: _Optional[str] = ..., operator_id: _Optional[str] = ..., started: _Optional[bool] = ..., ended: _Optional[bool] = ..., horizon: _Optional[int] = ..., action_dim: _Optional[int] = ..., actions: _Optional[bytes] = ..., states: _Optional[bytes] = ..., state_dim: _Optional[int] = ..., subscribed: _Optional[bool] = ..., ended_by: _Optional[str] = ...) -> None: ...

@@ -39,6 +39,11 @@ __all__ = ["ReplayClient", "ReplayCollector", "redact_url", "translate_errors"]
 
 logger = logging.getLogger(__name__)
 
+_UPGRADE_SCHEMA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
 _POLL_S = (0.002, 0.05)
 """First and longest pause between retries of a call the rate limiter refused."""
 
@@ -154,6 +159,12 @@ class ReplayClient:
     def _check_schema(self) -> None:
         self._redis.set(keys.SCHEMA_VERSION_KEY, keys.SCHEMA_VERSION, nx=True)
         found = self._redis.get(keys.SCHEMA_VERSION_KEY)
+        if found is not None and int(found) in keys.ADDITIVE_FROM:
+            # Compare-and-set: a concurrent upgrade or an older client's marker is never overwritten blindly.
+            self._redis.eval(_UPGRADE_SCHEMA, 1, keys.SCHEMA_VERSION_KEY, int(found), keys.SCHEMA_VERSION)
+            logger.info("replay at %s: schema version %s upgraded to %d (additive)", self.url, found.decode(),
+                        keys.SCHEMA_VERSION)
+            found = self._redis.get(keys.SCHEMA_VERSION_KEY)
         if found is None or int(found) != keys.SCHEMA_VERSION:
             raise SchemaMismatchError(
                 f"replay at {self.url} holds schema version {found.decode() if found else None}"
@@ -366,8 +377,9 @@ class ReplayClient:
                 pipe.get(keys.episode_key(episode_id, name))
             for step in info.frame_steps:
                 pipe.get(keys.frame_key(episode_id, step))
-            state, action, intervened, reward, *frames = pipe.execute()
+            state, action, intervened, reward, label, *frames = pipe.execute()
         length = info.length
+        horizon = info.label_horizon
         return Episode(
             states=decode_floats(state, (length, info.state_dim)),
             actions=decode_floats(action, (length, info.action_dim)),
@@ -381,6 +393,7 @@ class ReplayClient:
             rewards=decode_floats(reward, (length,)),
             success=info.success,
             episode_id=info.episode_id,
+            labels=decode_floats(label, (length, horizon, info.action_dim)) if horizon else None,
         )
 
     def episode_ids(self, table: str) -> list[str]:
@@ -446,11 +459,13 @@ class ReplayClient:
         return dict(Tally(getattr(info, field) for info in self.episode_infos(table)))
 
     def compute_stats(self, table: str, embodiment: str) -> dict[str, np.ndarray]:
-        """Per-dimension min/max of states and actions over every step of the table's
-        episodes of ``embodiment`` (for normalisation).
+        """Per-dimension bounds of states and actions (labels included) over every step of the
+        table's episodes of ``embodiment`` (for normalisation).
 
         Returns:
-            ``state_min``, ``state_max`` (S,), ``action_min``, ``action_max`` (A,), float32.
+            ``state_min``, ``state_max`` (S,), ``action_min``, ``action_max`` (A,), float32, and
+            the spread of per-episode means and the largest within-episode range of each dim
+            (``stats.BOUNDS``).
 
         Raises:
             EmptyReplayError: the table has no episode of that embodiment.

@@ -57,6 +57,15 @@ class Episode:
     """Whether the episode reached its goal."""
     episode_id: str = field(default_factory=_new_episode_id)
     """Unique id; ``[A-Za-z0-9_.-]{1,128}``. Reusing an id makes a write a no-op retry."""
+    labels: np.ndarray | None = None
+    """float32 (T, L, A) or None: the expert's L-step action chunk from each step's state (DAgger
+    labels). A labelled episode has a frame at every step, and a training window at step t trains
+    on ``labels[t]`` instead of the actions t..t+H-1; its steps need not be consecutive."""
+
+    @property
+    def label_horizon(self) -> int:
+        """L of ``labels`` (0 without labels)."""
+        return 0 if self.labels is None else int(self.labels.shape[1])
 
     @property
     def length(self) -> int:
@@ -80,6 +89,13 @@ class Episode:
             if arr.shape[0] != length:
                 _fail(name, f"has {arr.shape[0]} steps, states has {length}")
         self._validate_frames(length)
+        if self.labels is not None:
+            _check_array("labels", self.labels, np.float32, ndim=3)
+            if self.labels.shape[0] != length or self.labels.shape[2] != self.actions.shape[1]:
+                _fail("labels", f"has shape {self.labels.shape}, expected ({length}, L, {self.actions.shape[1]})")
+            unframed = sorted(set(range(length)) - {int(step) for step in self.frames})
+            if unframed:
+                _fail("labels", f"steps {unframed[:5]} have a label but no frame; a labelled step needs its frame")
         for name in ("instruction", "embodiment", "source", "actor_id", "episode_id"):
             if not isinstance(getattr(self, name), str):
                 _fail(name, f"must be str, got {type(getattr(self, name)).__name__}")
@@ -141,6 +157,8 @@ class EpisodeInfo:
     success: bool
     nbytes: int
     """Payload bytes written for the episode (arrays plus encoded frames)."""
+    label_horizon: int = 0
+    """L of the episode's labels (0: none; windows then train on its executed actions)."""
 
 
 def _fail(name: str, problem: str) -> NoReturn:
@@ -206,4 +224,5 @@ def parse_info(raw: list[bytes | None]) -> EpisodeInfo:
         actor_id=meta["actor_id"],
         success=meta["success"] == "1",
         nbytes=int(meta["nbytes"]),
+        label_horizon=int(meta["label_horizon"] or 0),
     )

@@ -8,6 +8,8 @@ Rules (see docs/datasets.md):
   has it, else MPEG-4 part 2; frames with an odd width or height use yuv444p (H.264 only).
 - The dataset is built in a sibling temporary directory and renamed into place at the end,
   so a failed export leaves no half-written dataset.
+- Labelled episodes (DAgger corrections) export their executed actions; the expert's chunk
+  labels have no place in LeRobot v2.1 and are left out, with a warning.
 """
 
 import logging
@@ -211,6 +213,10 @@ def _write_dataset(
     tasks: dict[str, int] = {}
     episodes, episodes_stats, states, actions = [], [], [], []
     steps = 0
+    labelled = sum(info.label_horizon > 0 for info in infos)
+    if labelled:
+        logger.warning("%d of the %d episodes carry expert chunk labels; LeRobot v2.1 has no place for them, "
+                       "so their executed actions are exported and the labels are not", labelled, len(infos))
     for index, info in enumerate(infos):
         episode = client.read_episode(info.episode_id)
         task = tasks.setdefault(episode.instruction, len(tasks))

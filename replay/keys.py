@@ -22,6 +22,9 @@ Layout (``<id>`` = episode id, ``<table>`` = table name, ``<t>`` = step)::
     fl:ep:{<id>}:action                string  float32 little-endian, T x A row-major
     fl:ep:{<id>}:intervened            string  uint8, T
     fl:ep:{<id>}:reward                string  float32 little-endian, T
+    fl:ep:{<id>}:label                 string  float32 little-endian, T x L x A row-major: the
+                                               expert's L-step action chunk from each step's
+                                               state (empty when the episode has no labels)
     fl:ep:{<id>}:frame:<t>             string  PNG-encoded RGB camera frame at step t
 
 Changing any of this (names, encodings, meta fields) requires bumping SCHEMA_VERSION.
@@ -31,8 +34,11 @@ import re
 
 import numpy as np
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of this layout; checked (and set on an empty server) by every client on connect."""
+ADDITIVE_FROM = (3,)
+"""Older versions whose data this layout reads as is (4 added the ``label`` array and the
+``label_horizon`` meta field, absent meaning no labels): a client upgrades their marker."""
 
 PREFIX = "fl:"
 TABLES: tuple[str, ...] = ("pretrain", "rollouts", "corrections")
@@ -54,15 +60,16 @@ EPISODE_KEY_PREFIX = PREFIX + "ep:{"
 EPISODE_KEY = PREFIX + "ep:{{{episode_id}}}:{field}"
 FRAME_KEY = PREFIX + "ep:{{{episode_id}}}:frame:{step}"
 
-EPISODE_ARRAYS: tuple[str, ...] = ("state", "action", "intervened", "reward")
+EPISODE_ARRAYS: tuple[str, ...] = ("state", "action", "intervened", "reward", "label")
 """Per-episode array keys (the ``field`` of EPISODE_KEY)."""
 
 META_FIELDS: tuple[str, ...] = (
     "schema_version", "episode_id", "table", "seq", "length", "state_dim", "action_dim",
     "frame_steps", "frame_height", "frame_width", "instruction", "embodiment", "source",
-    "policy_version", "actor_id", "success", "nbytes", "created_at",
+    "policy_version", "actor_id", "success", "nbytes", "created_at", "label_horizon",
 )
-"""Fields of the meta hash; ``frame_steps`` is a JSON list of ints, ``success`` is 0/1."""
+"""Fields of the meta hash; ``frame_steps`` is a JSON list of ints, ``success`` is 0/1,
+``label_horizon`` L of the ``label`` array (0 or absent: no labels)."""
 
 COUNTER_FIELDS: tuple[str, ...] = (
     "seq", "episodes", "steps", "bytes", "evicted", "samples", "priority_version",

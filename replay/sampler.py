@@ -16,7 +16,9 @@ returns. Here each window is selected in three steps:
 A window is the frame at t, the state at t and the actions t..t+H-1; past the end of the
 episode the last action is repeated (as GR00T pads action chunks) and ``action_is_pad``
 marks those steps (as LeRobot does), so that the learner can leave them out of the loss: a
-takeover segment ends where the policy drove on, not where the robot stopped. Before reading, the
+takeover segment ends where the policy drove on, not where the robot stopped. In a labelled
+episode (DAgger corrections: ``Episode.labels``) the actions of the window at t are the
+expert's chunk recorded at t, so no window of it is padded (unless its label is shorter than H). Before reading, the
 windows are counted against each table's rate limiter (which may block). An episode
 evicted after the index refresh is dropped from the index and its windows are resampled;
 if a resampled window's episode is gone too, the index is refreshed before the next round.
@@ -57,7 +59,7 @@ class _Window(NamedTuple):
     state: bytes
     """float32 (S,) row at the step."""
     action: bytes
-    """float32 rows for steps t..min(t+H, T)-1."""
+    """float32 rows: the actions of steps t..min(t+H, T)-1, or the first min(L, H) rows of the label at t."""
     frame: bytes
     """PNG of the frame at the step."""
 
@@ -232,8 +234,8 @@ class WindowSampler:
         Returns:
             One dict per window: ``image`` uint8 (h, w, 3) frame at t, ``state`` float32
             (S,) at t, ``action`` float32 (H, A) for t..t+H-1 (last action repeated past the
-            end), ``action_is_pad`` bool (H,) (True on those repeated steps), ``instruction``, ``embodiment``, ``table``, ``episode_id``, ``step`` (t)
-            and ``policy_version``.
+            end), ``action_is_pad`` bool (H,) (True on those repeated steps), ``instruction``, ``embodiment``, ``table``, ``episode_id``, ``step`` (t),
+            ``policy_version`` and ``source`` (the episode's correction class).
 
         Raises:
             ValueError: batch_size < 1, or more windows of a table than its rate limiter
@@ -298,7 +300,7 @@ class WindowSampler:
         metas = [_window_meta(w.pick) for w in windows]
         for name in ("step", "policy_version"):
             batch[name] = np.array([m[name] for m in metas], np.int64)
-        for name in ("instruction", "embodiment", "table", "episode_id"):
+        for name in ("instruction", "embodiment", "table", "episode_id", "source"):
             batch[name] = [m[name] for m in metas]
         return batch
 
@@ -310,8 +312,18 @@ class WindowSampler:
         return actions.astype(np.float32)
 
     def _is_pad(self, w: _Window) -> np.ndarray:
-        """bool (H,): True on the steps of the window past the end of its episode."""
+        """bool (H,): True on the steps of the window past the end of its episode (or its label)."""
         return np.arange(self.horizon) >= len(w.action) // (keys.FLOAT_DTYPE.itemsize * w.pick.info.action_dim)
+
+    def _action_rows(self, pick: _Pick) -> tuple[str, int, int]:
+        """(key, first byte, row count) of the window's actions: the label at t in a labelled episode,
+        else the executed actions from t."""
+        info, t = pick.info, pick.step
+        row = info.action_dim * keys.FLOAT_DTYPE.itemsize
+        if info.label_horizon:
+            rows = min(info.label_horizon, self.horizon)
+            return keys.episode_key(info.episode_id, "label"), t * info.label_horizon * row, rows
+        return keys.episode_key(info.episode_id, "action"), t * row, min(t + self.horizon, info.length) - t
 
     def _windows(self, batch_size: int) -> list[_Window]:
         if batch_size < 1:
@@ -392,11 +404,11 @@ class WindowSampler:
             script_keys, args = [], []
             for i in slots:
                 info, t = picks[i].info, picks[i].step
-                eid, end = info.episode_id, min(t + self.horizon, info.length)
                 row_s, row_a = info.state_dim * itemsize, info.action_dim * itemsize
-                script_keys += [keys.episode_key(eid, "state"), keys.episode_key(eid, "action"),
-                                keys.frame_key(eid, t)]
-                args += [t * row_s, (t + 1) * row_s - 1, t * row_a, end * row_a - 1]
+                action_key, first, rows = self._action_rows(picks[i])
+                script_keys += [keys.episode_key(info.episode_id, "state"), action_key,
+                                keys.frame_key(info.episode_id, t)]
+                args += [t * row_s, (t + 1) * row_s - 1, first, first + rows * row_a - 1]
             with translate_errors(shard.url, f"sample {len(slots)} windows"):
                 raw = self._read_scripts[s](keys=script_keys, args=args)
             for j, i in enumerate(slots):
@@ -405,7 +417,7 @@ class WindowSampler:
                 if frame_b is None or not state_b:
                     self._drop(self._index[pick.table], pick.info.episode_id)
                     continue
-                n_actions = min(pick.step + self.horizon, pick.info.length) - pick.step
+                n_actions = self._action_rows(pick)[2]
                 if (
                     len(state_b) != pick.info.state_dim * itemsize
                     or len(action_b) != n_actions * pick.info.action_dim * itemsize
@@ -427,4 +439,5 @@ def _window_meta(pick: _Pick) -> dict[str, Any]:
         "episode_id": info.episode_id,
         "step": pick.step,
         "policy_version": info.policy_version,
+        "source": info.source,
     }

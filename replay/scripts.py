@@ -112,13 +112,13 @@ WRITE_EPISODE_KEYS: tuple[str, ...] = (
 """KEYS of WRITE_EPISODE, followed by one frame key per stored frame."""
 
 WRITE_EPISODE = _PREAMBLE + """
--- ARGV: table, episode_id, length, nbytes, state, action, intervened, reward, priority,
+-- ARGV: table, episode_id, length, nbytes, state, action, intervened, reward, label, priority,
 --       n_meta, meta field/value pairs..., frame PNGs (same order as the frame KEYS)...
 -- Returns {1, table, seq} stored; {0, table, seq} already stored (nothing written);
 -- {2, table, 0} evicted within evicted_id_ttl_s (nothing written);
 -- {-1, table, inserts, samples, size, 1} refused by the rate limiter (nothing written).
 local meta, items, counters, tables, config, priorities, tally, evicted =
-  KEYS[1], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+  KEYS[1], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 if redis.call('EXISTS', meta) == 1 then
   local found = redis.call('HMGET', meta, 'table', 'seq')
   return {0, found[1], tonumber(found[2])}
@@ -133,21 +133,21 @@ if not can_insert(rate_limiter(config), size, inserts, samples, 1) then
   return {-1, table_name, tostring(inserts), tostring(samples), tostring(size), 1}
 end
 local seq = redis.call('HINCRBY', counters, 'seq', 1)
-for i = 2, 5 do
-  redis.call('SET', KEYS[i], ARGV[i + 3])
+for i = 2, 6 do
+  if ARGV[i + 3] ~= '' then redis.call('SET', KEYS[i], ARGV[i + 3]) end
 end
-local n_meta = tonumber(ARGV[10])
+local n_meta = tonumber(ARGV[11])
 local fields = {'seq', seq}
-for i = 11, 10 + 2 * n_meta do
+for i = 12, 11 + 2 * n_meta do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', meta, unpack(fields))
-local first_frame_arg = 11 + 2 * n_meta
-for i = 13, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[first_frame_arg + i - 13])
+local first_frame_arg = 12 + 2 * n_meta
+for i = 14, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[first_frame_arg + i - 14])
 end
 redis.call('ZADD', items, seq, episode_id)
-redis.call('ZADD', priorities, ARGV[9], episode_id)
+redis.call('ZADD', priorities, ARGV[10], episode_id)
 redis.call('HINCRBY', counters, 'episodes', 1)
 redis.call('HINCRBY', counters, 'steps', tonumber(ARGV[3]))
 redis.call('HINCRBY', counters, 'bytes', tonumber(ARGV[4]))
@@ -212,6 +212,7 @@ def write_episode_request(
         np.ascontiguousarray(episode.actions, keys.FLOAT_DTYPE).tobytes(),
         np.ascontiguousarray(episode.intervened, keys.FLAG_DTYPE).tobytes(),
         np.ascontiguousarray(episode.rewards, keys.FLOAT_DTYPE).tobytes(),
+        b"" if episode.labels is None else np.ascontiguousarray(episode.labels, keys.FLOAT_DTYPE).tobytes(),
     ]
     nbytes = sum(map(len, arrays)) + sum(map(len, frames))
     height, width, _ = episode.frames[0].shape
@@ -233,6 +234,7 @@ def write_episode_request(
         "success": int(bool(episode.success)),
         "nbytes": nbytes,
         "created_at": f"{time.time():.6f}",
+        "label_horizon": episode.label_horizon,
     }
     eid = episode.episode_id
     per_episode = {"meta": keys.episode_key(eid, "meta")}

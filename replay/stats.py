@@ -13,8 +13,14 @@ from .errors import EmptyReplayError, ReplayError, translate_errors
 
 PIPELINE_CHUNK = 512
 """Max episodes per pipelined round trip when scanning a table or reading its arrays."""
-BOUNDS: tuple[str, ...] = ("state_min", "state_max", "action_min", "action_max")
-"""Keys of compute_stats results."""
+BOUNDS: tuple[str, ...] = (
+    "state_min", "state_max", "action_min", "action_max",
+    "state_mean_min", "state_mean_max", "action_mean_min", "action_mean_max",
+    "state_within_max", "action_within_max",
+)
+"""Keys of compute_stats results, each per dim: the min/max over every step; the min/max over
+episodes of each episode's mean (how much a dim varies *across* episodes); the largest range
+within one episode (how much it varies *inside* one). Action rows include every label row."""
 
 
 def stats_row(counters: list[bytes | None], tally: dict[bytes, bytes] | None) -> dict[str, Any]:
@@ -78,9 +84,19 @@ def merge_bounds(
     return {k: (np.minimum if k.endswith("_min") else np.maximum)(a[k], b[k]) for k in BOUNDS}
 
 
+def episode_bounds(states: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
+    """compute_stats's keys for one episode: states (T, S), actions (N, A)."""
+    out = {}
+    for kind, rows in (("state", states), ("action", actions)):
+        low, high, mean = rows.min(axis=0), rows.max(axis=0), rows.mean(axis=0)
+        out |= {f"{kind}_min": low, f"{kind}_max": high, f"{kind}_mean_min": mean, f"{kind}_mean_max": mean,
+                f"{kind}_within_max": high - low}
+    return out
+
+
 def compute_bounds(client, table: str, embodiment: str) -> dict[str, np.ndarray]:
-    """ReplayClient.compute_stats: min/max over every step of the table's episodes of
-    ``embodiment``, read in pipelined chunks from one server."""
+    """ReplayClient.compute_stats: the ``BOUNDS`` over every step (and label) of the table's
+    episodes of ``embodiment``, read in pipelined chunks from one server."""
     infos = [i for i in client.episode_infos(table) if i.embodiment == embodiment]
     if not infos:
         raise EmptyReplayError(
@@ -98,14 +114,14 @@ def compute_bounds(client, table: str, embodiment: str) -> dict[str, np.ndarray]
         with translate_errors(client.url, f"read arrays of {table!r}"):
             pipe = client.redis.pipeline(transaction=False)
             for info in chunk:
-                pipe.get(keys.episode_key(info.episode_id, "state"))
-                pipe.get(keys.episode_key(info.episode_id, "action"))
+                for name in ("state", "action", "label"):
+                    pipe.get(keys.episode_key(info.episode_id, name))
             raw = pipe.execute()
         for i, info in enumerate(chunk):
-            states = decode_floats(raw[2 * i], (info.length, info.state_dim))
-            actions = decode_floats(raw[2 * i + 1], (info.length, info.action_dim))
-            bounds = merge_bounds(bounds, {
-                "state_min": states.min(axis=0), "state_max": states.max(axis=0),
-                "action_min": actions.min(axis=0), "action_max": actions.max(axis=0),
-            })
+            states = decode_floats(raw[3 * i], (info.length, info.state_dim))
+            actions = decode_floats(raw[3 * i + 1], (info.length, info.action_dim))
+            if info.label_horizon:
+                labels = decode_floats(raw[3 * i + 2], (info.length * info.label_horizon, info.action_dim))
+                actions = np.concatenate([actions, labels])
+            bounds = merge_bounds(bounds, episode_bounds(states, actions))
     return bounds

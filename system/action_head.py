@@ -122,6 +122,7 @@ class FlowMatchingActionHead(nn.Module):
         noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
         mask_count: torch.Tensor | None = None,
+        sample_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow-matching loss.
 
@@ -132,13 +133,15 @@ class FlowMatchingActionHead(nn.Module):
             action_mask: (B, H, max_action_dim) bool, True on real action dims and steps.
             embodiment_id: (B,) long.
             noise, t: the per-sample draws (``flow_draws``); sampled here from torch's RNG when None.
-            mask_count: scalar the summed error is divided by; None: ``action_mask.sum()``. Data
+            mask_count: scalar the summed error is divided by; None: the (weighted) mask's sum. Data
                 parallel ranks pass the mean of their counts, so that the mean of their losses is
                 the loss of the whole global batch even when their windows hold different
                 numbers of padded steps.
+            sample_weight: (B,) weight of each sample's error (e.g. by correction class); None: 1.
 
         Returns:
-            Scalar loss: mean squared velocity error over the real action dims and steps.
+            Scalar loss: the (sample-weighted) mean squared velocity error over the real action
+            dims and steps.
         """
         cfg = self.config
         batch = self._check_inputs(vl_tokens, vl_mask, state, embodiment_id)
@@ -157,6 +160,9 @@ class FlowMatchingActionHead(nn.Module):
         state_tokens = self.state_encoder(state.unsqueeze(1), embodiment_id)
         pred = self._velocity(vl_tokens, vl_mask, state_tokens, noisy, buckets, embodiment_id)
         mask = action_mask.to(pred.dtype)
+        if sample_weight is not None:
+            check_shape("sample_weight", sample_weight, (batch,))
+            mask = mask * sample_weight.to(pred.dtype)[:, None, None]
         count = mask.sum() if mask_count is None else mask_count.to(pred)
         return (F.mse_loss(pred, action - noise, reduction="none") * mask).sum() / count.clamp_min(1.0)
 

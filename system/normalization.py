@@ -58,18 +58,32 @@ class Statistics:
         return replace(self, modes=modes, **stats)
 
 
-def collapse_narrow_ranges(low: np.ndarray, high: np.ndarray, min_range: float) -> tuple[np.ndarray, np.ndarray]:
-    """(low, high) with every dim whose range is below ``min_range`` collapsed to its midpoint.
+def collapse_narrow_ranges(low: np.ndarray, high: np.ndarray, min_range: float,
+                           keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) with every dim whose range is below ``min_range`` collapsed to its midpoint,
+    except the dims ``keep`` marks.
 
     Min/max scaling maps a dim's range onto [-1, 1]; on a dim that only jitters (a joint held
     still, 1e-4 rad of simulation noise) that magnifies the noise to the full range, and a new
     episode's noise lands far outside it. A collapsed dim is constant: normalised to 0, and an
-    action dim unnormalises to the midpoint.
+    action dim unnormalises to the midpoint. A narrow dim that differs from episode to episode
+    (a target's x, placed within a centimetre) carries the task: ``varies_across_episodes``
+    marks it to keep.
     """
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
     narrow = (high - low) < min_range
+    if keep is not None:
+        narrow &= ~np.asarray(keep, bool)
     middle = (low + high) / 2
     return np.where(narrow, middle, low), np.where(narrow, middle, high)
+
+
+def varies_across_episodes(mean_min: np.ndarray, mean_max: np.ndarray, within_max: np.ndarray,
+                           min_range: float) -> np.ndarray:
+    """bool per dim: the per-episode means spread wider than any one episode's own range and than
+    1 % of ``min_range``: the dim tells episodes apart (a goal's coordinate), it does not jitter."""
+    spread = np.asarray(mean_max, np.float64) - np.asarray(mean_min, np.float64)
+    return (spread > np.asarray(within_max, np.float64)) & (spread > 0.01 * min_range)
 
 
 def statistics_buffers(slots: int, max_dims: dict[str, int]) -> dict[str, torch.Tensor]:

@@ -7,7 +7,8 @@ Batch keys (all torch tensors, B samples, S = max_state_dim, A = max_action_dim)
     action         (B, H, A) raw, zero-padded (training only)
     action_mask    (B, H, A) bool (training only)
     action_mask_count  scalar, optional: what the loss's summed error is divided by (data
-                   parallel ranks share one; default action_mask.sum())
+                   parallel ranks share one; default the weighted action_mask's sum)
+    sample_weight  (B,) float, optional: each sample's weight in the loss (training only)
     embodiment_id  (B,) long
 
 State and action are normalised inside the model (`fleetloop.system.normalization`) with
@@ -118,7 +119,7 @@ class DualSystemPolicy(NormalizationMixin, nn.Module):
         tokens, mask = self.encode_vision_language(batch)
         loss = self.action_head(tokens, mask, state, action, batch["action_mask"], ids,
                                 noise=batch.get("flow_noise"), t=batch.get("flow_t"),
-                                mask_count=batch.get("action_mask_count"))
+                                mask_count=batch.get("action_mask_count"), sample_weight=batch.get("sample_weight"))
         return {"loss": loss}
 
     @torch.no_grad()

@@ -6,6 +6,8 @@ A sample is a dict with:
     action         (H, A) float, A <= max_action_dim (optional: absent at inference)
     action_is_pad  (H,) bool, True on steps padded past the episode's end (optional): they
                    are left out of ``action_mask`` and so out of the loss
+    weight         float >= 0, the sample's weight in the loss (optional, with actions: all
+                   samples or none)
     instruction    str
     embodiment_id  int slot id, or a registered embodiment tag (str)
 For an embodiment with a layout (`fleetloop.system.embodiment`), state and action are its
@@ -105,6 +107,9 @@ class Processor:
                 action_mask[row, :, : chunk.shape[1]] = True
                 if "action_is_pad" in sample:
                     action_mask[row, _is_pad(sample["action_is_pad"], head.action_horizon)] = False
+        weighted = with_action and "weight" in samples[0]
+        if with_action and any(("weight" in s) != weighted for s in samples):
+            raise ValueError("weight: present in some samples but not in others")
         instructions = [s["instruction"] for s in samples]
         if not all(isinstance(text, str) for text in instructions):
             raise ValueError(f"instruction: expected str, got {[type(t).__name__ for t in instructions]}")
@@ -120,6 +125,11 @@ class Processor:
         if with_action:
             batch["action"] = action
             batch["action_mask"] = action_mask
+        if weighted:
+            weights = torch.tensor([float(s["weight"]) for s in samples])
+            if not (torch.isfinite(weights).all() and (weights >= 0).all()):
+                raise ValueError(f"weight: expected finite weights >= 0, got {weights.tolist()}")
+            batch["sample_weight"] = weights
         return batch
 
 

@@ -57,7 +57,7 @@ def test_override_of_nested_mapping():
         pytest.param("replay.tables={nope: {}}", "replay.tables: unknown table 'nope'", id="table-unknown"),
         pytest.param("model.preset=n9", "model.preset: unknown model preset 'n9'", id="model-preset"),
         pytest.param("learner.publish_every=1000", "learner.publish_every (1000) must be <= learner.steps_per_round", id="cross-field"),
-        pytest.param("actors.robot=bridge", "actors.robot=bridge needs actors.dagger.mode=hg-dagger", id="bridge-mode"),
+        pytest.param("actors.robot=bridge", "actors.robot=bridge needs a gated actors.dagger.mode", id="bridge-mode"),
         pytest.param("actors.bridge_targets=[a:1]", "lists 1 bridge(s) for 2 actor(s)", id="bridge-targets"),
         pytest.param("actors.state_includes_object_pose=true", "applies to env gr1_pick_place, not 'reach'",
                      id="object-pose-env"),
@@ -160,9 +160,12 @@ def test_malformed_override():
 def test_config_files_layer_in_order(tmp_path):
     base, layer = tmp_path / "base.yaml", tmp_path / "layer.yaml"
     base.write_text("learner: {lr: 0.001, batch_size: 8}\nreplay: {mixture: {pretrain: 0.5, corrections: 0.5}}\n"
-                    "actors: {dagger: {mode: hg-dagger, gate_patience: 5}}\n")
-    layer.write_text("learner: {batch_size: 16}\nreplay: {mixture: {pretrain: 1.0}}\nactors: {dagger: {gate_patience: 2}}\n")
+                    "actors: {dagger: {mode: hg-dagger, takeover: {max_steps: 32}, gate: {kind: joint}}}\n")
+    layer.write_text("learner: {batch_size: 16}\nreplay: {mixture: {pretrain: 1.0}}\n"
+                     "actors: {dagger: {takeover: {hand_back: [subgoal]}, gate: {effector_m: 0.05}}}\n")
     cfg = load_config([str(base), str(layer)], ["learner.lr=0.002"])
     assert (cfg.learner.lr, cfg.learner.batch_size) == (0.002, 16)  # sections merge field by field
     assert cfg.replay.mixture == {"pretrain": 1.0}  # a mapping field is replaced whole, as --set does
-    assert (cfg.actors.dagger.mode, cfg.actors.dagger.gate_patience) == ("hg-dagger", 2)
+    dagger = cfg.actors.dagger
+    assert (dagger.mode, dagger.takeover.max_steps, dagger.takeover.hand_back) == ("hg-dagger", 32, ["subgoal"])
+    assert (dagger.gate.kind, dagger.gate.effector_m) == ("task_space", 0.05), "a gate is replaced whole"

@@ -140,6 +140,9 @@ class Intervention:
     """float32 (H, action_dim) the operator executed; None for a message without a chunk."""
     states: np.ndarray | None = None
     """float32 (H, state_dim): the state before each of ``actions``; None without a chunk."""
+    ended_by: str = ""
+    """On the ``ended`` message: why control returned (``subgoal``, ``cap``, ``released``, ``episode_end``,
+    ``reset``); a takeover ended by ``cap`` is not trained on."""
 
 
 def check_robot(info: RobotInfo, robot_id: str) -> None:

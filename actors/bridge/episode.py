@@ -11,7 +11,9 @@ The actor's side of the episode protocol (docs/robot_bridge.md):
    actions with the states the messages carry (``intervened`` True); then observe and plan afresh;
 4. until the observation is ``done``.
 
-There is no expert in the actor, so the labels are the executed actions. A bridge reports success,
+There is no expert in the actor, so corrections are the operator's executed actions (no chunk
+labels); each takeover is recorded (``Trajectory.takeovers``) with how it ended, as the bridge's
+last message of it says (a takeover ended by ``cap`` is not trained on). A bridge reports success,
 not rewards: the reward is 1 on the last step of a successful episode, else 0. An evaluation
 episode in which an operator took over does not count as a success. Intervention messages for
 another robot or episode are ignored, logged and counted, never recorded.
@@ -26,7 +28,8 @@ import prometheus_client as prom
 
 from fleetloop.actors.bridge.backend import OPERATOR_OPTION, StopReason
 from fleetloop.actors.bridge.client import BridgeError, InterventionStream, RobotClient
-from fleetloop.actors.rollout import PlanFn, Trajectory, checked_chunk
+from fleetloop.actors.operator import Takeover
+from fleetloop.actors.rollout import Plan, PlanFn, Trajectory, checked_chunk
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def run_bridge_episode(client: RobotClient, interventions: InterventionStream, r
     options = {OPERATOR_OPTION: "watch"} if evaluation else {}
     obs = client.reset(seed=seed, options=options, want_image=True)[robot_id]
     episode_id = obs.episode_id
-    traj = Trajectory(instruction=obs.instruction)
+    traj = Trajectory(instruction=obs.instruction, execute_steps=execute_steps)
     while not obs.done:
         if obs.episode_id != episode_id or obs.step != len(traj.states):
             raise EpisodeDiscarded("incomplete", f"robot {robot_id} is at step {obs.step} of episode "
@@ -81,6 +84,7 @@ def run_bridge_episode(client: RobotClient, interventions: InterventionStream, r
                                                  f"{episode_id!r} were recorded")
         traj.frames[obs.step] = obs.image
         chunk = checked_chunk(plan(obs.image, obs.state, obs.instruction), execute_steps, info.action_dim)
+        traj.plans.append(Plan(obs.step, "policy"))
         try:
             result = client.act(obs, chunk[: info.max_horizon], execute_steps, want_image=True)
         except BridgeError as exc:
@@ -101,11 +105,10 @@ def run_bridge_episode(client: RobotClient, interventions: InterventionStream, r
 
 
 def _record(traj: Trajectory, states: np.ndarray, actions: np.ndarray, *, intervened: bool) -> None:
-    """Append steps: the state before each action, the action (also its label), who drove."""
+    """Append steps: the state before each action, the action, who drove."""
     for state, action in zip(states, actions, strict=True):
         traj.states.append(np.asarray(state, np.float32))
         traj.actions.append(np.asarray(action, np.float32))
-        traj.labels.append(traj.actions[-1])
         traj.intervened.append(intervened)
         traj.rewards.append(0.0)
 
@@ -113,6 +116,7 @@ def _record(traj: Trajectory, states: np.ndarray, actions: np.ndarray, *, interv
 def _record_takeover(client: RobotClient, interventions: InterventionStream, robot_id: str, episode_id: str,
                      traj: Trajectory, actor_id: str) -> None:
     """Record the operator's steps of the takeover in progress from its messages, through ``ended``."""
+    takeover = Takeover(start=len(traj.states), reason="", subgoal="")
     while True:
         item = interventions.get(timeout=client.deadline_s)
         if item is None:  # a quiet operator: make sure the bridge is still there (BridgeUnavailable if not)
@@ -129,5 +133,8 @@ def _record_takeover(client: RobotClient, interventions: InterventionStream, rob
                 raise EpisodeDiscarded("incomplete", f"operator chunk of robot {robot_id} starts at step {item.step}, "
                                                      f"but {len(traj.states)} steps were recorded")
             _record(traj, item.states, item.actions, intervened=True)
+        takeover.reason = item.reason
         if item.ended:
+            takeover.end, takeover.ended_by = len(traj.states), item.ended_by or "released"
+            traj.takeovers.append(takeover)
             return

@@ -4,16 +4,19 @@ The env (``make_env(name, **env_kwargs)``) must offer what ReachEnv does: ``poss
 (robot ids), ``state_dim``, ``action_dim``, ``embodiment``, ``image_size``, ``action_space(agent)``,
 ``render_camera(agent)``, observations ``{"state", "instruction"}`` and infos with ``"success"``; its
 actions are absolute joint position targets and its state starts with the joint positions they
-target. Its expert (``make_expert``) offers ``action_chunk(agent, horizon)``; the control rate is
+target. Its expert (``make_expert``) offers what actors/envs/trace.py lists; the control rate is
 ``1 / env.control_dt``.
 
 All robots share one world: acting one robot steps the env with the others holding their last
-targets, and the episode's step is the world's. A simulated operator (the expert) takes over a
-robot when the *gate* fires: for ``gate_steps`` consecutive steps the commanded action differs from
-the expert's chunk, planned from the same state, by more than ``gate_threshold`` (max abs over
-dims); or on ``request_takeover``. The rest of the policy's chunk is then dropped, the operator
-executes ``takeover_steps`` steps in chunks of ``operator_horizon`` on a background thread, and
-Act is refused with "operator has control" until it hands back. An episode reset with option
+targets, and the episode's step is the world's. The simulated operator of each robot is the one
+the actors use (actors/operator.py, built from the same ``actors.dagger`` section): before a chunk
+runs, its gate judges the chunk against the expert's from the same state, and when the gate fires
+the operator takes over at once (nothing of the chunk runs). A human's request
+(``request_takeover``) takes over the same way. The operator then drives in chunks of
+``operator_horizon`` on a background thread until its subgoal is done or the takeover reaches its
+cap (a bridge never sees the policy's fresh plans, so there is no hand-back by agreement), and Act
+is refused with "operator has control" until it hands back; every executed chunk is streamed, the
+last message says why control returned (``ended_by``). An episode reset with option
 ``operator=watch`` (an evaluation) has no gate; ``request_takeover`` still works.
 """
 
@@ -41,7 +44,9 @@ from fleetloop.actors.bridge.backend import (
     check_robot,
 )
 from fleetloop.actors.envs import env_options, make_env, make_expert
-from fleetloop.actors.gate import InterventionGate
+from fleetloop.actors.gates import GateOptions, TaskSpaceOptions, make_gate
+from fleetloop.actors.operator import SimulatedOperator
+from fleetloop.system.embodiment import embodiment_layout
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -78,11 +83,13 @@ class MujocoTwinBackend(RobotBackend):
         max_horizon: Largest action chunk accepted.
         realtime: Pace every executed step (policy's and operator's) at the control rate; else
             steps run as fast as the simulation goes.
-        gate_threshold: Divergence, in action units (radians), above which a step counts toward
-            a takeover; None disables the gate.
-        gate_steps: Consecutive divergent steps that make the operator take over.
-        takeover_steps: Steps the operator drives before handing back (fewer if the episode ends).
-        operator_horizon: Length of each corrective chunk.
+        gate: the simulated operator's gate (actors/gates); None: no gate (only requests take over).
+        horizon: H of the chunks the gate compares.
+        operator_horizon: Length of each corrective chunk (and the steps of a policy chunk the
+            gate judges when an Act executes fewer).
+        max_takeover_steps: the cap of a takeover.
+        hand_back: the early endings of a takeover (``subgoal``; ``agreement`` needs the policy's fresh
+            plans, which a bridge never sees, so it is ignored); empty: every takeover runs to its cap.
         **env_kwargs: Passed to the env, e.g. ``max_steps``, ``image_size``.
 
     Raises:
@@ -90,15 +97,14 @@ class MujocoTwinBackend(RobotBackend):
     """
 
     def __init__(self, env_name: str = "reach", *, max_horizon: int = 32, realtime: bool = False,
-                 gate_threshold: float | None = 0.3, gate_steps: int = 3, takeover_steps: int = 16,
-                 operator_horizon: int = 8, **env_kwargs: Any):
-        if max_horizon < 1 or gate_steps < 1 or takeover_steps < 1 or operator_horizon < 1:
-            raise ValueError("max_horizon, gate_steps, takeover_steps and operator_horizon must be >= 1")
+                 gate: GateOptions | None = TaskSpaceOptions(), horizon: int = 16, operator_horizon: int = 8,
+                 max_takeover_steps: int = 64, hand_back: tuple[str, ...] = ("subgoal",), **env_kwargs: Any):
+        if max_horizon < 1 or operator_horizon < 1 or max_takeover_steps < 1:
+            raise ValueError("max_horizon, operator_horizon and max_takeover_steps must be >= 1")
         super().__init__()
         self.env = make_env(env_name, **env_kwargs)
         self.expert = make_expert(env_name, self.env)
         control_rate_hz = 1.0 / self.env.control_dt
-        self.takeover_steps = takeover_steps
         self.operator_horizon = operator_horizon
         self._period = self.env.control_dt if realtime else 0.0
         agents = tuple(self.env.possible_agents)
@@ -119,12 +125,18 @@ class MujocoTwinBackend(RobotBackend):
         self._infos: dict[str, dict] = {}
         self._done: dict[str, bool] = {}
         self._targets: dict[str, np.ndarray] = {}
-        # The divergence gate of HG-DAgger rollouts (actors/gate.py), one per robot; None: no gate.
-        self._gates = None if gate_threshold is None else {
-            agent: InterventionGate(gate_threshold, gate_steps, takeover_steps) for agent in agents}
+        # The simulated operator of each robot (actors/operator.py); its gate judges only when one is set.
+        self._gated = gate is not None
+        layout = embodiment_layout(self.env.embodiment)
+        groups = dict(layout.action) if layout is not None else None
+        self._operators = {agent: SimulatedOperator(
+            self.expert, agent, make_gate(gate or TaskSpaceOptions(), groups), horizon=max(horizon, operator_horizon),
+            execute_steps=operator_horizon, max_takeover_steps=max_takeover_steps,
+            hand_back=tuple(reason for reason in hand_back if reason != "agreement"))
+            for agent in agents}
         self._watching = False  # this episode's operator only watches (reset option operator=watch)
         self._takeovers: dict[str, _Takeover] = {}
-        self._operators: list[threading.Thread] = []
+        self._operators_running: list[threading.Thread] = []
         # An EGL context is current on one thread only: every render and the close run on this one.
         self._gl_thread = ThreadPoolExecutor(1, thread_name_prefix="twin-render")
 
@@ -132,11 +144,15 @@ class MujocoTwinBackend(RobotBackend):
     def from_config(cls, cfg: FleetloopConfig, env_name: str | None = None) -> MujocoTwinBackend:
         """The twin of a run's robot: ``env_name`` (default ``bridge.env``) built as the actors build
         their own env (``actors.max_steps``, ``shuffle_layout``, ``state_includes_object_pose``, the
-        camera size of ``model.preset``), its operator gated as ``actors.dagger`` says
-        (``gate_threshold``, ``gate_patience``, ``takeover_steps``), paced when ``bridge.realtime``."""
+        camera size of ``model.preset``), its operator as the actors' (``actors.dagger.gate`` and
+        ``takeover.max_steps``, chunks of ``actors.execute_steps``), paced when ``bridge.realtime``."""
+        from fleetloop.system import model_preset  # torch: import on use
+
         dcfg = cfg.actors.dagger
-        return cls(env_name or cfg.bridge.env, realtime=cfg.bridge.realtime, gate_threshold=dcfg.gate_threshold,
-                   gate_steps=dcfg.gate_patience, takeover_steps=dcfg.takeover_steps, **env_options(cfg))
+        return cls(env_name or cfg.bridge.env, realtime=cfg.bridge.realtime, gate=dcfg.gate,
+                   horizon=model_preset(cfg.model.preset).action_head.action_horizon,
+                   operator_horizon=cfg.actors.execute_steps, max_takeover_steps=dcfg.takeover.max_steps,
+                   hand_back=tuple(dcfg.takeover.hand_back), **env_options(cfg))
 
     # ---- RobotBackend ------------------------------------------------------------------------
 
@@ -165,8 +181,7 @@ class MujocoTwinBackend(RobotBackend):
             for agent in self._info.robot_ids:
                 self._obs[agent], self._infos[agent], self._done[agent] = observations[agent], infos[agent], False
                 self._targets[agent] = np.asarray(observations[agent]["state"][: self._info.action_dim], np.float64)
-                if self._gates is not None:
-                    self._gates[agent].reset()
+                self._operators[agent].reset()
             return self._episode_id, {agent: self._observation(agent, want_image) for agent in self._info.robot_ids}
 
     def observe(self, robot_id: str, want_image: bool) -> Observation:
@@ -178,15 +193,12 @@ class MujocoTwinBackend(RobotBackend):
             want_image: bool) -> ActResult:
         with self._lock:
             self._check_turn(robot_id, episode_id, step)
-            gated = self._gates is not None and not self._watching
-            reference = self.expert.action_chunk(robot_id, len(actions)) if gated else None
             pacer = _Pacer(self._period)
             states, stop = [], StopReason.COMPLETED
+            if self._gated and not self._watching and self._judge(robot_id, actions, execute_steps).fire:
+                self._start_takeover(robot_id, "divergence")
+                execute_steps, stop = 0, StopReason.OPERATOR_TOOK_OVER
             for index in range(execute_steps):
-                if reference is not None and self._gates[robot_id].check(actions[index], reference[index]):
-                    self._start_takeover(robot_id, "divergence")
-                    stop = StopReason.OPERATOR_TOOK_OVER
-                    break
                 self._advance(robot_id, actions[index])
                 states.append(self._obs[robot_id]["state"])
                 if self._done[robot_id]:
@@ -196,12 +208,18 @@ class MujocoTwinBackend(RobotBackend):
             step_states = np.asarray(states, np.float32).reshape(len(states), self._info.state_dim)
             return ActResult(len(states), stop, self._observation(robot_id, want_image), step_states)
 
+    def _judge(self, robot_id: str, actions: np.ndarray, execute_steps: int):
+        """The operator's gate verdict on a chunk about to run (its whole horizon compared; the
+        executed part traced). Caller holds the lock."""
+        operator = self._operators[robot_id]
+        return operator.judge(actions, min(execute_steps, operator.execute_steps))
+
     def close(self) -> None:
         """End takeovers, wait for the operator threads, release the renderer and subscriptions."""
         with self._lock:
             self._end_takeovers()
             self._episode_id = None
-            operators, self._operators = self._operators, []
+            operators, self._operators_running = self._operators_running, []
         for thread in operators:
             thread.join(timeout=5.0)
         super().close()
@@ -230,25 +248,31 @@ class MujocoTwinBackend(RobotBackend):
         """Hand ``robot_id`` to the operator thread (caller holds the lock)."""
         takeover = _Takeover(reason)
         self._takeovers[robot_id] = takeover
-        if self._gates is not None:
-            self._gates[robot_id].take_over()  # divergence counts afresh after the takeover
+        self._operators[robot_id].take_over(self._step, reason)  # divergence counts afresh after it
         self.feed.publish(Intervention(robot_id, self._episode_id, self._step, reason, OPERATOR_ID, started=True))
         thread = threading.Thread(target=self._operate, args=(robot_id, takeover), daemon=True,
                                   name=f"twin-operator-{robot_id}")
-        self._operators = [t for t in self._operators if t.is_alive()] + [thread]
+        self._operators_running = [t for t in self._operators_running if t.is_alive()] + [thread]
         thread.start()
 
     def _operate(self, robot_id: str, takeover: _Takeover) -> None:
-        """Drive ``robot_id`` with expert chunks, publishing each after executing it, until
-        ``takeover_steps`` steps ran, the episode ended, or the takeover was cancelled."""
+        """Drive ``robot_id`` with expert chunks, publishing each after executing it, until the
+        operator hands back (subgoal done, cap), the episode ended, or the takeover was cancelled."""
         pacer = _Pacer(self._period)
-        executed = 0
+        operator = self._operators[robot_id]
         while True:
             with self._lock:
                 if self._takeovers.get(robot_id) is not takeover:
                     return
+                ended_by = "episode_end" if self._done[robot_id] else operator.hand_back_reason(self._step, None)
+                if ended_by is not None:
+                    del self._takeovers[robot_id]
+                    operator.end_takeover(self._step, ended_by)
+                    self.feed.publish(Intervention(robot_id, self._episode_id, self._step, takeover.reason,
+                                                   OPERATOR_ID, ended=True, ended_by=ended_by))
+                    return
                 start_step = self._step
-                chunk = self.expert.action_chunk(robot_id, min(self.operator_horizon, self.takeover_steps - executed))
+                chunk = self.expert.action_chunk(robot_id, self.operator_horizon)
             ran, states = 0, []
             for action in chunk:
                 with self._lock:
@@ -261,24 +285,19 @@ class MujocoTwinBackend(RobotBackend):
                 if done:
                     break
                 pacer.wait()
-            executed += ran
             with self._lock:
                 if self._takeovers.get(robot_id) is not takeover:
                     return
-                last = executed >= self.takeover_steps or self._done[robot_id]
-                if last:
-                    del self._takeovers[robot_id]
-                self.feed.publish(Intervention(
-                    robot_id, self._episode_id, start_step, takeover.reason, OPERATOR_ID, ended=last,
-                    actions=np.asarray(chunk[:ran], np.float32), states=np.asarray(states, np.float32)))
-            if last:
-                return
+                self.feed.publish(Intervention(robot_id, self._episode_id, start_step, takeover.reason, OPERATOR_ID,
+                                               actions=np.asarray(chunk[:ran], np.float32),
+                                               states=np.asarray(states, np.float32)))
 
     def _end_takeovers(self) -> None:
         """Cancel every takeover, publishing its ``ended`` message (caller holds the lock)."""
         for robot_id, takeover in self._takeovers.items():
+            self._operators[robot_id].end_takeover(self._step, "reset")
             self.feed.publish(Intervention(robot_id, self._episode_id, self._step, takeover.reason, OPERATOR_ID,
-                                           ended=True))
+                                           ended=True, ended_by="reset"))
         self._takeovers.clear()
 
     # ---- helpers (caller holds the lock unless noted) ------------------------------------------

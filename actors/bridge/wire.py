@@ -148,7 +148,7 @@ def act_result_from_proto(message: robot_pb2.ActResult) -> ActResult:
 def intervention_to_proto(item: Intervention) -> robot_pb2.Intervention:
     message = robot_pb2.Intervention(
         robot_id=item.robot_id, episode_id=item.episode_id, step=item.step, reason=item.reason,
-        operator_id=item.operator_id, started=item.started, ended=item.ended,
+        operator_id=item.operator_id, started=item.started, ended=item.ended, ended_by=item.ended_by,
     )
     if item.actions is not None:
         message.horizon, message.action_dim = item.actions.shape
@@ -162,7 +162,7 @@ def intervention_from_proto(message: robot_pb2.Intervention) -> Intervention:
     has_chunk = message.horizon > 0
     return Intervention(
         robot_id=message.robot_id, episode_id=message.episode_id, step=message.step, reason=message.reason,
-        operator_id=message.operator_id, started=message.started, ended=message.ended,
+        operator_id=message.operator_id, started=message.started, ended=message.ended, ended_by=message.ended_by,
         actions=f32_array(message.actions, (message.horizon, message.action_dim), "actions") if has_chunk else None,
         states=f32_array(message.states, (message.horizon, message.state_dim), "states") if has_chunk else None,
     )

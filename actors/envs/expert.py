@@ -2,14 +2,18 @@
 
 It solves two-link inverse kinematics for the goal (always the positive-elbow solution) and
 ramps joint targets from the current joint positions toward it at a bounded speed per step,
-holding the goal configuration once reached. Used to label states for DAgger.
+holding the goal configuration once reached. Used to label states for DAgger. Traces
+(trace.py) simulate a chunk on a scratch copy of the env's MuJoCo data; the effector is the
+fingertip and there is no grasp.
 """
 
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 
 from fleetloop.actors.envs.reach import ReachEnv
+from fleetloop.actors.envs.trace import DONE, TaskTrace
 
 
 class ReachExpert:
@@ -29,6 +33,7 @@ class ReachExpert:
             raise ValueError(f"max_step must be > 0, got {max_step}")
         self.env = env
         self.max_step = max_step
+        self._scratch = mujoco.MjData(env.model)
 
     def goal_configuration(self, agent: str) -> np.ndarray:
         """Joint positions (2,) putting the fingertip on the goal, clipped to the joint limits."""
@@ -56,3 +61,25 @@ class ReachExpert:
     def action(self, agent: str) -> np.ndarray:
         """Next joint target float32 (2,): ``action_chunk(agent, 1)[0]``."""
         return self.action_chunk(agent, 1)[0]
+
+    def trace(self, agent: str, actions: np.ndarray) -> TaskTrace:
+        """Simulate ``actions`` (K, 2) from the live state on a scratch copy; the fingertip's path."""
+        mujoco.mj_copyData(self._scratch, self.env.model, self.env.data)
+        path = []
+        for row in np.asarray(actions, np.float32):
+            self.env.advance(self._scratch, {agent: row})
+            path.append(self.env.fingertip(agent, self._scratch))
+        return TaskTrace(np.array(path).reshape(-1, 3))
+
+    def expert_trace(self, agent: str, horizon: int) -> TaskTrace:
+        """The ``TaskTrace`` of ``action_chunk(agent, horizon)``."""
+        return self.trace(agent, self.action_chunk(agent, horizon))
+
+    def subgoal(self, agent: str) -> str:
+        """``reach`` until the fingertip is on the goal, then ``done``."""
+        return DONE if self.env.succeeded(agent) else "reach"
+
+    def can_finish(self, agent: str, steps: int) -> bool:
+        """Whether the expert's ramp from the live state ends on the goal within ``steps`` steps."""
+        self.trace(agent, self.action_chunk(agent, max(1, steps)))
+        return self.env.succeeded(agent, self._scratch)

@@ -742,11 +742,16 @@ class GR1TableEnv(MujocoTaskEnv):
     def _observe(self, agent: str) -> dict[str, Any]:
         return {"state": self.scene.joint_positions(agent).astype(np.float32), "instruction": self.instruction(agent)}
 
+    def succeeded(self, scene: TableScene | None = None) -> bool:
+        """The task's success test on ``scene`` (default: the env's own; an expert passes its scratch
+        copy): the named object rests on the named target."""
+        return (scene or self.scene).rests_on(self._object, self._target)
+
     def _info(self, agent: str) -> dict[str, Any]:
         rest = self.target_position(agent) + (0.0, 0.0, OBJECTS[self._object].half_height)
         distance = np.linalg.norm(self.scene.object_position(self._object) - rest)
         return {
             "distance": float(distance),
-            "success": self.scene.rests_on(self._object, self._target),
+            "success": self.succeeded(),
             "grasped": self.grasped(agent),
         }

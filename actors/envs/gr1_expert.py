@@ -20,8 +20,10 @@ One control step of an agent:
 state and grasp welds) with every agent following the expert, so its row k is what
 ``action(agent)`` returns k steps later when the chunk is executed (and, with two agents, the
 other one follows the expert too). ``action(agent)`` is ``action_chunk(agent, 1)[0]``. One
-simulation yields every agent's chunk; asking for another agent's chunk from the same state
-reuses it.
+simulation yields every agent's chunk and its ``TaskTrace`` (trace.py: palm positions and
+grasps); asking for another agent's chunk or trace from the same state reuses it. ``trace``
+simulates any chunk the same way, ``subgoal`` names the phase of the task, ``can_finish``
+says whether the expert could still complete the task from the live state.
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ import mujoco
 import numpy as np
 
 from fleetloop.actors.envs.gr1 import (
+    FOREARM,
     HOME_QPOS,
     OBJECTS,
+    PALM_SITE,
     RIGHT_ARM,
     RIGHT_HAND,
     TABLE_TOP,
+    UPPER_ARM,
     GR1TableEnv,
     TableScene,
 )
 from fleetloop.actors.envs.handover import GIVER, HANDOVER_POINT, TAKER
+from fleetloop.actors.envs.trace import DONE, ExpertUnavailable, TaskTrace
 
 APPROACH = 0.1
 """Height (m) above the object's centre from which the palm descends onto it."""
@@ -65,6 +71,8 @@ _TOP_GRASP = ((0.0, 0.0, -1.0), (np.cos(0.4), np.sin(0.4), -0.5))
 """(palm normal, finger direction) in the robot frame: palm down, fingers forward-left-down."""
 _SIDE_GRASP = ((0.0, 1.0, 0.0), (1.0, 0.0, -0.5))
 """Palm facing the robot's left, fingers forward and down (a handshake tilted down)."""
+ARM_REACH = UPPER_ARM + FOREARM + float(np.hypot(*PALM_SITE)) + 0.02
+"""Farthest palm goal (m) from the right shoulder the expert plans for (the arm's reach, plus 2 cm)."""
 _IK_ITERATIONS = 10
 _IK_DAMPING = 0.03
 _IK_ORIENTATION_WEIGHT = 0.2
@@ -120,6 +128,24 @@ def _carry(scene: TableScene, agent: str, obj: str, place: np.ndarray, release: 
     return goal - (centre - palm), not (release and at_place)
 
 
+class _TraceRecorder:
+    """Collects the palm position and the grasp of the named object of some robots, step by step."""
+
+    def __init__(self, env: GR1TableEnv, agents: list[str]):
+        self.env = env
+        self.palms: dict[str, list[np.ndarray]] = {agent: [] for agent in agents}
+        self.grasps: dict[str, list[bool]] = {agent: [] for agent in agents}
+
+    def record(self, scene: TableScene) -> None:
+        for agent in self.palms:
+            self.palms[agent].append(scene.palm_position(agent))
+            self.grasps[agent].append(scene.held_object(agent) == self.env.goal(agent)[0])
+
+    def traces(self) -> dict[str, TaskTrace]:
+        return {agent: TaskTrace(np.array(self.palms[agent]).reshape(-1, 3), np.array(self.grasps[agent], bool))
+                for agent in self.palms}
+
+
 class _GR1Expert(abc.ABC):
     """Shared machinery: waypoint, IK, bounded ramps, chunks simulated on a scratch scene."""
 
@@ -145,12 +171,18 @@ class _GR1Expert(abc.ABC):
         self._scratch = env.scene.copy()
         self._ik = mujoco.MjData(env.model)
         self._home_palm = {agent: self._home_palm_position(agent) for agent in env.possible_agents}
-        self._chunks: tuple[bytes, dict[str, np.ndarray]] = (b"", {})
-        """(scene state key, agent -> simulated chunk): every agent's chunk from one simulation."""
+        self._shoulders = {agent: env.model.body(f"{agent}/right_upper_arm").id for agent in env.possible_agents}
+        self._future: tuple[dict[bytes, int], dict[str, np.ndarray], dict[str, TaskTrace]] = ({}, {}, {})
+        """The last simulation: (state key -> step index of each state it passed through, agent ->
+        simulated chunk, agent -> its trace). A live state met on the way reuses the rest of it."""
 
     @abc.abstractmethod
     def _plan(self, scene: TableScene, agent: str) -> tuple[np.ndarray, np.ndarray, bool]:
         """(palm goal (3,), hand rotation (3, 3), hand closed) of ``agent`` in ``scene``."""
+
+    @abc.abstractmethod
+    def _subgoal(self, scene: TableScene, agent: str) -> str:
+        """The phase of the task ``agent`` is in, in ``scene``."""
 
     def action_chunk(self, agent: str, horizon: int) -> np.ndarray:
         """Joint targets float32 (horizon, 44): the expert's next ``horizon`` actions, simulated.
@@ -158,19 +190,64 @@ class _GR1Expert(abc.ABC):
         Raises:
             ValueError: ``horizon`` is less than 1.
         """
+        chunks, _, offset = self._simulate(horizon)
+        return chunks[agent][offset : offset + horizon].copy()
+
+    def expert_trace(self, agent: str, horizon: int) -> TaskTrace:
+        """The ``TaskTrace`` of ``action_chunk(agent, horizon)``."""
+        _, traces, offset = self._simulate(horizon)
+        trace = traces[agent]
+        return TaskTrace(trace.effector[offset : offset + horizon], trace.grasp[offset : offset + horizon])
+
+    def trace(self, agent: str, actions: np.ndarray) -> TaskTrace:
+        """Simulate ``agent`` executing ``actions`` (K, 44) from the live state, every other robot
+        following the expert, on the scratch scene; their ``TaskTrace``."""
+        self._scratch.load(self.env.scene)
+        recorder = _TraceRecorder(self.env, [agent])
+        for row in np.asarray(actions, np.float32):
+            moves = {other: self._act(self._scratch, other) for other in self._scratch.robots if other != agent}
+            self._scratch.step({agent: row, **moves})
+            recorder.record(self._scratch)
+        return recorder.traces()[agent]
+
+    def subgoal(self, agent: str) -> str:
+        """``agent``'s current subgoal in the live scene (see trace.py)."""
+        return self._subgoal(self.env.scene, agent)
+
+    def can_finish(self, agent: str, steps: int) -> bool:
+        """Whether every robot following the expert from the live state completes the task within
+        ``steps`` steps (simulated on the scratch scene)."""
+        self._scratch.load(self.env.scene)
+        for _ in range(steps):
+            if self.env.succeeded(self._scratch):
+                return True
+            self._scratch.step({other: self._act(self._scratch, other) for other in self._scratch.robots})
+        return self.env.succeeded(self._scratch)
+
+    def _simulate(self, horizon: int) -> tuple[dict[str, np.ndarray], dict[str, TaskTrace], int]:
+        """(agent -> chunk, agent -> trace, offset): rows ``offset`` on of the last simulation
+        start at the live state and hold at least ``horizon`` steps; simulated afresh unless the
+        live state is one the last simulation passed through with enough steps left."""
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
-        key = self._state_key()
-        if self._chunks[0] != key or len(self._chunks[1][agent]) < horizon:
-            self._scratch.load(self.env.scene)
-            chunks: dict[str, list[np.ndarray]] = {other: [] for other in self._scratch.robots}
-            for _ in range(horizon):
-                actions = {other: self._act(self._scratch, other) for other in self._scratch.robots}
-                for other, action in actions.items():
-                    chunks[other].append(action)
-                self._scratch.step(actions)
-            self._chunks = (key, {other: np.stack(rows) for other, rows in chunks.items()})
-        return self._chunks[1][agent][:horizon].copy()
+        states, chunks, traces = self._future
+        offset = states.get(self._state_key(self.env.scene))
+        if offset is not None and len(next(iter(chunks.values()))) - offset >= horizon:
+            return chunks, traces, offset
+        self._scratch.load(self.env.scene)
+        agents = list(self._scratch.robots)
+        rows: dict[str, list[np.ndarray]] = {agent: [] for agent in agents}
+        recorder = _TraceRecorder(self.env, agents)
+        states = {}
+        for step in range(horizon):
+            states.setdefault(self._state_key(self._scratch), step)
+            actions = {agent: self._act(self._scratch, agent) for agent in agents}
+            for agent, action in actions.items():
+                rows[agent].append(action)
+            self._scratch.step(actions)
+            recorder.record(self._scratch)
+        self._future = (states, {agent: np.stack(r) for agent, r in rows.items()}, recorder.traces())
+        return self._future[1], self._future[2], 0
 
     def action(self, agent: str) -> np.ndarray:
         """Next joint target float32 (44,): ``action_chunk(agent, 1)[0]``."""
@@ -178,6 +255,11 @@ class _GR1Expert(abc.ABC):
 
     def _act(self, scene: TableScene, agent: str) -> np.ndarray:
         goal, rotation, closed = self._plan(scene, agent)
+        shoulder = scene.data.xpos[self._shoulders[agent]]
+        if np.linalg.norm(goal - shoulder) > ARM_REACH:
+            raise ExpertUnavailable(f"{agent}: the palm goal {np.round(goal, 3).tolist()} is "
+                                    f"{np.linalg.norm(goal - shoulder):.2f} m from the right shoulder, beyond its "
+                                    f"{ARM_REACH:.2f} m reach")
         q = scene.joint_positions(agent)
         palm = scene.palm_position(agent)
         arm = self._solve_ik(scene, agent, palm + _clip_norm(goal - palm, self.speed), rotation)
@@ -212,9 +294,8 @@ class _GR1Expert(abc.ABC):
             data.qpos[qpos] = np.clip(data.qpos[qpos] + step, low, high)
         return data.qpos[qpos].copy()
 
-    def _state_key(self) -> bytes:
-        """Bytes of everything that decides the expert's future: state, weld poses and goals."""
-        scene = self.env.scene
+    def _state_key(self, scene: TableScene) -> bytes:
+        """Bytes of everything that decides the expert's future in ``scene``: state, weld poses and goals."""
         state = np.empty(mujoco.mj_stateSize(scene.model, _STATE))
         mujoco.mj_getState(scene.model, scene.data, state, _STATE)
         goals = repr([self.env.goal(agent) for agent in self.env.possible_agents]).encode()
@@ -247,6 +328,12 @@ class GR1PickPlaceExpert(_GR1Expert):
             goal, closed = _pick(scene, agent, obj)
         return goal, rotation, closed
 
+    def _subgoal(self, scene: TableScene, agent: str) -> str:
+        obj, target = self.env.goal(agent)
+        if scene.held_object(agent) == obj:
+            return "place"
+        return DONE if scene.over_target(obj, target) else "grasp"
+
 
 class GR1HandoverExpert(_GR1Expert):
     """Joint-target chunks for both robots of ``GR1HandoverEnv``, coordinated by phases.
@@ -266,6 +353,20 @@ class GR1HandoverExpert(_GR1Expert):
             rotation = self._world_rotation(scene, agent, _SIDE_GRASP)
             goal, closed = self._take(scene, obj, target, holders)
         return goal, rotation, closed
+
+    def _subgoal(self, scene: TableScene, agent: str) -> str:
+        """Giver: grasp, hand over, then done once the taker holds it; taker: wait, take, place, done."""
+        obj, target = self.env.goal(agent)
+        holders = scene.held_by(obj)
+        if scene.over_target(obj, target) and not holders:
+            return DONE
+        if agent == GIVER:
+            if TAKER in holders:
+                return DONE
+            return "hand_over" if GIVER in holders else "grasp"
+        if TAKER in holders:
+            return "take" if GIVER in holders else "place"
+        return "wait"
 
     def _give(self, scene: TableScene, obj: str, target: str, holders: list[str]) -> tuple[np.ndarray, bool]:
         if TAKER in holders:

@@ -206,10 +206,23 @@ class ReachEnv(MujocoTaskEnv):
         }
 
     def _apply(self, actions: dict[str, np.ndarray]) -> None:
+        self.advance(self.data, actions)
+
+    def advance(self, data: mujoco.MjData, actions: dict[str, np.ndarray]) -> None:
+        """One control step of ``data`` (the env's own, or an expert's scratch copy) under joint targets."""
         for agent, target in actions.items():
             space = self._action_spaces[agent]
-            self.data.ctrl[self._arms[agent].ctrl_adr] = np.clip(target, space.low, space.high)
-        mujoco.mj_step(self.model, self.data, nstep=_SUBSTEPS)
+            data.ctrl[self._arms[agent].ctrl_adr] = np.clip(target, space.low, space.high)
+        mujoco.mj_step(self.model, data, nstep=_SUBSTEPS)
+
+    def fingertip(self, agent: str, data: mujoco.MjData | None = None) -> np.ndarray:
+        """Privileged: world position (3,) of ``agent``'s fingertip in ``data`` (default: the env's)."""
+        return (data or self.data).site_xpos[self._arms[agent].fingertip_site].copy()
+
+    def succeeded(self, agent: str, data: mujoco.MjData | None = None) -> bool:
+        """The fingertip is within ``success_threshold`` of the goal in ``data`` (default: the env's)."""
+        goal = self.data.mocap_pos[self._target_mocap[self._goals[agent]]]
+        return bool(np.linalg.norm(self.fingertip(agent, data) - goal) <= self.success_threshold)
 
     def _camera(self, agent: str) -> str:
         return self._arms[agent].camera
@@ -237,6 +250,5 @@ class ReachEnv(MujocoTaskEnv):
 
     def _info(self, agent: str) -> dict[str, Any]:
         goal = self.data.mocap_pos[self._target_mocap[self._goals[agent]]]
-        fingertip = self.data.site_xpos[self._arms[agent].fingertip_site]
-        distance = float(np.linalg.norm(fingertip - goal))
+        distance = float(np.linalg.norm(self.fingertip(agent) - goal))
         return {"distance": distance, "success": distance <= self.success_threshold}

@@ -25,3 +25,25 @@ def publisher():
     port = publisher.start()
     yield publisher, f"127.0.0.1:{port}"
     publisher.stop(grace=0.5)
+
+
+def out_of_reach(env, after_step: int = 0) -> None:
+    """Put the named object of a GR-1 pick-and-place env 1.2 m in front of its robot, out of the
+    expert's reach, once ``after_step`` steps have run (0: at reset)."""
+    place, step = env._place_items, env.step
+
+    def far():
+        env.scene.place_object(env.goal("gr1_0")[0], (1.2, -0.2), 0.0)
+
+    def placed():
+        place()
+        if after_step == 0:
+            far()
+
+    def stepped(actions):
+        result = step(actions)
+        if env._steps == after_step:
+            far()
+        return result
+
+    env._place_items, env.step = placed, stepped

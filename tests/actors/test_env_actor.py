@@ -9,7 +9,7 @@ import torch
 from fleetloop.actors.env_actor import EnvActor
 from fleetloop.config import load_config
 from fleetloop.system import DualSystemPolicy, embodiment_id, model_preset
-from tests.actors.conftest import SMALL, policy_weights
+from tests.actors.conftest import SMALL, out_of_reach, policy_weights
 
 
 @pytest.fixture
@@ -41,15 +41,18 @@ def test_rounds_write_versioned_rollouts_and_corrections(actor, publisher, clien
     for table in ("pretrain", "rollouts", "corrections"):
         assert sorted(status["written"][table]) == sorted(client.episode_ids(table)), table
     versions = sorted(client.read_episode(i).policy_version for i in client.episode_ids("corrections"))
-    assert versions == [1, 1, 2, 2]
+    assert versions == [1, 2], "each round's DAgger episode is relabelled; evaluations are not"
     for episode_id in client.episode_ids("corrections"):
         episode = client.read_episode(episode_id)
         assert episode.source == "relabel" and episode.actor_id == "actor-0"
+        assert episode.labels.shape == (2, 16, 2), "its two planning states, each with the expert's chunk"
+        assert sorted(episode.frames) == [0, 1]
+    assert first["expert_label_rows"] == 2 * 16
 
     with urllib.request.urlopen(status["metrics"], timeout=5) as response:
         body = response.read().decode()
     assert 'fleetloop_actor_weights_version{actor="actor-0"} 2.0' in body
-    assert 'fleetloop_actor_episodes_total{actor="actor-0",table="corrections"} 4.0' in body
+    assert 'fleetloop_actor_episodes_total{actor="actor-0",table="corrections"} 2.0' in body
     assert 'fleetloop_actor_success_rate{actor="actor-0",embodiment="sim_arm",task="reach"}' in body
     assert 'fleetloop_actor_intervention_rate{actor="actor-0",embodiment="sim_arm",task="reach"}' in body
     assert 'fleetloop_actor_policy_lag_versions{actor="actor-0",embodiment="sim_arm",task="reach"} 0.0' in body
@@ -68,7 +71,7 @@ def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publishe
         publisher.publish(policy_weights(0))
         restarted.run_round(0, min_version=1, timeout_s=30)
         written = restarted.status()["written"]
-        assert len(written["pretrain"]) == 2 and len(written["corrections"]) == 2
+        assert len(written["pretrain"]) == 2 and len(written["corrections"]) == 1
         for table in ("pretrain", "rollouts", "corrections"):
             assert sorted(written[table]) == sorted(client.episode_ids(table)), table
     finally:
@@ -84,29 +87,55 @@ def test_the_policy_runs_the_weights_it_was_sent(actor, publisher):
         assert torch.equal(actor.model.state_dict()[name], tensor), name
 
 
-def test_hg_dagger_round_writes_only_takeovers_as_corrections(valkey, publisher, client, tmp_path):
+HG_DAGGER = ["actors.dagger.mode=hg-dagger", "actors.dagger.gate={kind: joint, default_threshold: 0.05, patience: 1}"]
+"""An operator that takes over as soon as a plan is 0.05 rad off the expert's."""
+
+
+def test_hg_dagger_round_writes_labelled_takeovers_and_the_decisions_before_them(valkey, publisher, client, tmp_path):
     publisher, target = publisher
-    cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", "actors.dagger.mode=hg-dagger",
-                                "actors.dagger.gate_threshold=0.05", "actors.dagger.gate_patience=1",
-                                "actors.dagger.takeover_steps=8", "actors.dagger.pre_intervention_steps=2",
-                                "actors.dagger.class_weights={intervention: 3.0, pre_intervention: 0.5}"])
+    cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER, "actors.dagger.takeover.max_steps=8",
+                                "actors.dagger.takeover.hand_back=[]"])
     actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(0))  # an untrained policy: the operator has to step in
         result = actor.run_round(0, min_version=1, timeout_s=30)
+        with urllib.request.urlopen(actor.status()["metrics"], timeout=5) as response:
+            body = response.read().decode()
     finally:
         actor.close()
     assert result["mode"] == "hg-dagger" and 0.0 < result["intervention_rate"] <= 1.0
+    endings = result["takeover_endings"]
+    assert endings.get("cap", 0) >= 1 and set(endings) <= {"cap", "episode_end"} and result["skipped"] == endings["cap"]
+    interventions = [i for i in client.episode_ids("corrections") if client.read_episode(i).source == "intervention"]
+    assert len(interventions) == result["takeovers"] - result["skipped"], "takeovers that hit their cap are not trained on"
+    assert f'fleetloop_actor_skipped_segments_total{{actor="actor-0",reason="takeover_cap"}} {result["skipped"]}.0' in body
+
+
+def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, client, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER,
+                                "actors.dagger.gate={kind: joint, default_threshold: 0.05, patience: 2}"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        publisher.publish(policy_weights(0))
+        result = actor.run_round(0, min_version=1, timeout_s=30)
+    finally:
+        actor.close()
     corrections = [client.read_episode(i) for i in client.episode_ids("corrections")]
-    assert corrections and all(ep.source == "intervention" and ep.intervened.all() for ep in corrections)
-    assert set(client.priorities("corrections").values()) == {3.0}
-    rollouts = {i: client.read_episode(i) for i in client.episode_ids("rollouts")}
-    assert {ep.source for ep in rollouts.values()} <= {"robot", "pre_intervention"}
-    assert not any(ep.intervened.any() for ep in rollouts.values())
-    priorities = client.priorities("rollouts")
-    assert all(priorities[i] == (0.5 if ep.source == "pre_intervention" else 1.0) for i, ep in rollouts.items())
-    steps = sum(len(ep.states) for ep in corrections) + sum(len(ep.states) for ep in rollouts.values())
-    assert steps == 32 * 2, "the DAgger and the evaluation episode, every step written exactly once"
+    sources = sorted({ep.source for ep in corrections})
+    assert sources == ["intervention", "pre_intervention_relabel"], sources
+    for ep in corrections:
+        assert ep.labels is not None and ep.labels.shape[1:] == (16, 2) and sorted(ep.frames) == list(range(len(ep.states)))
+        if ep.source == "intervention":
+            assert ep.intervened.all()
+            np.testing.assert_array_equal(ep.actions, ep.labels[:, 0]), "the operator executed its chunks' first rows"
+    assert set(client.priorities("corrections").values()) == {1.0}
+    rollouts = [client.read_episode(i) for i in client.episode_ids("rollouts")]
+    assert {ep.source for ep in rollouts} <= {"robot", "pre_intervention"}
+    assert not any(ep.intervened.any() for ep in rollouts)
+    steps = sum(len(ep.states) for ep in corrections if ep.source == "intervention") + sum(len(ep.states) for ep in rollouts)
+    assert steps == 32 * 2, "the DAgger and the evaluation episode: every step in a takeover or a rollout, once"
+    assert result["expert_label_rows"] > 0
 
 
 def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher, client, tmp_path):
@@ -116,7 +145,9 @@ def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher,
     try:
         actor.collect_demos(1)
         model = DualSystemPolicy(model_preset("tiny"))
-        model.set_normalization(embodiment_id("gr1"), **client.compute_stats("pretrain", "gr1"))
+        stats = client.compute_stats("pretrain", "gr1")
+        model.set_normalization(embodiment_id("gr1"), **{k: stats[k] for k in ("state_min", "state_max", "action_min",
+                                                                                "action_max")})
         publisher.publish(model.state_dict())
         actor.run_round(0, min_version=1, timeout_s=30)
     finally:
@@ -189,10 +220,8 @@ def test_fixed_dagger_seeds_revisit_the_same_scenes_every_round(valkey, publishe
 
 def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, client, tmp_path):
     publisher, target = publisher
-    cfg = load_config("smoke", ["actors.env=gr1_handover", "actors.max_steps=16", "actors.dagger.mode=hg-dagger",
-                                "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1",
-                                "actors.dagger.gate_threshold=0.05", "actors.dagger.gate_patience=1",
-                                "actors.dagger.takeover_steps=4"])
+    cfg = load_config("smoke", ["actors.env=gr1_handover", "actors.max_steps=16", *HG_DAGGER,
+                                "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1"])
     actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
     try:
         actor.collect_demos(1)
@@ -210,3 +239,18 @@ def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, clien
     assert result["intervention_rate"] > 0
     corrections = [client.read_episode(i) for i in client.episode_ids("corrections")]
     assert {ep.instruction.split()[0] for ep in corrections} == {"pick", "take"}, "both robots were corrected"
+
+
+def test_a_demonstration_the_expert_cannot_plan_is_discarded(valkey, publisher, client, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, "actors.env=gr1_pick_place", "actors.max_steps=16"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        out_of_reach(actor.env)
+        assert actor.collect_demos(2) == 0
+        with urllib.request.urlopen(actor.status()["metrics"], timeout=5) as response:
+            body = response.read().decode()
+    finally:
+        actor.close()
+    assert client.episode_ids("pretrain") == [], "nothing of it is stored"
+    assert 'fleetloop_actor_discarded_episodes_total{actor="actor-0",reason="expert_unavailable"} 2.0' in body

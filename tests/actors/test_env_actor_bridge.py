@@ -16,9 +16,11 @@ pytestmark = pytest.mark.timeout(120)
 
 STEPS = 32
 BRIDGE = [*SMALL, f"actors.max_steps={STEPS}", "actors.robot=bridge", "actors.dagger.mode=hg-dagger",
-          "actors.dagger.gate_threshold=0.05", "actors.dagger.gate_patience=1", "actors.dagger.takeover_steps=8",
-          "actors.dagger.pre_intervention_steps=2", "bridge.reconnect_timeout_s=30"]
-"""An untrained policy on a twin whose operator takes over at the first divergent step."""
+          "actors.dagger.gate={kind: joint, default_threshold: 0.05, patience: 1}", "actors.dagger.takeover.max_steps=8",
+          "actors.dagger.takeover.hand_back=[]", "actors.dagger.pre_intervention_chunks=1",
+          "bridge.reconnect_timeout_s=30"]
+"""An untrained policy on a twin whose operator takes over at the first divergent plan, for 8 steps:
+every takeover reaches its cap, so none is trained on, except one the episode's end cut short."""
 
 
 def twin(cfg, port: int = 0) -> RobotBridgeServer:
@@ -48,14 +50,17 @@ def test_a_bridge_actor_writes_the_operators_takeovers_as_corrections(valkey, pu
         bridge.stop(grace=None)
     assert metric("fleetloop_bridge_requests_total", method="Act", code="OK") > acts, "the rollouts ran on the bridge"
     assert result["discarded"] == 0 and 0.0 < result["intervention_rate"] <= 1.0
+    assert result["skipped"] == result["takeover_endings"].get("cap", 0) and result["takeovers"] >= 1
     corrections = [client.read_episode(i) for i in client.episode_ids("corrections")]
-    assert corrections and all(ep.source == "intervention" and ep.intervened.all() for ep in corrections)
+    assert all(ep.source == "intervention" and ep.intervened.all() and ep.labels is None for ep in corrections)
+    assert len(corrections) == result["takeovers"] - result["skipped"]
     rollouts = [client.read_episode(i) for i in client.episode_ids("rollouts")]
     assert {ep.source for ep in rollouts} <= {"robot", "pre_intervention"}
     assert not any(ep.intervened.any() for ep in rollouts)
     assert any(len(ep.states) == STEPS and ep.source == "robot" for ep in rollouts), \
         "the evaluation episode: the operator only watched"
-    assert sum(len(ep.states) for ep in corrections + rollouts) == STEPS * 2
+    capped = 8 * result["skipped"]
+    assert sum(len(ep.states) for ep in corrections + rollouts) + capped == STEPS * 2
     for table in ("pretrain", "rollouts", "corrections"):
         assert sorted(written[table]) == sorted(client.episode_ids(table)), table
 
@@ -97,7 +102,7 @@ def test_a_lost_bridge_discards_the_episode_and_the_actor_carries_on(valkey, pub
     assert result["discarded"] == 1
     assert discarded_for_bridge() == discarded + 1
     assert metric("fleetloop_actor_bridge_reconnects_total", actor="actor-0") == reconnects + 1
-    assert client.episode_ids("corrections"), "the next DAgger episode ran on the restarted bridge"
+    assert result["takeovers"] >= 1, "the next DAgger episode ran on the restarted bridge"
     rollouts = [client.read_episode(i) for i in client.episode_ids("rollouts")]
     assert any(len(ep.states) == STEPS and ep.source == "robot" for ep in rollouts), "and the evaluation"
     for table in ("rollouts", "corrections"):

@@ -9,22 +9,59 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "improvement.py"
 
 
-def test_quick_run_reports_every_round():
+def in_interval(rate: float, interval: list[float]) -> bool:
+    low, high = interval
+    return 0.0 <= low <= rate <= high <= 1.0 and low < high
+
+
+def test_quick_run_reports_every_arm_and_round(tmp_path):
     env = {**os.environ, "MUJOCO_GL": "egl", "DS_ACCELERATOR": "cpu"}
-    done = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=240, env=env)
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--keep", str(tmp_path)], capture_output=True,
+                          text=True, timeout=420, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    rounds = result["rounds"]
-    episodes = result["eval_episodes_per_round"]
-    assert result["mode"] == "hg-dagger" and isinstance(result["state_includes_object_pose"], bool)
+    rounds, episodes = result["rounds"], result["eval_episodes_per_round"]
+    assert result["mode"] == "hg-dagger" and result["state_includes_object_pose"] is True
     assert len(result["success_by_round"]) == len(result["ci95_by_round"]) == rounds + 1
     assert len(result["intervention_rate_by_round"]) == rounds + 1
     assert [r["round"] for r in result["per_round"]] == list(range(rounds + 1))
-    for record, rate, (low, high) in zip(result["per_round"], result["success_by_round"], result["ci95_by_round"]):
-        assert record["successes"] == round(rate * episodes) and 0 <= record["successes"] <= episodes
-        assert 0.0 <= low <= rate <= high <= 1.0 and low < high
+    for record in result["per_round"]:
+        assert record["successes"] == round(record["success_rate"] * episodes)
+        assert in_interval(record["success_rate"], record["ci95"])
     assert all(0.0 <= r <= 1.0 for r in result["intervention_rate_by_round"])
-    assert result["gain_points"] == round(100 * (result["success_by_round"][-1] - result["success_by_round"][0]), 1)
+    assert all(r["takeovers"] > 0 and r["expert_label_rows"] > 0 for r in result["per_round"][:-1]), \
+        "the untrained policy is taken over every round"
+
+    equal_steps, equal_expert = result["control_equal_steps"], result["control_equal_expert"]
+    assert result["control_same_total_steps"] == equal_steps
+    for arm in (equal_steps, equal_expert):
+        assert arm["successes"] == round(arm["success_rate"] * episodes) and in_interval(arm["success_rate"], arm["ci95"])
+    effort = result["expert_steps_by_arm"]
+    assert effort["dagger"] == sum(r["expert_label_rows"] for r in result["per_round"][:-1])
+    assert effort["equal_steps"] == 0
+    assert effort["dagger"] <= effort["equal_expert"] < effort["dagger"] + result["max_steps"], \
+        "C2 records demonstrations until its expert steps reach D's"
+    assert [r["dagger_expert_steps"] for r in equal_expert["per_round"]] == \
+        [sum(r["expert_label_rows"] for r in result["per_round"][:k + 1]) for k in range(rounds)]
+    tables = result["episodes_by_arm"]
+    assert {arm: tables[arm]["pretrain"] for arm in tables} == {
+        "dagger": result["n_demos"], "equal_steps": result["n_demos"],
+        "equal_expert": result["n_demos"] + sum(r["demos"] for r in equal_expert["per_round"])}, \
+        "every arm trains on the shared demonstrations, C2 on its own besides"
+    assert tables["dagger"]["corrections"] > 0 and "corrections" not in tables["equal_steps"]
+    assert set(result["mcnemar_p"]) == {"vs_equal_steps", "vs_equal_expert"}
+    assert all(0.0 < p <= 1.0 for p in result["mcnemar_p"].values())
+    flags = result["gate_flags"]
+    assert flags["failures"] + flags["successes"] == episodes
+    assert result["gate_recall"] is None or 0.0 <= result["gate_recall"] <= 1.0
+    assert [point["step"] for point in result["bc_curve"]] == [2, 4, 6, 8]
     assert result["demo_successes"] == result["n_demos"], "the expert's demonstrations succeed"
-    assert all(r["correction_episodes"] > 0 for r in result["per_round"][:-1]), "every round wrote corrections"
     assert result["wall_seconds"] > 0
+
+    policy = next(tmp_path.glob("bc/learner/checkpoints/policy-step-*.safetensors"))
+    again = subprocess.run([sys.executable, str(BENCH), "--quick", "--bc-policy", str(policy)], capture_output=True,
+                           text=True, timeout=420, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads(again.stdout.strip().splitlines()[-1])
+    assert rerun["bc_curve"] == result["bc_curve"], "the arms started from the kept checkpoint"
+    assert rerun["success_by_round"][0] == result["success_by_round"][0]

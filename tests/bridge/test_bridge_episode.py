@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 
 from fleetloop.actors.bridge.episode import run_bridge_episode
+from fleetloop.actors.gates import JointOptions
 from tests.bridge.conftest import metric
 
 pytestmark = pytest.mark.timeout(60)
 
 STEPS = 40
-GATED = {"gate_threshold": 0.3, "gate_steps": 3, "takeover_steps": 16, "operator_horizon": 8, "max_steps": STEPS}
+GATED = {"gate": JointOptions(default_threshold=0.3, patience=1), "max_takeover_steps": 16, "operator_horizon": 8,
+         "hand_back": (), "max_steps": STEPS}
 EXECUTE = 8
 
 
@@ -18,6 +20,12 @@ def hold(image, state, instruction):
     """A bad policy: keep the joints where they are, whatever the instruction says."""
     assert image.shape == (64, 64, 3) and instruction
     return np.tile(state[:2], (16, 1))
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, length) of each run of True."""
+    edges = np.flatnonzero(np.diff(np.r_[0, flags.astype(int), 0]))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def drain(stream) -> list:
@@ -36,23 +44,25 @@ def test_policy_and_operator_steps_are_recorded_with_the_state_before_each_actio
 
     intervened = np.array(traj.intervened)
     actions, states = np.stack(traj.actions), np.stack(traj.states)
-    assert len(states) == len(traj.labels) == len(traj.rewards) == STEPS
+    assert len(states) == len(traj.rewards) == STEPS and traj.labels == {}, "no expert in the actor: no chunk labels"
     assert intervened.any() and not intervened.all(), "the bad policy drove, then the operator took over"
+    assert all(t.ended_by == "cap" and t.length == 16 for t in traj.takeovers[:-1])
+    assert [(t.start, t.end) for t in traj.takeovers] == [(a, a + m) for a, m in _runs(intervened)]
     chunks = [m for m in drain(witness) if m.actions is not None]
     np.testing.assert_array_equal(actions[intervened], np.concatenate([m.actions for m in chunks]))
     np.testing.assert_array_equal(states[intervened], np.concatenate([m.states for m in chunks]))
     assert all(intervened[m.step:m.step + len(m.actions)].all() for m in chunks)
-    np.testing.assert_array_equal(np.stack(traj.labels), actions)
 
     # The policy planned from a frame at each of its chunk starts and its actions ran unchanged.
-    assert 0 in traj.frames and all(not intervened[step] for step in traj.frames)
+    plans = [plan.step for plan in traj.plans]
+    assert plans[0] == 0 and sorted(traj.frames) == plans
     for step in np.flatnonzero(~intervened):
-        planned_at = max(start for start in traj.frames if start <= step)
+        planned_at = max(start for start in plans if start <= step)
         np.testing.assert_array_equal(actions[step], states[planned_at][:2])
     assert traj.rewards[:-1] == [0.0] * (STEPS - 1) and traj.rewards[-1] == float(traj.success)
 
     # Replaying the recorded actions from the same seed visits the recorded states.
-    _, replay = serve(twin={**GATED, "gate_threshold": None})
+    _, replay = serve(twin={**GATED, "gate": None})
     obs = replay.reset(seed=3)["arm_0"]
     for state, action in zip(states, actions):
         np.testing.assert_allclose(obs.state, state, atol=1e-6)

@@ -32,7 +32,7 @@ def test_health_is_serving(serve):
 
 
 def test_reset_observe_act_round_trip(serve):
-    _, client = serve(twin={"gate_threshold": None})  # no simulated operator
+    _, client = serve(twin={"gate": None})  # no simulated operator
     first = client.reset(seed=3, options={"goal": "blue"})["arm_0"]
     assert first.step == 0 and not first.done and first.image is None
     assert first.instruction == "reach the blue ball"

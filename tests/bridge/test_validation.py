@@ -21,7 +21,7 @@ MAX_MESSAGE_BYTES = 64 << 10
 def bridge(serve):
     """A started episode on a twin with max_horizon 8 (no operator gate), its first observation,
     and a plain stub for hand-made requests."""
-    server, client = serve(twin={"max_horizon": 8, "gate_threshold": None}, max_message_bytes=MAX_MESSAGE_BYTES)
+    server, client = serve(twin={"max_horizon": 8, "gate": None}, max_message_bytes=MAX_MESSAGE_BYTES)
     obs = client.reset(seed=5)["arm_0"]
     hold = np.tile(obs.state[:2], (4, 1))
     client.act(obs, hold, execute_steps=2)  # the robot is mid-episode, at step 2
@@ -107,7 +107,7 @@ def test_client_errors_carry_code_and_details(bridge):
 
 
 def test_nothing_before_reset_and_nothing_after_the_episode(serve):
-    _, client = serve(twin={"max_steps": 8, "gate_threshold": None})
+    _, client = serve(twin={"max_steps": 8, "gate": None})
     with pytest.raises(BridgeError) as info:
         client.observe("arm_0")
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no episode" in info.value.details

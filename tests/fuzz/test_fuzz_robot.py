@@ -77,7 +77,7 @@ class Twin:
 @pytest.fixture
 def bridge():
     """A started bridge over a reach twin (operator gate off), its backend and a raw channel."""
-    server = RobotBridgeServer(MujocoTwinBackend("reach", max_horizon=MAX_HORIZON, gate_threshold=None),
+    server = RobotBridgeServer(MujocoTwinBackend("reach", max_horizon=MAX_HORIZON, gate=None),
                                max_message_bytes=MAX_MESSAGE_BYTES, token=TOKEN)
     server.start()
     with raw_channel(server.address) as channel:

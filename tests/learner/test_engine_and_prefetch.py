@@ -85,6 +85,13 @@ def test_warmup_then_cosine_to_the_floor():
     assert warmup_cosine(0, 10, 0.0)(0) == pytest.approx(1.0)
 
 
+def test_warm_restarts_repeat_the_schedule():
+    once = warmup_cosine(warmup_steps=5, total_steps=40, min_ratio=0.1)
+    restarting = warmup_cosine(warmup_steps=5, total_steps=40, min_ratio=0.1, restart_every=40)
+    assert [restarting(s) for s in range(120)] == [once(s % 40) for s in range(120)]
+    assert restarting(40) == pytest.approx(0.2) and restarting(39) < 0.11
+
+
 def test_accumulation_steps_the_optimizer_and_schedule_once_per_boundary():
     torch.manual_seed(0)
     engine = build_engine(Regressor(), lr=0.01, weight_decay=0.0, batch_size=4, grad_clip=1.0, zero_stage=1,

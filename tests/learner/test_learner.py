@@ -9,7 +9,8 @@ import torch
 
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
-from fleetloop.learner.learner import Learner
+from fleetloop.learner.learner import Learner, LearnerInitError
+from fleetloop.replay import EmptyReplayError
 from fleetloop.system import DualSystemPolicy, embodiment_id, load_policy
 
 
@@ -114,3 +115,55 @@ def test_normalisation_treats_dims_that_barely_move_as_constant(valkey, demos, c
     assert narrow.any() and (~narrow).any()
     np.testing.assert_allclose(low[narrow], high[narrow])
     np.testing.assert_allclose(low[~narrow], bounds["state_min"][~narrow], rtol=1e-6)
+
+
+def test_class_weights_reach_each_window_of_a_batch(valkey, demos, client, make_episode, tmp_path):
+    mixed = make_episode(length=16, state_dim=4, action_dim=2, frame_steps=(0, 8), frame_shape=(64, 64),
+                         embodiment=demos, source="pre_intervention")
+    client.write_episode("pretrain", mixed)
+    cfg = load_config("smoke", ["learner.batch_size=16", "learner.class_weights={demo: 0.5}"])
+    learner = Learner(cfg, str(tmp_path), valkey.url)
+    try:
+        learner.fit_mixture_normalization()
+        batch, windows, _ = learner._next_item()
+    finally:
+        learner.close()
+    expected = [{"demo": 0.5, "pre_intervention": 0.0}[w["source"]] for w in windows]
+    assert batch["sample_weight"].tolist() == expected and 0.0 in expected and 0.5 in expected
+
+
+def test_a_fresh_learner_starts_from_a_policy_file(learner, valkey, tmp_path):
+    learner.train(2)
+    path = learner.save_checkpoint()
+    cfg = load_config("smoke", ["learner.batch_size=4", f"learner.init_from={path}"])
+    fresh = Learner(cfg, str(tmp_path / "fine-tune"), valkey.url)
+    try:
+        for name, tensor in learner.model.state_dict().items():
+            assert torch.equal(fresh.model.state_dict()[name], tensor), name
+        assert fresh.step == 0 and fresh.version == 0, "fine-tuning, not a resume"
+    finally:
+        fresh.close()
+    for bad, message in ((str(tmp_path / "missing.safetensors"), "is not a file"),
+                         (str(tmp_path / "checkpoints" / "published_version.json"), "not a fleetloop.system/1")):
+        with pytest.raises(LearnerInitError, match=f"learner.init_from: .*{message}"):
+            Learner(load_config("smoke", [f"learner.init_from={bad}"]), str(tmp_path / "bad"), valkey.url)
+
+
+def test_mixture_normalisation_covers_every_table_and_label(valkey, demos, client, make_episode, tmp_path):
+    labelled = make_episode(length=2, state_dim=4, action_dim=2, frame_steps=(0, 1), frame_shape=(64, 64),
+                            embodiment=demos, source="intervention")
+    labelled.labels = np.full((2, 16, 2), 9.0, np.float32)
+    client.write_episode("corrections", labelled)
+    cfg = load_config("smoke", ["replay.mixture={pretrain: 0.5, corrections: 0.5}"])
+    learner = Learner(cfg, str(tmp_path), valkey.url)
+    try:
+        assert learner.fit_mixture_normalization() == [demos]
+        assert learner.model.action_max[embodiment_id(demos), :2].tolist() == [9.0, 9.0]
+    finally:
+        learner.close()
+    empty = Learner(load_config("smoke", ["replay.mixture={rollouts: 1.0}"]), str(tmp_path / "e"), valkey.url)
+    try:
+        with pytest.raises(EmptyReplayError, match=r"replay tables \['rollouts'\].*ingest a dataset first"):
+            empty.fit_mixture_normalization()
+    finally:
+        empty.close()

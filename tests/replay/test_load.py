@@ -262,7 +262,7 @@ def test_concurrent_writers_and_samplers_keep_every_episode_and_stay_bounded(val
         kept = [eid for eid in ids if eid not in evicted]
         assert kept == ids[len(ids) - len(kept):]
     # Evicted episodes leave no key behind; stored ones have all of theirs.
-    per_episode = 1 + len(keys.EPISODE_ARRAYS) + len(FRAME_STEPS)
+    per_episode = 1 + len(keys.EPISODE_ARRAYS) - 1 + len(FRAME_STEPS)  # unlabelled episodes: no label key
     assert episode_key_counts(admin) == {
         eid: per_episode for eid in [*stored, probe.episode_id]}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fleetloop.system import DualSystemPolicy
-from fleetloop.system.normalization import collapse_narrow_ranges
+from fleetloop.system.normalization import collapse_narrow_ranges, varies_across_episodes
 
 
 def test_tiny_preset_stays_small_enough_for_cpu(model: DualSystemPolicy):
@@ -50,6 +50,18 @@ def test_dims_that_only_jitter_normalise_to_zero(model: DualSystemPolicy):
     mask[0, :3] = True
     torch.testing.assert_close(model.normalize_state(state, mask, torch.tensor([3]))[0, :3],
                                torch.tensor([0.0, 0.0, 0.0]))
+
+
+def test_a_narrow_dim_that_tells_episodes_apart_is_kept():
+    # dim 0: a target's x, constant in each episode, 8 mm apart between them; dim 1: a held joint's jitter
+    keep = varies_across_episodes(mean_min=np.array([0.380, 0.50000]), mean_max=np.array([0.388, 0.50002]),
+                                  within_max=np.array([0.0, 1e-4]), min_range=0.01)
+    assert keep.tolist() == [True, False]
+    low, high = collapse_narrow_ranges(np.array([0.380, 0.49995]), np.array([0.388, 0.50008]), 0.01, keep)
+    np.testing.assert_allclose(low, [0.380, 0.500015])
+    np.testing.assert_allclose(high, [0.388, 0.500015])
+    assert not varies_across_episodes(np.array([0.0]), np.array([5e-5]), np.array([0.0]), 0.01).any(), \
+        "a spread under 1 % of min_range is noise, even between constant episodes"
 
 
 def test_min_max_normalization_in_the_model(model: DualSystemPolicy):

@@ -73,3 +73,19 @@ def test_bad_action_shape_and_embodiment(head: FlowMatchingActionHead):
     args["embodiment_id"] = torch.tensor([0, 1, 32])
     with pytest.raises(ValueError, match=r"embodiment_id: values must be in \[0, 32\)"):
         head.get_action(**args)
+
+
+def test_sample_weights_scale_each_samples_share_of_the_loss(head: FlowMatchingActionHead):
+    action = torch.rand(B, 16, 32) * 2 - 1
+    mask = torch.zeros(B, 16, 32, dtype=torch.bool)
+    mask[..., :7] = True
+    draws = {"noise": torch.randn(B, 16, 32), "t": torch.rand(B)}
+    args = {**inputs(), "action": action, "action_mask": mask, **draws}
+    per_sample = torch.stack([head(**{k: v[i:i + 1] for k, v in args.items()}) for i in range(B)])
+    weights = torch.tensor([1.0, 0.0, 3.0])
+    weighted = head(**args, sample_weight=weights)
+    torch.testing.assert_close(weighted, (weights * per_sample).sum() / weights.sum())
+    torch.testing.assert_close(head(**args, sample_weight=torch.ones(B)), head(**args))
+    assert head(**args, sample_weight=torch.zeros(B)) == 0, "all weights zero: nothing to learn, no NaN"
+    with pytest.raises(ValueError, match="sample_weight"):
+        head(**args, sample_weight=torch.ones(B + 1))

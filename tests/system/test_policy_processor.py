@@ -42,6 +42,17 @@ def test_collate_rejects_bad_padding_marks(processor: Processor, make_sample, is
         processor.collate([make_sample(np.random.default_rng(0), action_is_pad=is_pad)])
 
 
+def test_sample_weights_are_collated_and_checked(processor: Processor, make_sample):
+    rng = np.random.default_rng(0)
+    batch = processor.collate([make_sample(rng, weight=0.0), make_sample(rng, weight=2.5)])
+    assert batch["sample_weight"].tolist() == [0.0, 2.5]
+    assert "sample_weight" not in processor.collate([make_sample(rng)])
+    with pytest.raises(ValueError, match="weight: present in some samples but not in others"):
+        processor.collate([make_sample(rng, weight=1.0), make_sample(rng)])
+    with pytest.raises(ValueError, match="weight: expected finite weights >= 0"):
+        processor.collate([make_sample(rng, weight=-1.0)])
+
+
 def test_inference_samples_have_no_action(processor: Processor, make_sample):
     batch = processor.collate([make_sample(np.random.default_rng(0), with_action=False)])
     assert "action" not in batch and "action_mask" not in batch

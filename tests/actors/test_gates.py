@@ -1,0 +1,94 @@
+"""Gates on synthetic proposals, and the gate options as the config validates them."""
+
+import numpy as np
+import pytest
+
+from fleetloop.actors.envs.trace import TaskTrace
+from fleetloop.actors.gates import GATES, JointGate, JointOptions, Proposal, TaskSpaceGate, TaskSpaceOptions, make_gate
+from fleetloop.config import ConfigError, load_config
+
+GROUPS = {"right_arm": (0, 7), "right_hand": (7, 13)}
+
+
+def path(offset_m: float, steps: int = 8, grasp_at: int | None = None) -> TaskTrace:
+    """A straight effector path along x, shifted ``offset_m`` in y; grasped from step ``grasp_at`` on."""
+    effector = np.stack([np.linspace(0, 0.2, steps), np.full(steps, offset_m), np.zeros(steps)], axis=1)
+    grasp = np.zeros(steps, bool) if grasp_at is None else np.arange(steps) >= grasp_at
+    return TaskTrace(effector, grasp)
+
+
+def proposal(policy: TaskTrace, expert: TaskTrace, steps: int = 8) -> Proposal:
+    chunk = np.zeros((16, 13), np.float32)
+    return Proposal(chunk, chunk, steps, policy_trace_fn=lambda: policy, expert_trace_fn=lambda: expert)
+
+
+def test_task_space_gaps_are_the_largest_effector_distance_and_the_final_grasp():
+    gate = TaskSpaceGate(TaskSpaceOptions(effector_m=0.07, patience=2))
+    gaps = gate.gaps(proposal(path(0.1), path(0.0)))
+    assert gaps == {"effector": pytest.approx(0.1), "grasp": 0.0}
+    assert gate.gaps(proposal(path(0.0, grasp_at=3), path(0.0)))["grasp"] == 1.0
+    assert gate.gaps(proposal(path(0.0, grasp_at=3), path(0.0, grasp_at=6)))["grasp"] == 0.0, \
+        "a grasp a few steps early is timing, not a mistake"
+
+
+def test_task_space_gate_fires_after_patience_divergent_plans_in_a_row():
+    gate = TaskSpaceGate(TaskSpaceOptions(effector_m=0.07, patience=2))
+    far, near = proposal(path(0.12), path(0.0)), proposal(path(0.03), path(0.0))
+    first = gate.judge(far)
+    assert first.divergent and not first.fire
+    assert not gate.judge(near).divergent, "a close plan resets the count"
+    assert not gate.judge(far).fire
+    assert gate.judge(far).fire
+    assert not gate.judge(far).fire, "the count starts afresh after firing"
+    assert gate.agrees(near) and not gate.agrees(far)
+
+
+def test_a_grasp_mismatch_is_divergent_unless_grasps_are_ignored():
+    closes_early = proposal(path(0.0, grasp_at=2), path(0.0))
+    assert TaskSpaceGate(TaskSpaceOptions(patience=1)).judge(closes_early).fire
+    assert not TaskSpaceGate(TaskSpaceOptions(patience=1, grasp=False)).judge(closes_early).divergent
+
+
+def test_only_the_executed_steps_are_compared():
+    diverges_late = TaskTrace(np.concatenate([path(0.0).effector, path(0.5).effector]))
+    gate = TaskSpaceGate(TaskSpaceOptions(grasp=False))
+    assert gate.gaps(proposal(diverges_late, TaskTrace(np.concatenate([path(0.0).effector] * 2))))["effector"] == 0.0
+
+
+def test_joint_gate_has_a_threshold_per_joint_group():
+    gate = JointGate(JointOptions(thresholds={"right_arm": 0.1}, default_threshold=0.5), GROUPS)
+    policy, expert = np.zeros((16, 13), np.float32), np.zeros((16, 13), np.float32)
+    policy[3, 2] = 0.15  # an arm joint: over its 0.1
+    verdict = gate.judge(Proposal(policy, expert, 8))
+    assert verdict.gaps == {"right_arm": pytest.approx(0.15), "right_hand": 0.0} and verdict.fire
+    policy[3, 2], policy[2, 9] = 0.0, 0.4  # a finger: under its 0.5
+    assert not gate.judge(Proposal(policy, expert, 8)).divergent
+    policy[12, 9] = 2.0  # past the executed steps
+    assert not gate.judge(Proposal(policy, expert, 8)).divergent
+
+
+def test_joint_thresholds_must_name_groups_of_the_layout():
+    with pytest.raises(ValueError, match=r"unknown joint groups \['left_leg'\]"):
+        JointGate(JointOptions(thresholds={"left_leg": 0.1}), GROUPS)
+    with pytest.raises(ValueError, match="thresholds must be > 0"):
+        JointOptions(thresholds={"right_arm": 0.0})
+    assert make_gate(JointOptions()).gaps(Proposal(np.ones((4, 3)), np.zeros((4, 3)), 2)) == {"action": 1.0}
+
+
+def test_a_task_space_gate_needs_traces():
+    with pytest.raises(ValueError, match="needs the policy's task-space trace"):
+        TaskSpaceGate(TaskSpaceOptions()).judge(Proposal(np.zeros((16, 2)), np.zeros((16, 2)), 8))
+
+
+def test_the_config_validates_gates_against_the_registry():
+    cfg = load_config("default", ["actors.dagger.mode=hg-dagger", "actors.dagger.gate.effector_m=0.05"])
+    assert cfg.actors.dagger.gate == TaskSpaceOptions(effector_m=0.05)
+    joint = load_config("default", ["actors.dagger.gate={kind: joint, thresholds: {right_arm: 0.2}}"])
+    assert joint.actors.dagger.gate == JointOptions(thresholds={"right_arm": 0.2})
+    assert sorted(GATES) == ["joint", "task_space"]
+    with pytest.raises(ConfigError, match="actors.dagger.gate.*'task_space', 'joint'"):
+        load_config("default", ["actors.dagger.gate.kind=sometimes"])
+    with pytest.raises(ConfigError, match="actors.dagger.gate.task_space.thresholds: unknown field"):
+        load_config("default", ["actors.dagger.gate.thresholds={right_arm: 0.2}"])
+    with pytest.raises(ConfigError, match="actors.dagger.gate.task_space.effector_m"):
+        load_config("default", ["actors.dagger.gate.effector_m=-1"])
