@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
+from dataclasses import replace
 import logging
 import threading
 import time
@@ -41,8 +42,8 @@ import torch
 from fleetloop.actors.bridge import RobotClient
 from fleetloop.actors.bridge.connection import BridgeConnection
 from fleetloop.actors.bridge.episode import EpisodeDiscarded
-from fleetloop.actors.dagger import DEMO, ROBOT, Segment, make_mode, runs
-from fleetloop.actors.dagger.episodes import to_episode
+from fleetloop.actors.dagger import DEMO, Segment, make_mode, robot_class, runs
+from fleetloop.actors.dagger.episodes import expert_effort, to_episode
 from fleetloop.actors.envs import env_options, make_env, make_expert
 from fleetloop.actors.envs.trace import ExpertUnavailable
 from fleetloop.actors.operator import Takeover, make_operator
@@ -78,9 +79,12 @@ EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the late
 WEIGHTS_VERSION = prom.Gauge("fleetloop_actor_weights_version", "Weight version the actor's policy runs.", ["actor"])
 POLICY_LAG = prom.Gauge("fleetloop_actor_policy_lag_versions",
                         "Published versions the actor's policy is behind the newest it was told of.", TASK_LABELS)
+EVALUATIONS = "evaluations"
+"""Table of evaluation episodes: written for audits and dashboards, never in a mixture by default."""
 SKIPPED_SEGMENTS = prom.Counter("fleetloop_actor_skipped_segments_total",
                                  "Correction segments marked and not written: a takeover that hit its cap or whose "
-                                 "expert could no longer plan, a label that is not finite.", ["actor", "reason"])
+                                 "expert could no longer plan, a segment that is not a valid episode (e.g. a label with NaN).",
+                                 ["actor", "reason"])
 EXPERT_UNAVAILABLE = prom.Counter("fleetloop_actor_expert_unavailable_total",
                                    "Planning steps at which the scripted expert could not plan (e.g. its goal out of "
                                    "reach): no label there, no judgement, no takeover.", ["actor"])
@@ -241,15 +245,15 @@ class EnvActor:
 
     def _write(self, traj: Trajectory, segment: Segment, version: int) -> str | None:
         """Write one segment as an episode of its table and class through the outbox, which records
-        it in the audit file once Redis acknowledged it. A correction whose labels are unusable
-        (NaN from an expert that could not plan) is skipped with a metric and a log line."""
+        it in the audit file once Redis acknowledged it. A segment that does not make a valid episode
+        (e.g. a label with NaN) is skipped with a metric and a log line."""
         try:
             episode = to_episode(traj, segment, embodiment=self.embodiment, policy_version=version,
                                  actor_id=self.actor_id)
             episode.validate()
         except (ValueError, InvalidEpisodeError) as exc:
             log.warning("%s: %s segment of %d steps skipped: %s", self.actor_id, segment.cls, len(segment.steps), exc)
-            SKIPPED_SEGMENTS.labels(self.actor_id, "invalid_label").inc()
+            SKIPPED_SEGMENTS.labels(self.actor_id, "invalid").inc()
             return None
         return self.outbox.put(segment.table, episode, priority=1.0)
 
@@ -280,8 +284,7 @@ class EnvActor:
         Returns:
             episodes, successes, discarded, expert_steps (steps the expert or operator drove),
             steps, intervention_rate, expert_label_rows (the expert effort of what was written:
-            label rows, see ``Trajectory.expert_label_rows``, plus the driven steps of unlabelled
-            takeovers), takeovers (count, lengths, endings, subgoals), skipped (takeovers not trained
+            ``expert_effort``), takeovers (count, lengths, endings, subgoals), skipped (takeovers not trained
             on: capped, or the expert could no longer plan).
         """
         dcfg = self.cfg.actors.dagger
@@ -303,7 +306,7 @@ class EnvActor:
                 if write:
                     written = self._write_trajectory(traj, version)
                     totals["written"] += len(written)
-                    totals["expert_label_rows"] += _label_effort(traj, written)
+                    totals["expert_label_rows"] += expert_effort(traj, written)
             totals["successes"] += all(traj.success for traj in trajs.values())
         skipped = sum(t.skipped for t in takeovers)
         for ending, count in Counter(t.ended_by for t in takeovers if t.skipped).items():
@@ -321,7 +324,7 @@ class EnvActor:
                 "takeover_subgoals": dict(Counter(t.subgoal for t in takeovers))}
 
     def evaluate(self, seeds: list[int | None], watch: bool = False, probe_recovery: bool = False) -> dict[str, Any]:
-        """Policy-only episodes on ``seeds``, written to ``rollouts``; ``watch``: the operators judge
+        """Policy-only episodes on ``seeds``, written to ``evaluations``; ``watch``: the operators judge
         every plan without taking over, ``probe_recovery``: and record whether the state of the first
         firing was still recoverable. A discarded episode counts as a failure.
 
@@ -340,9 +343,10 @@ class EnvActor:
             for traj in trajs.values():
                 # An operator may take over an evaluation on a robot too: its steps are corrections.
                 segments = self.mode.segments(traj, pre_intervention_chunks=self.cfg.actors.dagger.pre_intervention_chunks) \
-                    if traj.takeovers else [Segment.whole("rollouts", ROBOT, len(traj.states))]
+                    if traj.takeovers else [Segment.whole(EVALUATIONS, robot_class(traj.success), len(traj.states))]
                 for segment in segments:
-                    self._write(traj, segment, version)
+                    self._write(traj, segment if segment.table == "corrections" else replace(segment, table=EVALUATIONS),
+                                version)
                 if watch:
                     results["gate"].append(_gate_record(traj))
             results["successes"].append(all(traj.success for traj in trajs.values()))
@@ -420,22 +424,6 @@ def read_audit(path: Path) -> dict[str, list[str]]:
                 continue
             written.setdefault(entry["table"], []).append(entry["episode_id"])
     return written
-
-
-def _label_effort(traj: Trajectory, written: list[Segment]) -> int:
-    """Expert actions in the corrections written of ``traj``: distinct label rows of the labelled
-    segments (consecutive steps share all but one row of their chunks), the driven steps of
-    unlabelled ones."""
-    rows = 0
-    for segment in written:
-        if segment.table != "corrections":
-            continue
-        if not segment.labelled:
-            rows += len(segment.steps)
-            continue
-        for run in runs(segment.steps):
-            rows += len(run) + len(traj.labels[run[0]]) - 1
-    return rows
 
 
 def _gate_record(traj: Trajectory) -> dict[str, Any]:

@@ -84,19 +84,6 @@ class Trajectory:
     """(step, why) of every time the expert could not plan: no label there, nobody judged or drove."""
     success: bool = False
 
-    @property
-    def expert_label_rows(self) -> int:
-        """Distinct expert actions this trajectory's labels hold (its expert effort): a takeover
-        of L steps is L + H - 1 rows (the chunks of consecutive steps overlap), a labelled
-        planning state outside takeovers H rows."""
-        rows, inside = 0, set()
-        for takeover in self.takeovers:
-            steps = [s for s in range(takeover.start, takeover.end) if s in self.labels]
-            if steps:
-                rows += len(steps) + len(self.labels[steps[0]]) - 1
-                inside.update(steps)
-        return rows + sum(len(chunk) for step, chunk in self.labels.items() if step not in inside)
-
 
 def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, horizon: int, execute_steps: int,
                  frame_every: int, rng: np.random.Generator, seed: int, mode: DaggerMode | None = None,

@@ -197,7 +197,7 @@ def replay_contents(run_dir: Path) -> tuple[set[str], int]:
     """Every stored episode id, and how many of them do not read back whole."""
     stored, partial = set(), 0
     with EmbeddedValkey(run_dir / "replay") as server, ReplayClient(server.url) as client:
-        for table in ("pretrain", "rollouts", "corrections"):
+        for table in client.tables():
             for episode_id in client.episode_ids(table):
                 stored.add(episode_id)
                 try:

@@ -58,7 +58,7 @@ EVAL_SEED_BASE = 900_000
 CURVE_SEED_BASE = 950_000
 """Behaviour-cloning curve episode i resets from CURVE_SEED_BASE + i."""
 
-FULL = dict(demos=4, bc_steps=2000, rounds=3, round_steps=400, dagger_episodes=30, eval_episodes=100,
+FULL = dict(demos=8, bc_steps=2000, rounds=3, round_steps=400, dagger_episodes=30, eval_episodes=100,
             probe_episodes=20, curve_episodes=30)
 QUICK = dict(demos=2, bc_steps=8, rounds=2, round_steps=4, dagger_episodes=1, eval_episodes=3, probe_episodes=1,
              curve_episodes=2)
@@ -173,16 +173,17 @@ class Arm:
                 "ci95": wilson(sum(successes), episodes), "outcomes": successes, "gate": result["gate"],
                 "eval_seconds": round(time.time() - start, 1)}
 
-    def probe(self, episodes: int) -> float:
-        """Intervention rate of the current policy on the fixed probe scenes (nothing written)."""
+    def probe(self, round_index: int, episodes: int) -> float:
+        """Intervention rate of the current policy on the fixed probe scenes (nothing written); in
+        ``dagger`` mode the share of chunks the expert drove at round ``round_index``'s beta."""
         if not episodes:
             return 0.0
-        return round(self.actor.dagger_episodes(0, [PROBE_SEED_BASE + i for i in range(episodes)],
+        return round(self.actor.dagger_episodes(round_index, [PROBE_SEED_BASE + i for i in range(episodes)],
                                                 write=False)["intervention_rate"], 4)
 
     def episodes(self) -> dict[str, int]:
         """Episodes per table of the arm's replay (what it could train on, and its evaluations)."""
-        return {table: row["episodes"] for table, row in self.learner.replay.table_stats().items()}
+        return {table: row["episodes"] for table, row in self.learner.replay.table_stats().items() if row["episodes"]}
 
     def close(self) -> None:
         self.actor.close()
@@ -218,7 +219,8 @@ def behaviour_cloning(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict[str, Any]:
     """Arm D: round 0 is the shared checkpoint; every round evaluates, probes, collects M DAgger
     episodes on fresh scenes (their expert-labelled steps sent to C2) and trains T steps."""
-    mixture = {"pretrain": 1.0 - args.correction_share, "corrections": args.correction_share}
+    mixture = {"pretrain": 1.0 - args.correction_share - args.robot_share, "corrections": args.correction_share,
+               "rollouts": args.robot_share}
     arm = Arm(make_config(args, mixture=mixture, total_steps=args.rounds * args.round_steps, init_from=policy), root)
     try:
         arm.actor.collect_demos(args.demos, [DEMO_SEED_BASE + i for i in range(args.demos)])
@@ -228,7 +230,7 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
             record: dict[str, Any] = {"round": r}
             watch = {"watch": True, "probe_recovery": True} if r == 0 else {}
             record.update(arm.evaluate(args.eval_episodes, **watch))
-            record["intervention_rate"] = arm.probe(args.probe_episodes)
+            record["intervention_rate"] = arm.probe(r, args.probe_episodes)
             if r < args.rounds:
                 start = time.time()
                 seeds = [DAGGER_SEED_BASE + r * args.dagger_episodes + i for i in range(args.dagger_episodes)]
@@ -391,6 +393,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "takeover_cap": args.takeover_cap,
         "pre_intervention_chunks": args.pre_intervention_chunks,
         "correction_share": args.correction_share,
+        "robot_share": args.robot_share,
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
         "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + args.eval_episodes - 1],
@@ -424,7 +427,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
     parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")
     parser.add_argument("--correction-share", type=float, default=0.5,
-                        help="share of D's batches drawn from corrections (the rest: the demonstrations)")
+                        help="share of D's batches drawn from corrections")
+    parser.add_argument("--robot-share", type=float, default=0.0,
+                        help="share of D's batches drawn from its own rollouts (robot steps of successful episodes "
+                             "weigh 1, the rest 0: learner.class_weights); the rest: the demonstrations")
     parser.add_argument("--max-steps", type=int, default=96, help="control steps per episode")
     parser.add_argument("--execute-steps", type=int, default=8, help="steps of a chunk executed before re-planning")
     parser.add_argument("--bc-policy", type=Path, help="start the arms from this behaviour-cloning policy file of a "

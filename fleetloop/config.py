@@ -59,9 +59,10 @@ def _check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
 
 
 DEFAULT_CLASS_WEIGHTS = {"demo": 1.0, "relabel": 1.0, "intervention": 1.0, "pre_intervention_relabel": 1.0,
-                         "pre_intervention": 0.0, "robot": 1.0}
-"""learner.class_weights by default (Sirius, Liu et al. 2023): corrections and demonstrations in full,
-the policy's own actions just before a takeover (what went wrong) left out."""
+                         "pre_intervention": 0.0, "robot": 1.0, "robot_failure": 0.0}
+"""learner.class_weights by default (Sirius, Liu et al. 2023): corrections, demonstrations and the robot's
+own steps in successful episodes in full; the policy's actions just before a takeover (what went wrong)
+and its steps in failed episodes left out."""
 
 
 class RunSection(_Section):
@@ -95,7 +96,8 @@ class ReplaySection(_Section):
     )
     tables: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"rollouts": {"capacity": 10_000, "sampler": "prioritized"},
-                                 "corrections": {"capacity": 10_000, "sampler": "prioritized"}},
+                                 "corrections": {"capacity": 10_000, "sampler": "prioritized"},
+                                 "evaluations": {"capacity": 10_000}},
         description="Per-table capacity (FIFO eviction), sampler (uniform|prioritized|fifo) and samples-per-insert "
                     "rate limiter (replay/table.py TableConfig); stored in Redis, so every writer obeys it.",
     )

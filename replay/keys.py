@@ -41,8 +41,9 @@ ADDITIVE_FROM = (3,)
 ``label_horizon`` meta field, absent meaning no labels): a client upgrades their marker."""
 
 PREFIX = "fl:"
-TABLES: tuple[str, ...] = ("pretrain", "rollouts", "corrections")
-"""The standard tables of the data pyramid; any name matching TABLE_NAME_RE is accepted."""
+TABLES: tuple[str, ...] = ("pretrain", "rollouts", "corrections", "evaluations")
+"""The standard tables: the data pyramid (pretraining data, the robots' own rollouts, corrections)
+and the policy-only evaluation episodes; any name matching TABLE_NAME_RE is accepted."""
 
 TABLE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 EPISODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")

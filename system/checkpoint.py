@@ -10,7 +10,7 @@ import logging
 import os
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fleetloop.system.config import ModelConfig
@@ -46,8 +46,11 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         mis-shaped tensor is named with expected and actual shapes).
     """
     path = os.fspath(path)
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a {FORMAT_VERSION} checkpoint (not a safetensors file: {exc})") from None
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION or CONFIG_KEY not in metadata:
         raise ValueError(
             f"{path}: not a {FORMAT_VERSION} checkpoint (metadata {FORMAT_KEY}={metadata.get(FORMAT_KEY)!r})"

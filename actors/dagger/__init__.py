@@ -20,8 +20,10 @@ from fleetloop.actors.dagger.base import (
     PRE_INTERVENTION_RELABEL,
     RELABEL,
     ROBOT,
+    ROBOT_FAILURE,
     DaggerMode,
     Segment,
+    robot_class,
     runs,
 )
 from fleetloop.actors.dagger.beta_mixture import BetaMixtureDagger
@@ -42,4 +44,5 @@ def make_mode(name: str) -> DaggerMode:
 
 
 __all__ = ["CLASSES", "DEMO", "INTERVENTION", "MODES", "PRE_INTERVENTION", "PRE_INTERVENTION_RELABEL", "RELABEL",
-           "ROBOT", "BetaMixtureDagger", "DaggerMode", "HGDagger", "Segment", "make_mode", "runs"]
+           "ROBOT", "ROBOT_FAILURE", "BetaMixtureDagger", "DaggerMode", "HGDagger", "Segment", "make_mode",
+           "robot_class", "runs"]

@@ -11,7 +11,10 @@ Every episode an actor writes carries its correction class as ``source``:
   with the expert's chunk from there: where the wrong decision was made;
 - ``pre_intervention``: the policy's own steps just before a takeover (what went wrong; weighted
   about 0 by the learner);
-- ``robot``: the policy's own steps, nowhere near a takeover.
+- ``robot``: the policy's own steps, nowhere near a takeover, in an episode that succeeded (the
+  operator let them run and the task got done: Sirius trains on them);
+- ``robot_failure``: the same in an episode that failed (the gate missed what went wrong; weighted
+  0 by default).
 
 A *mode* (``actors.dagger.mode``) decides who drives each chunk, whether a gate may take over,
 and where each part of a finished trajectory goes (table and class): its ``segments``.
@@ -29,8 +32,13 @@ import numpy as np
 if TYPE_CHECKING:
     from fleetloop.actors.rollout import Trajectory
 
-CLASSES = ("demo", "relabel", "intervention", "pre_intervention_relabel", "pre_intervention", "robot")
-DEMO, RELABEL, INTERVENTION, PRE_INTERVENTION_RELABEL, PRE_INTERVENTION, ROBOT = CLASSES
+CLASSES = ("demo", "relabel", "intervention", "pre_intervention_relabel", "pre_intervention", "robot", "robot_failure")
+DEMO, RELABEL, INTERVENTION, PRE_INTERVENTION_RELABEL, PRE_INTERVENTION, ROBOT, ROBOT_FAILURE = CLASSES
+
+
+def robot_class(success: bool) -> str:
+    """The class of the policy's own steps in an episode that succeeded or failed."""
+    return ROBOT if success else ROBOT_FAILURE
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleetloop.actors.dagger.base import RELABEL, ROBOT, DaggerMode, Segment
+from fleetloop.actors.dagger.base import RELABEL, DaggerMode, Segment, robot_class
 
 
 class BetaMixtureDagger(DaggerMode):
@@ -27,7 +27,7 @@ class BetaMixtureDagger(DaggerMode):
 
     def segments(self, traj, *, pre_intervention_chunks: int) -> list[Segment]:
         planned = tuple(sorted(step for step in traj.labels if step in traj.frames))
-        parts = [Segment.whole("rollouts", ROBOT, len(traj.states))]
+        parts = [Segment.whole("rollouts", robot_class(traj.success), len(traj.states))]
         if planned:
             parts.append(Segment("corrections", RELABEL, planned, labelled=True))
         return parts

@@ -1,10 +1,11 @@
-"""Turning a segment of a recorded trajectory into a replay episode."""
+"""Turning segments of a recorded trajectory into replay episodes, and counting the expert effort
+they hold."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from fleetloop.actors.dagger.base import Segment
+from fleetloop.actors.dagger.base import Segment, runs
 from fleetloop.actors.rollout import Trajectory
 from fleetloop.replay import Episode
 
@@ -45,3 +46,19 @@ def to_episode(traj: Trajectory, segment: Segment, *, embodiment: str, policy_ve
         success=traj.success,
         labels=labels,
     )
+
+
+def expert_effort(traj: Trajectory, segments: list[Segment]) -> int:
+    """Distinct expert actions in the ``corrections`` of ``segments``: a labelled run of L consecutive
+    steps holds L + H - 1 rows (consecutive chunks share all but one), a lone labelled planning state
+    H rows; an unlabelled correction (a human's takeover) the steps it drove."""
+    rows = 0
+    for segment in segments:
+        if segment.table != "corrections":
+            continue
+        if not segment.labelled:
+            rows += len(segment.steps)
+            continue
+        for run in runs(segment.steps):
+            rows += len(run) + len(traj.labels[run[0]]) - 1
+    return rows

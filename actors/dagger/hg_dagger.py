@@ -13,7 +13,7 @@ Per takeover:
   ``pre_intervention`` (unlabelled bridge trajectories: the ``pre_intervention_chunks`` x
   execute_steps steps before it).
 
-Every other step goes to ``rollouts`` as ``robot``.
+Every other step goes to ``rollouts`` as ``robot`` (``robot_failure`` when the episode failed).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from fleetloop.actors.dagger.base import (
     INTERVENTION,
     PRE_INTERVENTION,
     PRE_INTERVENTION_RELABEL,
-    ROBOT,
     DaggerMode,
     Segment,
+    robot_class,
     runs,
 )
 
@@ -50,8 +50,9 @@ class HGDagger(DaggerMode):
             parts.append(Segment("corrections", INTERVENTION, steps, labelled=labelled))
             if before:
                 parts.append(Segment("corrections", PRE_INTERVENTION_RELABEL, before, labelled=True))
-        for cls in (PRE_INTERVENTION, ROBOT):
-            mine = [step for step in range(len(traj.states)) if owner.get(step, ROBOT) == cls]
+        robot = robot_class(traj.success)
+        for cls in (PRE_INTERVENTION, robot):
+            mine = [step for step in range(len(traj.states)) if owner.get(step, robot) == cls]
             parts += [Segment("rollouts", cls, run) for run in runs(mine)]
         return parts
 

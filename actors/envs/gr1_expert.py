@@ -71,8 +71,9 @@ _TOP_GRASP = ((0.0, 0.0, -1.0), (np.cos(0.4), np.sin(0.4), -0.5))
 """(palm normal, finger direction) in the robot frame: palm down, fingers forward-left-down."""
 _SIDE_GRASP = ((0.0, 1.0, 0.0), (1.0, 0.0, -0.5))
 """Palm facing the robot's left, fingers forward and down (a handshake tilted down)."""
-ARM_REACH = UPPER_ARM + FOREARM + float(np.hypot(*PALM_SITE)) + 0.02
-"""Farthest palm goal (m) from the right shoulder the expert plans for (the arm's reach, plus 2 cm)."""
+ARM_REACH = UPPER_ARM + FOREARM + float(np.hypot(*PALM_SITE)) + 0.05
+"""Farthest palm goal (m) from the right shoulder the expert plans for: the arm's reach plus 5 cm (a
+goal just beyond it is still worth reaching towards; one farther away is not reachable at all)."""
 _IK_ITERATIONS = 10
 _IK_DAMPING = 0.03
 _IK_ORIENTATION_WEIGHT = 0.2
@@ -129,21 +130,25 @@ def _carry(scene: TableScene, agent: str, obj: str, place: np.ndarray, release: 
 
 
 class _TraceRecorder:
-    """Collects the palm position and the grasp of the named object of some robots, step by step."""
+    """Collects, step by step, each robot's palm position, whether it holds the named object, and
+    where that object is."""
 
     def __init__(self, env: GR1TableEnv, agents: list[str]):
         self.env = env
-        self.palms: dict[str, list[np.ndarray]] = {agent: [] for agent in agents}
-        self.grasps: dict[str, list[bool]] = {agent: [] for agent in agents}
+        self.rows: dict[str, list[tuple[np.ndarray, bool, np.ndarray]]] = {agent: [] for agent in agents}
 
     def record(self, scene: TableScene) -> None:
-        for agent in self.palms:
-            self.palms[agent].append(scene.palm_position(agent))
-            self.grasps[agent].append(scene.held_object(agent) == self.env.goal(agent)[0])
+        for agent, rows in self.rows.items():
+            obj = self.env.goal(agent)[0]
+            rows.append((scene.palm_position(agent), scene.held_object(agent) == obj, scene.object_position(obj)))
 
     def traces(self) -> dict[str, TaskTrace]:
-        return {agent: TaskTrace(np.array(self.palms[agent]).reshape(-1, 3), np.array(self.grasps[agent], bool))
-                for agent in self.palms}
+        traces = {}
+        for agent, rows in self.rows.items():
+            palms, grasps, objects = zip(*rows) if rows else ((), (), ())
+            traces[agent] = TaskTrace(np.array(palms).reshape(-1, 3), np.array(grasps, bool),
+                                      np.array(objects).reshape(-1, 3))
+        return traces
 
 
 class _GR1Expert(abc.ABC):
@@ -196,8 +201,7 @@ class _GR1Expert(abc.ABC):
     def expert_trace(self, agent: str, horizon: int) -> TaskTrace:
         """The ``TaskTrace`` of ``action_chunk(agent, horizon)``."""
         _, traces, offset = self._simulate(horizon)
-        trace = traces[agent]
-        return TaskTrace(trace.effector[offset : offset + horizon], trace.grasp[offset : offset + horizon])
+        return traces[agent].steps(offset, offset + horizon)
 
     def trace(self, agent: str, actions: np.ndarray) -> TaskTrace:
         """Simulate ``agent`` executing ``actions`` (K, 44) from the live state, every other robot
@@ -332,7 +336,9 @@ class GR1PickPlaceExpert(_GR1Expert):
         obj, target = self.env.goal(agent)
         if scene.held_object(agent) == obj:
             return "place"
-        return DONE if scene.over_target(obj, target) else "grasp"
+        if scene.rests_on(obj, target):
+            return DONE
+        return "settle" if scene.over_target(obj, target) else "grasp"
 
 
 class GR1HandoverExpert(_GR1Expert):
@@ -358,7 +364,7 @@ class GR1HandoverExpert(_GR1Expert):
         """Giver: grasp, hand over, then done once the taker holds it; taker: wait, take, place, done."""
         obj, target = self.env.goal(agent)
         holders = scene.held_by(obj)
-        if scene.over_target(obj, target) and not holders:
+        if scene.rests_on(obj, target):
             return DONE
         if agent == GIVER:
             if TAKER in holders:

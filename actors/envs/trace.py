@@ -4,7 +4,8 @@ Words used here:
 - *effector*: the point a task is judged by: the GR-1's right palm site, the reach arm's
   fingertip (world frame, metres).
 - *grasp*: whether the robot holds the object its instruction names, after each step (None for
-  tasks without grasping).
+  tasks without grasping);
+- *object*: where that object is after each step (None for tasks without one).
 - *subgoal*: the phase of the task the expert is in (``grasp``, ``place`` for pick-and-place;
   ``reach`` for reaching), ``done`` once the robot's part of the task is achieved (the object
   rests on its target; what is left is moving the hand away); a takeover can end when its subgoal
@@ -45,10 +46,17 @@ class TaskTrace:
     """float (K, 3) world position of the effector after each step."""
     grasp: np.ndarray | None = None
     """bool (K,) the named object is held after each step; None: the task has no grasp."""
+    object: np.ndarray | None = None
+    """float (K, 3) world position of the named object after each step; None: the task has none."""
 
     def __len__(self) -> int:
         return int(self.effector.shape[0])
 
+    def steps(self, start: int, stop: int) -> TaskTrace:
+        """Steps ``[start, stop)``."""
+        return TaskTrace(*(None if part is None else part[start:stop] for part in (self.effector, self.grasp,
+                                                                                      self.object)))
+
     def head(self, steps: int) -> TaskTrace:
         """The first ``steps`` steps."""
-        return TaskTrace(self.effector[:steps], None if self.grasp is None else self.grasp[:steps])
+        return self.steps(0, steps)

@@ -38,7 +38,7 @@ def test_rounds_write_versioned_rollouts_and_corrections(actor, publisher, clien
 
     status = actor.status()
     assert status["versions_applied"] == [1, 2]
-    for table in ("pretrain", "rollouts", "corrections"):
+    for table in ("pretrain", "rollouts", "corrections", "evaluations"):
         assert sorted(status["written"][table]) == sorted(client.episode_ids(table)), table
     versions = sorted(client.read_episode(i).policy_version for i in client.episode_ids("corrections"))
     assert versions == [1, 2], "each round's DAgger episode is relabelled; evaluations are not"
@@ -72,7 +72,7 @@ def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publishe
         restarted.run_round(0, min_version=1, timeout_s=30)
         written = restarted.status()["written"]
         assert len(written["pretrain"]) == 2 and len(written["corrections"]) == 1
-        for table in ("pretrain", "rollouts", "corrections"):
+        for table in ("pretrain", "rollouts", "corrections", "evaluations"):
             assert sorted(written[table]) == sorted(client.episode_ids(table)), table
     finally:
         restarted.close()
@@ -131,10 +131,13 @@ def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, clien
             np.testing.assert_array_equal(ep.actions, ep.labels[:, 0]), "the operator executed its chunks' first rows"
     assert set(client.priorities("corrections").values()) == {1.0}
     rollouts = [client.read_episode(i) for i in client.episode_ids("rollouts")]
-    assert {ep.source for ep in rollouts} <= {"robot", "pre_intervention"}
+    assert {ep.source for ep in rollouts} <= {"robot", "robot_failure", "pre_intervention"}
+    assert all(ep.source != "robot_failure" or not ep.success for ep in rollouts)
     assert not any(ep.intervened.any() for ep in rollouts)
     steps = sum(len(ep.states) for ep in corrections if ep.source == "intervention") + sum(len(ep.states) for ep in rollouts)
-    assert steps == 32 * 2, "the DAgger and the evaluation episode: every step in a takeover or a rollout, once"
+    assert steps == 32, "the DAgger episode: every step in a takeover or a rollout, once"
+    (evaluation,) = [client.read_episode(i) for i in client.episode_ids("evaluations")]
+    assert len(evaluation.states) == 32 and evaluation.source == ("robot" if evaluation.success else "robot_failure")
     assert result["expert_label_rows"] > 0
 
 
@@ -186,10 +189,10 @@ def test_fixed_evaluation_seeds_replay_the_same_episodes_every_round(valkey, pub
         publisher.publish(policy_weights(3))
         actor.run_round(0, min_version=1, timeout_s=30)
         actor.run_round(1, min_version=1, timeout_s=30)
-        written = actor.status()["written"]["rollouts"]  # in the order they were written
+        written = actor.status()["written"]["evaluations"]  # in the order they were written
     finally:
         actor.close()
-    assert len(written) == 4
+    assert len(written) == 4 and client.episode_ids("rollouts") == [], "evaluations are kept apart"
     episodes = [client.read_episode(i) for i in written]
     first, second = episodes[:2], episodes[2:]
     for a, b in zip(first, second):
@@ -208,14 +211,15 @@ def test_fixed_dagger_seeds_revisit_the_same_scenes_every_round(valkey, publishe
         for round_index in (0, 1):
             actor.run_round(round_index, min_version=1, timeout_s=30)
         written = [client.read_episode(i) for i in actor.status()["written"]["rollouts"]]
+        evaluations = [client.read_episode(i) for i in actor.status()["written"]["evaluations"]]
     finally:
         actor.close()
-    assert len(written) == 6  # per round: 2 DAgger episodes, then 1 evaluation
+    assert len(written) == 4 and len(evaluations) == 2  # per round: 2 DAgger episodes, then 1 evaluation
     first_states = [episode.states[0] for episode in written]
     for k in (0, 1):
-        np.testing.assert_array_equal(first_states[k], first_states[3 + k])
+        np.testing.assert_array_equal(first_states[k], first_states[2 + k])
     assert not np.array_equal(first_states[0], first_states[1]), "each DAgger episode has its own seed"
-    assert not np.array_equal(first_states[0], first_states[2]), "evaluation seeds differ from the DAgger seeds"
+    assert not np.array_equal(first_states[0], evaluations[0].states[0]), "evaluation seeds differ from the DAgger seeds"
 
 
 def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, client, tmp_path):

@@ -55,13 +55,13 @@ def test_a_bridge_actor_writes_the_operators_takeovers_as_corrections(valkey, pu
     assert all(ep.source == "intervention" and ep.intervened.all() and ep.labels is None for ep in corrections)
     assert len(corrections) == result["takeovers"] - result["skipped"]
     rollouts = [client.read_episode(i) for i in client.episode_ids("rollouts")]
-    assert {ep.source for ep in rollouts} <= {"robot", "pre_intervention"}
+    assert {ep.source for ep in rollouts} <= {"robot", "robot_failure", "pre_intervention"}
     assert not any(ep.intervened.any() for ep in rollouts)
-    assert any(len(ep.states) == STEPS and ep.source == "robot" for ep in rollouts), \
-        "the evaluation episode: the operator only watched"
+    (evaluation,) = [client.read_episode(i) for i in client.episode_ids("evaluations")]
+    assert len(evaluation.states) == STEPS and not evaluation.intervened.any(), "the operator only watched"
     capped = 8 * result["skipped"]
-    assert sum(len(ep.states) for ep in corrections + rollouts) + capped == STEPS * 2
-    for table in ("pretrain", "rollouts", "corrections"):
+    assert sum(len(ep.states) for ep in corrections + rollouts) + capped == STEPS
+    for table in ("pretrain", "rollouts", "corrections", "evaluations"):
         assert sorted(written[table]) == sorted(client.episode_ids(table)), table
 
 
@@ -103,9 +103,9 @@ def test_a_lost_bridge_discards_the_episode_and_the_actor_carries_on(valkey, pub
     assert discarded_for_bridge() == discarded + 1
     assert metric("fleetloop_actor_bridge_reconnects_total", actor="actor-0") == reconnects + 1
     assert result["takeovers"] >= 1, "the next DAgger episode ran on the restarted bridge"
-    rollouts = [client.read_episode(i) for i in client.episode_ids("rollouts")]
-    assert any(len(ep.states) == STEPS and ep.source == "robot" for ep in rollouts), "and the evaluation"
-    for table in ("rollouts", "corrections"):
+    evaluations = [client.read_episode(i) for i in client.episode_ids("evaluations")]
+    assert [len(ep.states) for ep in evaluations] == [STEPS], "and the evaluation"
+    for table in ("rollouts", "corrections", "evaluations"):
         assert sorted(written[table]) == sorted(client.episode_ids(table)), table
 
 

@@ -25,7 +25,7 @@ def proposal(policy: TaskTrace, expert: TaskTrace, steps: int = 8) -> Proposal:
 def test_task_space_gaps_are_the_largest_effector_distance_and_the_final_grasp():
     gate = TaskSpaceGate(TaskSpaceOptions(effector_m=0.07, patience=2))
     gaps = gate.gaps(proposal(path(0.1), path(0.0)))
-    assert gaps == {"effector": pytest.approx(0.1), "grasp": 0.0}
+    assert gaps == {"effector": pytest.approx(0.1), "grasp": 0.0}, "no object in these traces, no object gap"
     assert gate.gaps(proposal(path(0.0, grasp_at=3), path(0.0)))["grasp"] == 1.0
     assert gate.gaps(proposal(path(0.0, grasp_at=3), path(0.0, grasp_at=6)))["grasp"] == 0.0, \
         "a grasp a few steps early is timing, not a mistake"
@@ -41,6 +41,22 @@ def test_task_space_gate_fires_after_patience_divergent_plans_in_a_row():
     assert gate.judge(far).fire
     assert not gate.judge(far).fire, "the count starts afresh after firing"
     assert gate.agrees(near) and not gate.agrees(far)
+
+
+def test_where_a_released_object_ends_up_counts_only_once_the_expert_lets_go():
+    gate = TaskSpaceGate(TaskSpaceOptions(patience=1))
+    still = np.tile([0.4, -0.1, 1.02], (8, 1))
+    sliding = still + np.linspace(0, 0.06, 8)[:, None] * [1, 0, 0]
+
+    def traces(policy_object, expert_holds):
+        grasp = np.full(8, expert_holds)
+        return proposal(TaskTrace(path(0.0).effector, np.zeros(8, bool), policy_object),
+                        TaskTrace(path(0.0).effector, grasp, still))
+
+    verdict = gate.judge(traces(sliding, expert_holds=False))
+    assert verdict.gaps["object"] == pytest.approx(0.06) and verdict.fire, "released while moving: it slides"
+    assert gate.gaps(traces(sliding, expert_holds=True))["object"] == 0.0, "while the expert carries it, the hand says"
+    assert not gate.judge(traces(still, expert_holds=False)).divergent
 
 
 def test_a_grasp_mismatch_is_divergent_unless_grasps_are_ignored():

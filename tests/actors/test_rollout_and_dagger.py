@@ -9,13 +9,14 @@ from fleetloop.actors.dagger import (
     PRE_INTERVENTION_RELABEL,
     RELABEL,
     ROBOT,
+    ROBOT_FAILURE,
     BetaMixtureDagger,
     HGDagger,
     Segment,
     make_mode,
     runs,
 )
-from fleetloop.actors.dagger.episodes import to_episode
+from fleetloop.actors.dagger.episodes import expert_effort, to_episode
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
 from fleetloop.actors.gates import JointOptions, TaskSpaceOptions, make_gate
@@ -74,7 +75,8 @@ def test_beta_mixture_labels_every_planning_state_with_the_experts_chunk(env):
     assert np.abs(traj.labels[8][0] - traj.states[8][:2]).max() > 0.1, "the label moves towards the goal"
     segments = BetaMixtureDagger().segments(traj, pre_intervention_chunks=1)
     assert [(s.table, s.cls, s.steps, s.labelled) for s in segments] == [
-        ("rollouts", ROBOT, tuple(range(24)), False), ("corrections", RELABEL, (0, 8, 16), True)]
+        ("rollouts", ROBOT_FAILURE, tuple(range(24)), False), ("corrections", RELABEL, (0, 8, 16), True)], \
+        "the policy's own steps of a failed episode are kept apart"
 
 
 def test_beta_one_lets_the_expert_drive_every_chunk(env):
@@ -166,8 +168,8 @@ def test_a_failure_flagged_too_late_is_found_unrecoverable():
     assert traj.plans[1].recoverable is False, "8 steps are too few for the expert to reach the ball"
 
 
-def synthetic(length=40, takeovers=(), plans=(), labelled=()):
-    traj = Trajectory(instruction="reach the red ball", execute_steps=8)
+def synthetic(length=40, takeovers=(), plans=(), labelled=(), success=True):
+    traj = Trajectory(instruction="reach the red ball", execute_steps=8, success=success)
     for t in range(length):
         traj.states.append(np.full(4, t, np.float32))
         traj.actions.append(np.full(2, t, np.float32))
@@ -197,6 +199,9 @@ def test_hg_dagger_segments_label_where_the_decision_was_made():
     ]
     two = HGDagger().segments(traj, pre_intervention_chunks=2)
     assert [s.steps for s in two if s.cls == PRE_INTERVENTION_RELABEL] == [(0, 8)], "non-consecutive planning states"
+    traj.success = False
+    failed = HGDagger().segments(traj, pre_intervention_chunks=1)
+    assert [s.cls for s in failed if s.table == "rollouts"] == [PRE_INTERVENTION, ROBOT_FAILURE, ROBOT_FAILURE]
 
 
 def test_an_operator_without_labels_gives_its_executed_steps():
@@ -232,8 +237,12 @@ def test_labelled_and_unlabelled_episodes_of_segments():
 
 
 def test_expert_effort_counts_distinct_label_rows():
-    traj = synthetic(takeovers=[(16, 20, "subgoal")], labelled=[8, 16, 17, 18, 19])
-    assert traj.expert_label_rows == 4 + 15 + 16, "a takeover: its steps plus the tail of its last chunk"
+    traj = synthetic(takeovers=[(16, 20, "subgoal")], plans=[(0, "policy"), (8, "policy")], labelled=[8, 16, 17, 18, 19])
+    segments = HGDagger().segments(traj, pre_intervention_chunks=1)
+    assert expert_effort(traj, segments) == (4 + 15) + 16, "a takeover: its steps and its last chunk's tail; a state: H"
+    assert expert_effort(traj, [s for s in segments if s.table == "rollouts"]) == 0
+    human = synthetic(takeovers=[(16, 20, "released")])
+    assert expert_effort(human, HGDagger().segments(human, pre_intervention_chunks=1)) == 4, "the steps a human drove"
 
 
 def test_runs_of_steps_and_the_mode_registry():

@@ -126,7 +126,7 @@ def test_short_loop_every_role_does_its_part(tmp_path):
     written = json.loads((run_dir / "episodes_written.json").read_text())
     with EmbeddedValkey(run_dir / "replay") as server:
         client = ReplayClient(server.url)
-        for table in ("pretrain", "rollouts", "corrections"):
+        for table in ("pretrain", "rollouts", "corrections", "evaluations"):
             reported = sorted(i for tables in written.values() for i in tables.get(table, []))
             assert sorted(client.episode_ids(table)) == reported, table
         for episode_id in client.episode_ids("corrections"):
@@ -227,7 +227,7 @@ def test_a_killed_actor_is_restarted_and_loses_no_acknowledged_episode(tmp_path)
     written = json.loads((run_dir / "episodes_written.json").read_text())
     with EmbeddedValkey(run_dir / "replay") as server:
         with ReplayClient(server.url) as client:
-            for table in ("pretrain", "rollouts", "corrections"):
+            for table in ("pretrain", "rollouts", "corrections", "evaluations"):
                 reported = sorted(i for tables in written.values() for i in tables.get(table, []))
                 assert sorted(client.episode_ids(table)) == reported, table
                 for episode_id in client.episode_ids(table):
