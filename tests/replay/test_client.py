@@ -95,7 +95,7 @@ def test_episode_ids_in_insertion_order_and_stats(client, make_episode):
     client.write_episode("my_sim_2", make_episode(length=2))
     assert client.episode_ids("pretrain") == [ep.episode_id for ep in eps]
     stats = client.table_stats()
-    assert list(stats) == ["pretrain", "rollouts", "corrections", "my_sim_2"]
+    assert list(stats) == ["pretrain", "rollouts", "corrections", "evaluations", "my_sim_2"]
     assert stats["pretrain"]["episodes"] == 5 and stats["pretrain"]["steps"] == 3 + 4 + 5 + 6 + 7
     assert stats["pretrain"]["bytes"] > 0
     assert stats["rollouts"] == {"episodes": 0, "steps": 0, "bytes": 0}
