@@ -426,7 +426,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pre-intervention-chunks", type=int, default=1)
     parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
     parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")
-    parser.add_argument("--correction-share", type=float, default=0.5,
+    parser.add_argument("--correction-share", type=float, default=0.75,
                         help="share of D's batches drawn from corrections")
     parser.add_argument("--robot-share", type=float, default=0.0,
                         help="share of D's batches drawn from its own rollouts (robot steps of successful episodes "
@@ -437,6 +437,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                        "--keep run (same demonstrations) instead of training one")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (its bc/ holds the policy file)")
     args = parser.parse_args(argv)
+    shares = (args.correction_share, args.robot_share)
+    if min(shares) < 0 or sum(shares) > 1:
+        parser.error(f"--correction-share {args.correction_share} and --robot-share {args.robot_share} must be "
+                     "at least 0 and sum to at most 1 (the demonstrations get the rest of every batch)")
     for name, default in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, default)

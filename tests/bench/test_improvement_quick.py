@@ -65,3 +65,10 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
     rerun = json.loads(again.stdout.strip().splitlines()[-1])
     assert rerun["bc_curve"] == result["bc_curve"], "the arms started from the kept checkpoint"
     assert rerun["success_by_round"][0] == result["success_by_round"][0]
+
+
+def test_shares_that_leave_no_room_for_demonstrations_are_refused_by_flag_name():
+    done = subprocess.run([sys.executable, str(BENCH), "--correction-share", "0.75", "--robot-share", "0.5"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--correction-share 0.75 and --robot-share 0.5" in done.stderr and "sum to at most 1" in done.stderr
