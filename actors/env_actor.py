@@ -342,7 +342,7 @@ class EnvActor:
                 continue
             for traj in trajs.values():
                 # An operator may take over an evaluation on a robot too: its steps are corrections.
-                segments = self.mode.segments(traj, pre_intervention_chunks=self.cfg.actors.dagger.pre_intervention_chunks) \
+                segments = self.mode.segments(traj, self.cfg.actors.dagger) \
                     if traj.takeovers else [Segment.whole(EVALUATIONS, robot_class(traj.success), len(traj.states))]
                 for segment in segments:
                     self._write(traj, segment if segment.table == "corrections" else replace(segment, table=EVALUATIONS),
@@ -382,7 +382,7 @@ class EnvActor:
     def _write_trajectory(self, traj: Trajectory, version: int) -> list[Segment]:
         """Write a DAgger trajectory by its mode's segments; the segments written."""
         written = []
-        for segment in self.mode.segments(traj, pre_intervention_chunks=self.cfg.actors.dagger.pre_intervention_chunks):
+        for segment in self.mode.segments(traj, self.cfg.actors.dagger):
             if self._write(traj, segment, version) is not None:
                 written.append(segment)
         return written

@@ -59,7 +59,7 @@ CURVE_SEED_BASE = 950_000
 """Behaviour-cloning curve episode i resets from CURVE_SEED_BASE + i."""
 
 FULL = dict(demos=8, bc_steps=2000, rounds=3, round_steps=400, dagger_episodes=30, eval_episodes=100,
-            probe_episodes=20, curve_episodes=30)
+            probe_episodes=50, curve_episodes=30)
 QUICK = dict(demos=2, bc_steps=8, rounds=2, round_steps=4, dagger_episodes=1, eval_episodes=3, probe_episodes=1,
              curve_episodes=2)
 ARMS = ("dagger", "equal_steps", "equal_expert")
@@ -112,7 +112,7 @@ def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_st
         f"actors.execute_steps={args.execute_steps}", f"actors.dagger.mode={args.mode}",
         f"actors.state_includes_object_pose={not args.images_only}", "actors.torch_threads=1",
         f"actors.dagger.gate={json.dumps(gate_options(args))}",
-        f"actors.dagger.takeover.max_steps={args.takeover_cap}",
+        f"actors.dagger.takeover.max_steps={args.takeover_cap}", f"actors.dagger.takeover.labels={args.takeover_labels}",
         f"actors.dagger.pre_intervention_chunks={args.pre_intervention_chunks}",
         f"actors.dagger.beta_start={args.beta_start}", f"actors.dagger.beta_decay={args.beta_decay}",
         f"learner.batch_size={args.batch_size}", f"learner.lr={args.lr}", f"run.seed={args.seed}",
@@ -391,6 +391,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "refit_normalization": args.refit_normalization,
         "gate": gate_options(args),
         "takeover_cap": args.takeover_cap,
+        "takeover_labels": args.takeover_labels,
         "pre_intervention_chunks": args.pre_intervention_chunks,
         "correction_share": args.correction_share,
         "robot_share": args.robot_share,
@@ -423,6 +424,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
     parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")
+    parser.add_argument("--takeover-labels", choices=("chunk", "driven"), default="chunk",
+                        help="what a takeover's steps are labelled with (and charged): the expert's whole chunk from "
+                             "each, or the actions the operator drove (as a human operator)")
     parser.add_argument("--pre-intervention-chunks", type=int, default=1)
     parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
     parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")

@@ -312,6 +312,11 @@ class TakeoverSection(_Section):
         description="When the operator may hand back before the cap, checked every actors.execute_steps steps: "
                     "subgoal: the expert's subgoal at the takeover's start is done (grasped, placed); agreement: "
                     "the policy's fresh plan agrees with the operator's (the gate's test).")
+    labels: Literal["chunk", "driven"] = Field(
+        "chunk", description="hg-dagger, simulated operator: what a takeover's steps are labelled with. chunk: the "
+                             "expert's whole H-step chunk from every step (rows past the handback included, and "
+                             "charged as expert effort); driven: the actions the operator drove, as a human "
+                             "operator gives them (windows near the handback are padded past it).")
 
 
 class DaggerSection(_Section):

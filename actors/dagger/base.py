@@ -31,6 +31,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from fleetloop.actors.rollout import Trajectory
+    from fleetloop.config import DaggerSection
 
 CLASSES = ("demo", "relabel", "intervention", "pre_intervention_relabel", "pre_intervention", "robot", "robot_failure")
 DEMO, RELABEL, INTERVENTION, PRE_INTERVENTION_RELABEL, PRE_INTERVENTION, ROBOT, ROBOT_FAILURE = CLASSES
@@ -88,5 +89,5 @@ class DaggerMode(abc.ABC):
         return 0.0
 
     @abc.abstractmethod
-    def segments(self, traj: "Trajectory", *, pre_intervention_chunks: int) -> list[Segment]:
-        """The parts of a finished trajectory to write, in order."""
+    def segments(self, traj: "Trajectory", options: "DaggerSection") -> list[Segment]:
+        """The parts of a finished trajectory to write, in order (``options``: actors.dagger)."""

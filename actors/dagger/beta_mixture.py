@@ -25,7 +25,7 @@ class BetaMixtureDagger(DaggerMode):
             raise ValueError(f"round_index must be >= 0, got {round_index}")
         return beta_start * beta_decay**round_index
 
-    def segments(self, traj, *, pre_intervention_chunks: int) -> list[Segment]:
+    def segments(self, traj, options) -> list[Segment]:
         planned = tuple(sorted(step for step in traj.labels if step in traj.frames))
         parts = [Segment.whole("rollouts", robot_class(traj.success), len(traj.states))]
         if planned:

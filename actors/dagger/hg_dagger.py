@@ -5,7 +5,8 @@ takes over when the gate fires and drives until the takeover's job is done (acto
 Per takeover:
 
 - its steps go to ``corrections`` as ``intervention``, labelled with the expert's chunk at every
-  step when a simulated operator drove (else the executed actions); a takeover that hit its cap
+  step when a simulated operator drove (else, or with ``takeover.labels: driven``, the executed
+  actions: what a human operator gives); a takeover that hit its cap
   or whose expert could no longer plan is skipped (``Takeover.skipped``);
 - the policy's last ``pre_intervention_chunks`` planning states before it go to ``corrections``
   as ``pre_intervention_relabel``, labelled with the expert's chunk from each (when recorded);
@@ -33,8 +34,10 @@ class HGDagger(DaggerMode):
     name = "hg-dagger"
     gated = True
 
-    def segments(self, traj, *, pre_intervention_chunks: int) -> list[Segment]:
+    def segments(self, traj, options) -> list[Segment]:
         parts: list[Segment] = []
+        pre_intervention_chunks = options.pre_intervention_chunks
+        label_takeovers = options.takeover.labels == "chunk"
         owner: dict[int, str] = {}
         previous_end = 0
         for takeover in traj.takeovers:
@@ -46,7 +49,7 @@ class HGDagger(DaggerMode):
             previous_end = takeover.end
             if takeover.skipped or not steps:
                 continue
-            labelled = all(step in traj.labels and step in traj.frames for step in steps)
+            labelled = label_takeovers and all(step in traj.labels and step in traj.frames for step in steps)
             parts.append(Segment("corrections", INTERVENTION, steps, labelled=labelled))
             if before:
                 parts.append(Segment("corrections", PRE_INTERVENTION_RELABEL, before, labelled=True))

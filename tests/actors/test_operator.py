@@ -11,6 +11,7 @@ from fleetloop.actors.envs.trace import ExpertUnavailable
 from fleetloop.actors.gates import JointOptions, TaskSpaceOptions, make_gate
 from fleetloop.actors.operator import SimulatedOperator
 from fleetloop.actors.rollout import run_episodes
+from fleetloop.config import DaggerSection
 from fleetloop.system.embodiment import embodiment_layout
 from tests.actors.conftest import out_of_reach
 
@@ -91,7 +92,7 @@ def test_a_takeover_labels_every_step_and_ends_when_its_subgoal_is_done(env, exp
         assert t in traj.frames
     for t in list(steps)[:-1]:
         np.testing.assert_array_equal(traj.labels[t][1:], traj.labels[t + 1][:-1])
-    segments = HGDagger().segments(traj, pre_intervention_chunks=1)
+    segments = HGDagger().segments(traj, DaggerSection())
     relabelled = [s for s in segments if s.cls == PRE_INTERVENTION_RELABEL]
     assert relabelled[0].steps == (0,), "the first divergent plan, the decision that went wrong"
     assert [s.steps[0] for s in segments if s.cls == INTERVENTION][0] == 8
@@ -138,5 +139,5 @@ def test_a_takeover_whose_expert_can_no_longer_plan_is_ended_and_skipped():
     first = traj.takeovers[0]
     assert (first.start, first.end, first.ended_by) == (0, 12, "expert_unavailable") and first.skipped
     assert not any(traj.intervened[12:]), "the policy drives on"
-    segments = HGDagger().segments(traj, pre_intervention_chunks=1)
+    segments = HGDagger().segments(traj, DaggerSection())
     assert not [s for s in segments if s.cls == INTERVENTION], "a takeover cut short by its expert is not trained on"

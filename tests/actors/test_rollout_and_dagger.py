@@ -22,6 +22,7 @@ from fleetloop.actors.envs.expert import ReachExpert
 from fleetloop.actors.gates import JointOptions, TaskSpaceOptions, make_gate
 from fleetloop.actors.operator import SimulatedOperator, Takeover
 from fleetloop.actors.rollout import Plan, PolicyOutputError, Trajectory, run_episodes
+from fleetloop.config import DaggerSection
 
 AGENT = "arm_0"
 
@@ -73,7 +74,7 @@ def test_beta_mixture_labels_every_planning_state_with_the_experts_chunk(env):
     np.testing.assert_array_equal(traj.labels[0], expert.action_chunk(AGENT, 16))
     assert traj.labels[8].shape == (16, 2)
     assert np.abs(traj.labels[8][0] - traj.states[8][:2]).max() > 0.1, "the label moves towards the goal"
-    segments = BetaMixtureDagger().segments(traj, pre_intervention_chunks=1)
+    segments = BetaMixtureDagger().segments(traj, DaggerSection())
     assert [(s.table, s.cls, s.steps, s.labelled) for s in segments] == [
         ("rollouts", ROBOT_FAILURE, tuple(range(24)), False), ("corrections", RELABEL, (0, 8, 16), True)], \
         "the policy's own steps of a failed episode are kept apart"
@@ -136,7 +137,7 @@ def test_a_takeover_that_reaches_its_cap_is_not_trained_on(env):
     traj = episode(env, hold_still, mode=HGDagger(), op=operator(env, cap=4, hand_back=()))
     assert traj.takeovers and all(t.ended_by == "cap" and t.length == 4 for t in traj.takeovers[:-1])
     assert all(t.skipped for t in traj.takeovers if t.ended_by == "cap")
-    segments = HGDagger().segments(traj, pre_intervention_chunks=1)
+    segments = HGDagger().segments(traj, DaggerSection())
     capped = {t for takeover in traj.takeovers if takeover.skipped for t in range(takeover.start, takeover.end)}
     assert not any(set(s.steps) & capped for s in segments), "no segment holds a capped takeover's steps"
 
@@ -188,7 +189,7 @@ def test_hg_dagger_segments_label_where_the_decision_was_made():
     takeover = (16, 28, "subgoal")
     traj = synthetic(takeovers=[takeover], plans=[(0, "policy"), (8, "policy"), (16, "policy"), (28, "policy")],
                      labelled=[0, 8, 16, *range(16, 28), 28])
-    segments = HGDagger().segments(traj, pre_intervention_chunks=1)
+    segments = HGDagger().segments(traj, DaggerSection())
     parts = [(s.table, s.cls, s.steps[0], s.steps[-1] + 1, s.labelled) for s in segments]
     assert parts == [
         ("corrections", INTERVENTION, 16, 28, True),
@@ -197,16 +198,16 @@ def test_hg_dagger_segments_label_where_the_decision_was_made():
         ("rollouts", ROBOT, 0, 8, False),
         ("rollouts", ROBOT, 28, 40, False),
     ]
-    two = HGDagger().segments(traj, pre_intervention_chunks=2)
+    two = HGDagger().segments(traj, DaggerSection(pre_intervention_chunks=2))
     assert [s.steps for s in two if s.cls == PRE_INTERVENTION_RELABEL] == [(0, 8)], "non-consecutive planning states"
     traj.success = False
-    failed = HGDagger().segments(traj, pre_intervention_chunks=1)
+    failed = HGDagger().segments(traj, DaggerSection())
     assert [s.cls for s in failed if s.table == "rollouts"] == [PRE_INTERVENTION, ROBOT_FAILURE, ROBOT_FAILURE]
 
 
 def test_an_operator_without_labels_gives_its_executed_steps():
     traj = synthetic(takeovers=[(16, 24, "released")], plans=[(0, "policy"), (8, "policy"), (24, "policy")])
-    segments = HGDagger().segments(traj, pre_intervention_chunks=1)
+    segments = HGDagger().segments(traj, DaggerSection())
     assert [(s.table, s.cls, s.steps[0], s.steps[-1] + 1, s.labelled) for s in segments] == [
         ("corrections", INTERVENTION, 16, 24, False),
         ("rollouts", PRE_INTERVENTION, 8, 16, False),
@@ -238,11 +239,24 @@ def test_labelled_and_unlabelled_episodes_of_segments():
 
 def test_expert_effort_counts_distinct_label_rows():
     traj = synthetic(takeovers=[(16, 20, "subgoal")], plans=[(0, "policy"), (8, "policy")], labelled=[8, 16, 17, 18, 19])
-    segments = HGDagger().segments(traj, pre_intervention_chunks=1)
+    segments = HGDagger().segments(traj, DaggerSection())
     assert expert_effort(traj, segments) == (4 + 15) + 16, "a takeover: its steps and its last chunk's tail; a state: H"
     assert expert_effort(traj, [s for s in segments if s.table == "rollouts"]) == 0
     human = synthetic(takeovers=[(16, 20, "released")])
-    assert expert_effort(human, HGDagger().segments(human, pre_intervention_chunks=1)) == 4, "the steps a human drove"
+    assert expert_effort(human, HGDagger().segments(human, DaggerSection())) == 4, "the steps a human drove"
+
+
+def test_driven_takeover_labels_charge_what_the_operator_drove():
+    traj = synthetic(takeovers=[(16, 20, "subgoal")], plans=[(0, "policy"), (8, "policy")], labelled=[8, 16, 17, 18, 19])
+    options = DaggerSection(takeover={"labels": "driven"})
+    segments = HGDagger().segments(traj, options)
+    assert [(s.cls, s.steps, s.labelled) for s in segments if s.table == "corrections"] == [
+        (INTERVENTION, (16, 17, 18, 19), False), (PRE_INTERVENTION_RELABEL, (8,), True)]
+    assert expert_effort(traj, segments) == 4 + 16, "the takeover: the steps driven; the planning state: H"
+    episode = to_episode(traj, segments[0], embodiment="sim_arm", policy_version=1, actor_id="a")
+    assert episode.labels is None and sorted(episode.frames) == [0, 1, 2, 3], "a frame at every driven step"
+    with pytest.raises(ValueError, match="driven"):
+        DaggerSection(takeover={"labels": "tails"})
 
 
 def test_runs_of_steps_and_the_mode_registry():
