@@ -268,7 +268,8 @@ def run_equal_steps(args: argparse.Namespace, root: Path, policy: str) -> dict[s
 
 def run_equal_expert(args: argparse.Namespace, root: Path, policy: str, from_d) -> dict[str, Any]:
     """Arm C2: after each of D's rounds, demonstrations on D's scenes until their expert-driven steps
-    reach D's expert-labelled steps so far; then T steps on every demonstration."""
+    reach D's expert-labelled steps so far (times ``--expert-ratio``); then T steps on every
+    demonstration."""
     arm = Arm(make_config(args, mixture={"pretrain": 1.0}, total_steps=args.rounds * args.round_steps,
                           init_from=policy), root)
     try:
@@ -276,7 +277,7 @@ def run_equal_expert(args: argparse.Namespace, root: Path, policy: str, from_d) 
         demo_steps, next_scene, per_round = 0, 0, []
         for _ in range(args.rounds):
             budget = from_d.get(timeout=7200)
-            count = max(0, math.ceil((budget["expert_label_rows"] - demo_steps) / args.max_steps))
+            count = max(0, math.ceil((args.expert_ratio * budget["expert_label_rows"] - demo_steps) / args.max_steps))
             arm.actor.collect_demos(count, [DAGGER_SEED_BASE + next_scene + i for i in range(count)])
             next_scene += count
             demo_steps += count * args.max_steps
@@ -395,6 +396,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "pre_intervention_chunks": args.pre_intervention_chunks,
         "correction_share": args.correction_share,
         "robot_share": args.robot_share,
+        "expert_ratio": args.expert_ratio,
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
         "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + args.eval_episodes - 1],
@@ -435,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--robot-share", type=float, default=0.0,
                         help="share of D's batches drawn from its own rollouts (robot steps of successful episodes "
                              "weigh 1, the rest 0: learner.class_weights); the rest: the demonstrations")
+    parser.add_argument("--expert-ratio", type=float, default=1.0,
+                        help="C2's expert steps as a multiple of D's (2: does D match C2 with half the effort?)")
     parser.add_argument("--max-steps", type=int, default=96, help="control steps per episode")
     parser.add_argument("--execute-steps", type=int, default=8, help="steps of a chunk executed before re-planning")
     parser.add_argument("--bc-policy", type=Path, help="start the arms from this behaviour-cloning policy file of a "
@@ -445,6 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(shares) < 0 or sum(shares) > 1:
         parser.error(f"--correction-share {args.correction_share} and --robot-share {args.robot_share} must be "
                      "at least 0 and sum to at most 1 (the demonstrations get the rest of every batch)")
+    if args.expert_ratio <= 0:
+        parser.error(f"--expert-ratio {args.expert_ratio} must be > 0 (1: C2 gets exactly D's expert steps)")
     for name, default in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, default)

@@ -59,12 +59,22 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
     assert result["wall_seconds"] > 0
 
     policy = next(tmp_path.glob("bc/learner/checkpoints/policy-step-*.safetensors"))
-    again = subprocess.run([sys.executable, str(BENCH), "--quick", "--bc-policy", str(policy)], capture_output=True,
-                           text=True, timeout=420, env=env)
+    again = subprocess.run([sys.executable, str(BENCH), "--quick", "--bc-policy", str(policy), "--takeover-labels",
+                            "driven", "--expert-ratio", "2"], capture_output=True, text=True, timeout=420, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads(again.stdout.strip().splitlines()[-1])
     assert rerun["bc_curve"] == result["bc_curve"], "the arms started from the kept checkpoint"
     assert rerun["success_by_round"][0] == result["success_by_round"][0]
+    assert rerun["takeover_labels"] == "driven" and rerun["expert_ratio"] == 2
+    effort = rerun["expert_steps_by_arm"]
+    assert 2 * effort["dagger"] <= effort["equal_expert"] < 2 * effort["dagger"] + rerun["max_steps"], \
+        "C2 records demonstrations until its expert steps reach twice D's"
+
+
+def test_an_expert_ratio_that_is_not_positive_is_refused_by_flag_name():
+    done = subprocess.run([sys.executable, str(BENCH), "--expert-ratio", "0"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and done.stdout == "" and "--expert-ratio 0.0 must be > 0" in done.stderr
 
 
 def test_shares_that_leave_no_room_for_demonstrations_are_refused_by_flag_name():
