@@ -334,6 +334,11 @@ def run_arms(args: argparse.Namespace, root: Path, policy: str) -> dict[str, dic
 
 # ---- report ---------------------------------------------------------------------------------------
 
+def outcome_string(outcomes: list[bool]) -> str:
+    """Paired outcomes by evaluation seed as "0"/"1" characters, so runs can be pooled for a paired test."""
+    return "".join("1" if success else "0" for success in outcomes)
+
+
 def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[str, Any]], wall: float) -> dict:
     d = arms["dagger"]
     rounds = d["rounds"]
@@ -371,6 +376,8 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "gain_vs_equal_expert_points": round(100 * (final["success_rate"] - c2["success_rate"]), 1),
         "expert_steps_by_arm": {"dagger": d["expert_label_rows"], "equal_steps": 0, "equal_expert": c2["expert_steps"]},
         "episodes_by_arm": {name: arm["episodes"] for name, arm in arms.items()},
+        "outcomes_by_arm": {name: outcome_string(arm["outcomes"])
+                            for name, arm in (("dagger", final), ("equal_steps", c1), ("equal_expert", c2))},
         "shared_demo_steps": bc["demo_steps"],
         "return_on_human_effort": {"dagger": effort_return(final["success_rate"], d["expert_label_rows"]),
                                    "equal_expert": effort_return(c2["success_rate"], c2["expert_steps"])},

@@ -50,6 +50,10 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
         "every arm trains on the shared demonstrations, C2 on its own besides"
     assert tables["dagger"]["corrections"] > 0 and "corrections" not in tables["equal_steps"]
     assert set(result["mcnemar_p"]) == {"vs_equal_steps", "vs_equal_expert"}
+    outcomes = result["outcomes_by_arm"]
+    assert [outcomes[arm].count("1") for arm in ("dagger", "equal_steps", "equal_expert")] == [
+        result["per_round"][-1]["successes"], equal_steps["successes"], equal_expert["successes"]]
+    assert all(len(o) == episodes and set(o) <= {"0", "1"} for o in outcomes.values())
     assert all(0.0 < p <= 1.0 for p in result["mcnemar_p"].values())
     flags = result["gate_flags"]
     assert flags["failures"] + flags["successes"] == episodes
