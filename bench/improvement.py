@@ -413,9 +413,14 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from typing import get_args
+
+    from fleetloop.actors.dagger import MODES
+    from fleetloop.config import TakeoverSection
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI: check the mechanics in a few minutes")
-    parser.add_argument("--mode", choices=("hg-dagger", "dagger"), default="hg-dagger")
+    parser.add_argument("--mode", choices=sorted(MODES), default="hg-dagger")
     parser.add_argument("--images-only", action="store_true",
                         help="no object pose in the state (System 2 then trains too)")
     parser.add_argument("--seed", type=int, default=0)
@@ -433,7 +438,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
     parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")
-    parser.add_argument("--takeover-labels", choices=("chunk", "driven"), default="chunk",
+    parser.add_argument("--takeover-labels", choices=get_args(TakeoverSection.model_fields["labels"].annotation),
+                        default="chunk",
                         help="what a takeover's steps are labelled with (and charged): the expert's whole chunk from "
                              "each, or the actions the operator drove (as a human operator)")
     parser.add_argument("--pre-intervention-chunks", type=int, default=1)
