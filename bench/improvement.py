@@ -219,9 +219,8 @@ def behaviour_cloning(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict[str, Any]:
     """Arm D: round 0 is the shared checkpoint; every round evaluates, probes, collects M DAgger
     episodes on fresh scenes (their expert-labelled steps sent to C2) and trains T steps."""
-    mixture = {"pretrain": 1.0 - args.correction_share - args.robot_share, "corrections": args.correction_share,
-               "rollouts": args.robot_share}
-    arm = Arm(make_config(args, mixture=mixture, total_steps=args.rounds * args.round_steps, init_from=policy), root)
+    arm = Arm(make_config(args, mixture=dagger_mixture(args, 0), total_steps=args.rounds * args.round_steps,
+                          init_from=policy), root)
     try:
         arm.actor.collect_demos(args.demos, [DEMO_SEED_BASE + i for i in range(args.demos)])
         arm.publish()
@@ -244,6 +243,8 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
                 lengths = collected["takeover_steps"]
                 record["takeover_mean_steps"] = round(sum(lengths) / len(lengths), 1) if lengths else 0.0
                 record["rollout_seconds"] = round(time.time() - start, 1)
+                record["mixture"] = dagger_mixture(args, r)
+                arm.learner.set_mixture(record["mixture"])
                 record.update(arm.train(args.round_steps, refit=args.refit_normalization))
             logger.info("D round %d: %d/%d, probe intervention rate %.3f", r, record["successes"],
                         args.eval_episodes, record["intervention_rate"])
@@ -251,6 +252,22 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
         return {"rounds": rounds, "expert_label_rows": label_rows, "episodes": arm.episodes()}
     finally:
         arm.close()
+
+
+def dagger_mixture(args: argparse.Namespace, round_index: int) -> dict[str, float]:
+    """D's table weights in round ``round_index`` (``--correction-share`` may give one share per round)."""
+    shares = args.correction_share
+    share = shares[min(round_index, len(shares) - 1)]
+    return {"pretrain": round(1.0 - share - args.robot_share, 6), "corrections": share, "rollouts": args.robot_share}
+
+
+def share_list(text: str) -> list[float]:
+    """``--correction-share``: one share, or one per round separated by commas."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share or a comma-separated list of shares "
+                                         "(e.g. 0.75, or 0.5,0.75,0.75 for one per round)") from None
 
 
 def run_equal_steps(args: argparse.Namespace, root: Path, policy: str) -> dict[str, Any]:
@@ -401,7 +418,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "takeover_cap": args.takeover_cap,
         "takeover_labels": args.takeover_labels,
         "pre_intervention_chunks": args.pre_intervention_chunks,
-        "correction_share": args.correction_share,
+        "correction_share": args.correction_share[0] if len(args.correction_share) == 1 else args.correction_share,
         "robot_share": args.robot_share,
         "expert_ratio": args.expert_ratio,
         "max_steps": args.max_steps,
@@ -445,8 +462,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pre-intervention-chunks", type=int, default=1)
     parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
     parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")
-    parser.add_argument("--correction-share", type=float, default=0.75,
-                        help="share of D's batches drawn from corrections")
+    parser.add_argument("--correction-share", type=share_list, default=[0.75],
+                        help="share of D's batches drawn from corrections: one value, or one per round "
+                             "(e.g. 0.5,0.75,0.75: a share that grows with the corrections)")
     parser.add_argument("--robot-share", type=float, default=0.0,
                         help="share of D's batches drawn from its own rollouts (robot steps of successful episodes "
                              "weigh 1, the rest 0: learner.class_weights); the rest: the demonstrations")
@@ -458,15 +476,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                        "--keep run (same demonstrations) instead of training one")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (its bc/ holds the policy file)")
     args = parser.parse_args(argv)
-    shares = (args.correction_share, args.robot_share)
-    if min(shares) < 0 or sum(shares) > 1:
-        parser.error(f"--correction-share {args.correction_share} and --robot-share {args.robot_share} must be "
+    shares = ",".join(f"{share:g}" for share in args.correction_share)
+    if min(*args.correction_share, args.robot_share) < 0 or max(args.correction_share) + args.robot_share > 1:
+        parser.error(f"--correction-share {shares} and --robot-share {args.robot_share} must be "
                      "at least 0 and sum to at most 1 (the demonstrations get the rest of every batch)")
     if args.expert_ratio <= 0:
         parser.error(f"--expert-ratio {args.expert_ratio} must be > 0 (1: C2 gets exactly D's expert steps)")
     for name, default in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, default)
+    if len(args.correction_share) not in (1, args.rounds):
+        parser.error(f"--correction-share {shares} gives {len(args.correction_share)} shares for {args.rounds} "
+                     "rounds: give one share, or one per round")
     return args
 
 

@@ -179,7 +179,7 @@ class Learner:
         Raises:
             EmptyReplayError: those tables hold no episode; the message says how to fill them.
         """
-        tables = [table for table, weight in self.cfg.replay.mixture.items() if weight > 0]
+        tables = [table for table, weight in self.sampler.mixture.items() if weight > 0]
         stats = self.replay.table_stats(detailed=True)
         embodiments = sorted({e for table in tables for e in stats.get(table, {}).get("embodiments", {})})
         if not embodiments:
@@ -188,6 +188,15 @@ class Learner:
         for embodiment in embodiments:
             self.fit_normalization(tables, embodiment)
         return embodiments
+
+    def set_mixture(self, mixture: dict[str, float]) -> None:
+        """Reweight ``replay.mixture``'s tables (``WindowSampler.set_mixture``); batches already
+        prefetched keep the weights they were drawn with.
+
+        Raises:
+            ValueError: a table outside ``replay.mixture``, or invalid weights.
+        """
+        self.sampler.set_mixture(mixture)
 
     # ---- data ---------------------------------------------------------------------------
 

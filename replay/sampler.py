@@ -85,6 +85,23 @@ class _TableIndex:
     cursors: list[_ShardCursor]
 
 
+def _check_mixture(mixture: dict[str, float], tables: list[str], known: str = "known tables") -> None:
+    """Raise ValueError unless ``mixture`` weights some of ``tables`` (called ``known`` in the message)
+    with finite weights >= 0, one > 0."""
+    if not mixture:
+        raise ValueError("mixture is empty: give at least one table with a weight > 0")
+    for table in mixture:
+        keys.check_table(table)
+    unknown = sorted(set(mixture) - set(tables))
+    if unknown:
+        raise ValueError(f"mixture names unknown tables {unknown}; {known}: {sorted(tables)}")
+    bad = {t: w for t, w in mixture.items() if not (math.isfinite(w) and w >= 0)}
+    if bad:
+        raise ValueError(f"mixture weights must be finite and >= 0, got {bad}")
+    if sum(mixture.values()) <= 0:
+        raise ValueError(f"mixture needs at least one weight > 0, got {mixture}")
+
+
 class WindowSampler:
     """Samples (frame, state, action chunk) windows across tables by mixture weight.
 
@@ -116,20 +133,7 @@ class WindowSampler:
         refresh_s: float = 5.0,
         rate_limit_timeout_s: float | None = None,
     ) -> None:
-        if not mixture:
-            raise ValueError("mixture is empty: give at least one table with a weight > 0")
-        for table in mixture:
-            keys.check_table(table)
-        unknown = sorted(set(mixture) - set(client.tables()))
-        if unknown:
-            raise ValueError(
-                f"mixture names unknown tables {unknown}; known tables: {client.tables()}"
-            )
-        bad = {t: w for t, w in mixture.items() if not (math.isfinite(w) and w >= 0)}
-        if bad:
-            raise ValueError(f"mixture weights must be finite and >= 0, got {bad}")
-        if sum(mixture.values()) <= 0:
-            raise ValueError(f"mixture needs at least one weight > 0, got {mixture}")
+        _check_mixture(mixture, client.tables())
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         self.mixture = dict(mixture)
@@ -149,6 +153,16 @@ class WindowSampler:
             for table in mixture
         }
         self._refreshed_at = -math.inf
+
+    def set_mixture(self, mixture: dict[str, float]) -> None:
+        """Reweight the tables from the next sample call on (e.g. a correction share that grows
+        round by round). Only the tables the sampler was built with can be weighted.
+
+        Raises:
+            ValueError: as the constructor's, or a table the sampler was not built with.
+        """
+        _check_mixture(mixture, list(self._index), known="this sampler weighs only its tables")
+        self.mixture = dict(mixture)
 
     def get_state(self) -> dict[str, Any]:
         """The sampler's random state (JSON-able), for checkpoints."""

@@ -122,6 +122,30 @@ def test_zero_weight_table_is_never_sampled(client, make_episode):
     assert {w["table"] for w in sampler.sample(100)} == {"rollouts"}
 
 
+def test_set_mixture_reweights_from_the_next_sample(client, make_episode):
+    _fill(client, make_episode, "pretrain", 2, frame_shape=(4, 4))
+    _fill(client, make_episode, "corrections", 2, frame_shape=(4, 4))
+    sampler = WindowSampler(client, {"pretrain": 0.5, "corrections": 0.5}, horizon=1, seed=7)
+    assert abs(_fractions(sampler.sample(2000))["corrections"] - 0.5) < 0.04
+    sampler.set_mixture({"pretrain": 0.25, "corrections": 0.75})
+    assert abs(_fractions(sampler.sample(2000))["corrections"] - 0.75) < 0.04
+    assert sampler.probabilities() == pytest.approx({"pretrain": 0.25, "corrections": 0.75})
+
+
+@pytest.mark.parametrize("mixture, match", [
+    ({"pretrain": 0.5, "rollouts": 0.5}, r"unknown tables \['rollouts'\]; this sampler weighs only its tables: \['corrections', 'pretrain'\]"),
+    ({"pretrain": -1.0, "corrections": 1.0}, "'pretrain': -1.0"),
+    ({"pretrain": 0.0, "corrections": 0.0}, "at least one weight > 0"),
+], ids=["table_not_built_with", "negative_weight", "all_zero"])
+def test_set_mixture_refuses_what_the_constructor_refuses_and_keeps_the_old_weights(client, make_episode, mixture,
+                                                                                     match):
+    _fill(client, make_episode, "rollouts", 1, frame_shape=(4, 4))
+    sampler = WindowSampler(client, {"pretrain": 0.5, "corrections": 0.5}, horizon=1, seed=8)
+    with pytest.raises(ValueError, match=match):
+        sampler.set_mixture(mixture)
+    assert sampler.mixture == {"pretrain": 0.5, "corrections": 0.5}
+
+
 INVALID_ARGUMENTS = [
     ("unknown_tables", {"pretrain": 1, "sim": 1, "zzz": 0.5}, 2, r"unknown tables \['sim', 'zzz'\]"),
     ("invalid_name", {"Bad-Name": 1.0}, 2, "invalid table name 'Bad-Name'"),
