@@ -113,6 +113,7 @@ def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_st
         f"actors.state_includes_object_pose={not args.images_only}", "actors.torch_threads=1",
         f"actors.dagger.gate={json.dumps(gate_options(args))}",
         f"actors.dagger.takeover.max_steps={args.takeover_cap}", f"actors.dagger.takeover.labels={args.takeover_labels}",
+        f"actors.dagger.takeover.hand_back={json.dumps(args.hand_back)}",
         f"actors.dagger.pre_intervention_chunks={args.pre_intervention_chunks}",
         f"actors.dagger.beta_start={args.beta_start}", f"actors.dagger.beta_decay={args.beta_decay}",
         f"learner.batch_size={args.batch_size}", f"learner.lr={args.lr}", f"run.seed={args.seed}",
@@ -416,6 +417,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "refit_normalization": args.refit_normalization,
         "gate": gate_options(args),
         "takeover_cap": args.takeover_cap,
+        "hand_back": args.hand_back,
         "takeover_labels": args.takeover_labels,
         "pre_intervention_chunks": args.pre_intervention_chunks,
         "correction_share": args.correction_share[0] if len(args.correction_share) == 1 else args.correction_share,
@@ -433,6 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from typing import get_args
 
     from fleetloop.actors.dagger import MODES
+    from fleetloop.actors.operator import HAND_BACK_REASONS
     from fleetloop.config import TakeoverSection
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -455,6 +458,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
     parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")
+    hand_back = HAND_BACK_REASONS
+    parser.add_argument("--hand-back", type=lambda text: text.split(",") if text else [], default=list(hand_back),
+                        help=f"when the operator hands back before the cap, comma-separated of {', '.join(hand_back)} "
+                             "(subgoal alone: takeovers run until the subgoal is done)")
     parser.add_argument("--takeover-labels", choices=get_args(TakeoverSection.model_fields["labels"].annotation),
                         default="chunk",
                         help="what a takeover's steps are labelled with (and charged): the expert's whole chunk from "
@@ -480,6 +487,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(*args.correction_share, args.robot_share) < 0 or max(args.correction_share) + args.robot_share > 1:
         parser.error(f"--correction-share {shares} and --robot-share {args.robot_share} must be "
                      "at least 0 and sum to at most 1 (the demonstrations get the rest of every batch)")
+    unknown = sorted(set(args.hand_back) - set(hand_back))
+    if unknown:
+        parser.error(f"--hand-back names {', '.join(unknown)}; choose from {', '.join(hand_back)} (comma-separated)")
     if args.expert_ratio <= 0:
         parser.error(f"--expert-ratio {args.expert_ratio} must be > 0 (1: C2 gets exactly D's expert steps)")
     for name, default in (QUICK if args.quick else FULL).items():
