@@ -28,6 +28,8 @@ CONFIG_KEYS = ("mode", "state_includes_object_pose", "n_demos", "bc_steps", "ste
                "takeover_cap", "hand_back", "takeover_labels", "pre_intervention_chunks", "correction_share",
                "robot_share", "expert_ratio", "max_steps", "execute_steps", "eval_seeds")
 """Parameters that must agree for runs to be replicates of one configuration."""
+LATER_KEYS = {"hand_back": ["subgoal", "agreement"]}
+"""Parameters the bench reports since a later version, with the value runs before it used."""
 ARMS = ("dagger", "equal_steps", "equal_expert")
 
 
@@ -50,11 +52,16 @@ def load_run(path: Path) -> dict[str, Any]:
     return run
 
 
+def parameter(run: dict[str, Any], key: str) -> Any:
+    """A run's parameter ``key``, or what it was before the bench reported it."""
+    return run.get(key, LATER_KEYS.get(key))
+
+
 def check_replicates(paths: list[Path], runs: list[dict[str, Any]]) -> None:
     """Raise PoolError unless the runs share one configuration and come from different checkpoints."""
     first = runs[0]
     for path, run in zip(paths[1:], runs[1:]):
-        differ = [key for key in CONFIG_KEYS if run.get(key) != first.get(key)]
+        differ = [key for key in CONFIG_KEYS if parameter(run, key) != parameter(first, key)]
         if differ:
             raise PoolError(f"{path} differs from {paths[0]} in {', '.join(differ)}: pool runs of one "
                             "configuration (different --seed only)")
@@ -86,7 +93,7 @@ def pool(paths: list[Path]) -> dict[str, Any]:
     return {"benchmark": "improvement_pool", "runs": len(runs), "paired_outcomes": n, "arms": arms,
             "dagger_vs_equal_steps": versus("equal_steps"), "dagger_vs_equal_expert": versus("equal_expert"),
             "expert_steps_by_arm": {arm: sum(run["expert_steps_by_arm"][arm] for run in runs) for arm in ARMS},
-            "config": {key: runs[0].get(key) for key in CONFIG_KEYS}, "per_run": per_run}
+            "config": {key: parameter(runs[0], key) for key in CONFIG_KEYS}, "per_run": per_run}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,14 @@ def test_runs_of_different_configurations_are_refused(tmp_path):
     assert "b.json differs from" in done.stderr and "in correction_share" in done.stderr
 
 
+def test_a_parameter_reported_only_by_later_runs_counts_as_its_earlier_value(tmp_path):
+    before = run_file(tmp_path, "a.json", "1101", "0100", "1100")
+    later = run_file(tmp_path, "b.json", "1110", "0010", "0111", hand_back=["subgoal", "agreement"])
+    assert pool(before, later).returncode == 0
+    changed = run_file(tmp_path, "c.json", "1110", "0011", "0111", hand_back=["subgoal"])
+    assert "differs from" in pool(before, changed).stderr and "in hand_back" in pool(before, changed).stderr
+
+
 def test_runs_from_one_checkpoint_are_not_replicates(tmp_path):
     a = run_file(tmp_path, "a.json", "1101", "0100", "1100")
     b = run_file(tmp_path, "b.json", "1111", "0100", "0111")
