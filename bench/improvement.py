@@ -63,6 +63,9 @@ FULL = dict(demos=8, bc_steps=2000, rounds=3, round_steps=400, dagger_episodes=3
 QUICK = dict(demos=2, bc_steps=8, rounds=2, round_steps=4, dagger_episodes=1, eval_episodes=3, probe_episodes=1,
              curve_episodes=2)
 ARMS = ("dagger", "equal_steps", "equal_expert")
+DEFAULT_SHARES = [0.5, 0.75]
+"""D's correction share by round, the last repeated: 0.75 throughout dipped below the checkpoint in
+the first round (docs/improvement.md)."""
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -256,7 +259,8 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
 
 
 def dagger_mixture(args: argparse.Namespace, round_index: int) -> dict[str, float]:
-    """D's table weights in round ``round_index`` (``--correction-share`` may give one share per round)."""
+    """D's table weights in round ``round_index`` (``--correction-share`` may give one share per round,
+    the last repeated)."""
     shares = args.correction_share
     share = shares[min(round_index, len(shares) - 1)]
     return {"pretrain": round(1.0 - share - args.robot_share, 6), "corrections": share, "rollouts": args.robot_share}
@@ -469,9 +473,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pre-intervention-chunks", type=int, default=1)
     parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
     parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")
-    parser.add_argument("--correction-share", type=share_list, default=[0.75],
-                        help="share of D's batches drawn from corrections: one value, or one per round "
-                             "(e.g. 0.5,0.75,0.75: a share that grows with the corrections)")
+    parser.add_argument("--correction-share", type=share_list, default=None,
+                        help="share of D's batches drawn from corrections: one value, or one per round, the last "
+                             f"repeated in later rounds (default {','.join(map(str, DEFAULT_SHARES))}: the first "
+                             "round's few corrections get half of every batch)")
     parser.add_argument("--robot-share", type=float, default=0.0,
                         help="share of D's batches drawn from its own rollouts (robot steps of successful episodes "
                              "weigh 1, the rest 0: learner.class_weights); the rest: the demonstrations")
@@ -483,6 +488,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                        "--keep run (same demonstrations) instead of training one")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (its bc/ holds the policy file)")
     args = parser.parse_args(argv)
+    args.correction_share = args.correction_share or DEFAULT_SHARES[:args.rounds or FULL["rounds"]]
     shares = ",".join(f"{share:g}" for share in args.correction_share)
     if min(*args.correction_share, args.robot_share) < 0 or max(args.correction_share) + args.robot_share > 1:
         parser.error(f"--correction-share {shares} and --robot-share {args.robot_share} must be "
@@ -495,9 +501,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, default in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if len(args.correction_share) not in (1, args.rounds):
+    if len(args.correction_share) > args.rounds:
         parser.error(f"--correction-share {shares} gives {len(args.correction_share)} shares for {args.rounds} "
-                     "rounds: give one share, or one per round")
+                     "rounds: give one share, or at most one per round")
     return args
 
 

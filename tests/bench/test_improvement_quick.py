@@ -64,15 +64,16 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
 
     policy = next(tmp_path.glob("bc/learner/checkpoints/policy-step-*.safetensors"))
     again = subprocess.run([sys.executable, str(BENCH), "--quick", "--bc-policy", str(policy), "--takeover-labels",
-                            "driven", "--expert-ratio", "2", "--correction-share", "0.5,0.75", "--hand-back", "subgoal"],
+                            "driven", "--expert-ratio", "2", "--correction-share", "0.25,0.75", "--hand-back", "subgoal"],
                            capture_output=True, text=True, timeout=420, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads(again.stdout.strip().splitlines()[-1])
     assert rerun["bc_curve"] == result["bc_curve"], "the arms started from the kept checkpoint"
     assert rerun["success_by_round"][0] == result["success_by_round"][0]
     assert rerun["takeover_labels"] == "driven" and rerun["expert_ratio"] == 2
-    assert rerun["correction_share"] == [0.5, 0.75]
-    assert [r["mixture"]["corrections"] for r in rerun["per_round"][:-1]] == [0.5, 0.75], "one share per round"
+    assert result["correction_share"] == [0.5, 0.75], "the default: half of the first round's batches"
+    assert rerun["correction_share"] == [0.25, 0.75]
+    assert [r["mixture"]["corrections"] for r in rerun["per_round"][:-1]] == [0.25, 0.75], "one share per round"
     endings = {ending for r in rerun["per_round"][:-1] for ending in r["takeover_endings"]}
     assert endings and "agreement" not in endings, "takeovers hand back only when their subgoal is done"
     effort = rerun["expert_steps_by_arm"]
@@ -94,10 +95,10 @@ def test_shares_that_leave_no_room_for_demonstrations_are_refused_by_flag_name()
 
 
 def test_a_share_schedule_that_does_not_fit_the_rounds_is_refused_by_flag_name():
-    done = subprocess.run([sys.executable, str(BENCH), "--correction-share", "0.5,0.75", "--hand-back", "subgoal"], capture_output=True,
+    done = subprocess.run([sys.executable, str(BENCH), "--correction-share", "0.5,0.75,0.75,0.9"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
-    assert "--correction-share 0.5,0.75 gives 2 shares for 3 rounds" in done.stderr
+    assert "--correction-share 0.5,0.75,0.75,0.9 gives 4 shares for 3 rounds" in done.stderr
 
 
 def test_an_unknown_hand_back_reason_is_refused_by_flag_name():
