@@ -462,9 +462,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
     parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")
-    hand_back = HAND_BACK_REASONS
-    parser.add_argument("--hand-back", type=lambda text: text.split(",") if text else [], default=list(hand_back),
-                        help=f"when the operator hands back before the cap, comma-separated of {', '.join(hand_back)} "
+    parser.add_argument("--hand-back", type=lambda text: text.split(",") if text else [],
+                        default=list(HAND_BACK_REASONS),
+                        help="when the operator hands back before the cap, comma-separated of "
+                             f"{', '.join(HAND_BACK_REASONS)} "
                              "(subgoal alone: takeovers run until the subgoal is done)")
     parser.add_argument("--takeover-labels", choices=get_args(TakeoverSection.model_fields["labels"].annotation),
                         default="chunk",
@@ -488,19 +489,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                        "--keep run (same demonstrations) instead of training one")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (its bc/ holds the policy file)")
     args = parser.parse_args(argv)
-    args.correction_share = args.correction_share or DEFAULT_SHARES[:args.rounds or FULL["rounds"]]
+    for name, default in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    args.correction_share = args.correction_share or DEFAULT_SHARES[:max(1, args.rounds)]
     shares = ",".join(f"{share:g}" for share in args.correction_share)
     if min(*args.correction_share, args.robot_share) < 0 or max(args.correction_share) + args.robot_share > 1:
         parser.error(f"--correction-share {shares} and --robot-share {args.robot_share} must be "
                      "at least 0 and sum to at most 1 (the demonstrations get the rest of every batch)")
-    unknown = sorted(set(args.hand_back) - set(hand_back))
+    unknown = sorted(set(args.hand_back) - set(HAND_BACK_REASONS))
     if unknown:
-        parser.error(f"--hand-back names {', '.join(unknown)}; choose from {', '.join(hand_back)} (comma-separated)")
+        parser.error(f"--hand-back names {', '.join(unknown)}; choose from {', '.join(HAND_BACK_REASONS)} "
+                     "(comma-separated)")
     if args.expert_ratio <= 0:
         parser.error(f"--expert-ratio {args.expert_ratio} must be > 0 (1: C2 gets exactly D's expert steps)")
-    for name, default in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
     if len(args.correction_share) > args.rounds:
         parser.error(f"--correction-share {shares} gives {len(args.correction_share)} shares for {args.rounds} "
                      "rounds: give one share, or at most one per round")

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from improvement import mcnemar_exact, wilson
+from improvement import ARMS, mcnemar_exact, wilson
 
 CONFIG_KEYS = ("mode", "state_includes_object_pose", "n_demos", "bc_steps", "steps_per_round", "rounds",
                "dagger_episodes_per_round", "batch_size", "lr", "lr_restart", "refit_normalization", "gate",
@@ -30,7 +30,6 @@ CONFIG_KEYS = ("mode", "state_includes_object_pose", "n_demos", "bc_steps", "ste
 """Parameters that must agree for runs to be replicates of one configuration."""
 LATER_KEYS = {"hand_back": ["subgoal", "agreement"]}
 """Parameters the bench reports since a later version, with the value runs before it used."""
-ARMS = ("dagger", "equal_steps", "equal_expert")
 
 
 class PoolError(ValueError):
