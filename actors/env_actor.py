@@ -25,12 +25,10 @@ survives restarts and gives each new episode a fresh environment seed.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from dataclasses import replace
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +49,8 @@ from fleetloop.actors.outbox import Outbox
 from fleetloop.actors.rollout import PolicyOutputError, Trajectory, run_episodes
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.replay import InvalidEpisodeError, ReplayClient
-from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id, embodiment_layout, model_preset
-from fleetloop.system.checkpoint import tensors_digest
+from fleetloop.actors.scene_policy import ScenePolicy
+from fleetloop.system import embodiment_layout
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -115,17 +113,16 @@ class EnvActor:
     def __init__(self, actor_index: int, cfg: "FleetloopConfig", redis_url: str, weights_target: str,
                  audit_dir: str, bridge_target: str | None = None):
         self.cfg = cfg
-        self.actor_id = f"actor-{actor_index}"
         acfg = cfg.actors
         torch.set_num_threads(acfg.torch_threads)
-        self.model_cfg = model_preset(cfg.model.preset)
         self.env = make_env(acfg.env, **env_options(cfg))
         self.expert = make_expert(acfg.env, self.env)
         self.embodiment = self.env.embodiment
-        self.embodiment_id = embodiment_id(self.embodiment)
         self.layout = embodiment_layout(self.embodiment)
         self.mode = make_mode(acfg.dagger.mode)
-        horizon = self.model_cfg.action_head.action_horizon
+        self.actor_id = f"actor-{actor_index}"
+        self.scene = ScenePolicy(cfg, self.env, on_plan=INFERENCE_SECONDS.labels(self.actor_id).observe)
+        horizon = self.scene.horizon
         groups = dict(self.layout.action) if self.layout is not None else None
         self.operators = {agent: make_operator(acfg.dagger, self.expert, agent, horizon=horizon,
                                                execute_steps=acfg.execute_steps, action_groups=groups)
@@ -134,16 +131,9 @@ class EnvActor:
         self.bridge = None if acfg.robot == "sim" else BridgeConnection(
             RobotClient.from_config(cfg.bridge, bridge_target), self.actor_id, self.embodiment,
             acfg.execute_steps, cfg.bridge.reconnect_timeout_s)
-        actor_seed = cfg.run.seed * 1000 + actor_index
-        self.model = DualSystemPolicy(self.model_cfg).eval()
-        processor = Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir)
-        # One policy per robot of the scene (own System 2 cache and noise), sharing the model.
-        self.policies = {agent: Policy(self.model, processor, num_inference_steps=cfg.model.num_inference_steps,
-                                       system2_every=cfg.model.system2_every)
-                         for agent in self.env.possible_agents}
         self.replay = ReplayClient(redis_url, **cfg.replay.client_options())
         self.rng = np.random.default_rng([cfg.run.seed, actor_index])
-        self.seed_base = actor_seed * 100_000  # episode i of this actor resets its env with seed_base + i
+        self.seed_base = cfg.actor_seed_base(actor_index)  # episode i resets its env from seed_base + i
         self.audit_path = Path(audit_dir) / f"{self.actor_id}.jsonl"
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.replay, self.actor_id, self.audit_path, acfg.replay_retry_s,
@@ -152,8 +142,6 @@ class EnvActor:
         self.episode_count = sum(len(ids) for ids in read_audit(self.audit_path).values())
         self.labels = (self.actor_id, acfg.env, self.embodiment)
         self.versions_applied: list[int] = []
-        self._published_dtypes: dict[str, torch.dtype] = {}
-        self._lock = threading.Lock()
         port = cfg.metrics.actor_base_port and cfg.metrics.actor_base_port + actor_index * cfg.metrics.actor_port_stride
         self._metrics_server, _ = prom.start_http_server(port, addr=cfg.metrics.host)
         self.metrics_port = self._metrics_server.server_port
@@ -165,40 +153,23 @@ class EnvActor:
     # -- weights ---------------------------------------------------------------------------
     def _apply_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
         """Swap a fully received, verified version in (never while a chunk is being planned)."""
-        with self._lock:
-            self.model.load_state_dict(tensors, strict=True)
-            self.versions_applied.append(version)
-            self._published_dtypes = {name: tensor.dtype for name, tensor in tensors.items()}
+        self.scene.load(tensors, version)
+        self.versions_applied.append(version)
         WEIGHTS_VERSION.labels(self.actor_id).set(version)
         log.info("%s applied weights version %d", self.actor_id, version)
 
     def weights_digest(self) -> tuple[int, str]:
         """The applied version and ``tensors_digest`` of the weights the policy runs now, in the
         dtypes they were published in (exact: a model in a wider dtype casts back losslessly)."""
-        with self._lock:
-            state = self.model.state_dict()
-            return self.version, tensors_digest({name: state[name].to(dtype)
-                                                 for name, dtype in self._published_dtypes.items()})
+        return self.scene.digest()
 
     @property
     def version(self) -> int:
-        return self.versions_applied[-1] if self.versions_applied else 0
+        return self.scene.version
 
     def wait_for_version(self, version: int, timeout_s: float) -> bool:
         """Block until a version >= ``version`` is applied; False on timeout."""
         return self.subscriber.wait_for_version(version, timeout_s)
-
-    def _plan(self, policy: Policy, image: np.ndarray, state: np.ndarray, instruction: str) -> np.ndarray:
-        start = time.perf_counter()
-        with self._lock:
-            chunk = policy.act({"image": image, "state": state, "instruction": instruction,
-                                     "embodiment_id": self.embodiment_id})
-        INFERENCE_SECONDS.labels(self.actor_id).observe(time.perf_counter() - start)
-        if self.layout is not None and chunk.shape[-1] != self.env.action_dim:
-            # The model drives part of the robot (GR-1: arms and hands); the other joints hold
-            # their current positions (the GR-1 state is its joint positions, in action order).
-            chunk = self.layout.scatter("action", chunk, state[: self.env.action_dim])
-        return chunk
 
     # -- episodes --------------------------------------------------------------------------
     def _episode(self, *, use_policy: bool, frame_every: int, seed: int | None = None, beta: float = 0.0,
@@ -213,16 +184,15 @@ class EnvActor:
         if seed is None:
             seed = self.seed_base + self.episode_count
             self.episode_count += 1
-        for k, policy in enumerate(self.policies.values()):
-            policy.reset(seed=seed * len(self.policies) + k)  # the same episode seed, the same noise
-        plans = {agent: functools.partial(self._plan, policy) for agent, policy in self.policies.items()}
+        self.scene.reset(seed)  # the same episode seed, the same noise
+        plans = self.scene.plans()
         try:
             if self.bridge is not None and use_policy:  # the bridge's operator gates; evaluations it watches
                 trajs = {self.bridge.robot_id: self.bridge.episode(next(iter(plans.values())), seed=seed,
                                                                    evaluation=not training)}
             else:
                 trajs = run_episodes(self.env, self.expert, plans if use_policy else None,
-                                     horizon=self.model_cfg.action_head.action_horizon,
+                                     horizon=self.scene.horizon,
                                      execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every,
                                      rng=self.rng, seed=seed, mode=self.mode if training else None, beta=beta,
                                      operators=self.operators if (training or watch) else None, watch=watch,

@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from improvement import ARMS, mcnemar_exact, wilson
+from improvement import ARMS
+
+from fleetloop.stats import mcnemar_exact, wilson
 
 CONFIG_KEYS = ("mode", "state_includes_object_pose", "n_demos", "bc_steps", "steps_per_round", "rounds",
                "dagger_episodes_per_round", "batch_size", "lr", "lr_restart", "refit_normalization", "gate",

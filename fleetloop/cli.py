@@ -28,6 +28,7 @@ and DAgger corrections flow back into the replay.
 commands:
   up              run the local continual-improvement loop (embedded Valkey, Ray, learner, actors)
   learner         run the learner role alone: DeepSpeed ranks training from the replay, WeightService
+  eval            evaluate a policy file or a run's checkpoints on fixed seeds (success, 95 % interval, PNG)
   config show     print the validated configuration (with --describe: every field explained)
   replay stats    show episodes and steps per replay table
   ingest          load a LeRobot/GR00T dataset into a replay table
@@ -94,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--ranks", type=int, default=1, metavar="N",
                          help="data-parallel ranks to start as Ray Train workers (default: 1, this process)")
     learner.add_argument("--summary-json", metavar="PATH", type=Path, help="also write the final status here")
+
+    evaluate = commands.add_parser(
+        "eval", parents=[state], help="evaluate a policy file or a run's checkpoints on fixed seeds",
+        description="Run policy-only episodes of actors.env on the seeds evaluator.seed_base + i (the same scenes "
+                    "and noise for every policy: paired) and report the success rate with a Wilson 95 % interval. "
+                    "TARGET is a policy file or a run directory (its newest checkpoint; --all: every kept one). "
+                    "Without --config the run's config.yaml is used. Results are merged into evaluations.json and "
+                    "plots/evaluations.png of --run-dir (default: TARGET's run directory, else runs/eval-<time>).")
+    evaluate.add_argument("target", type=Path, metavar="CHECKPOINT|RUN_DIR",
+                          help="a policy .safetensors file, or a run directory holding checkpoints/")
+    evaluate.add_argument("--episodes", type=int, metavar="N", help="episodes per policy (default: evaluator.episodes)")
+    evaluate.add_argument("--all", action="store_true", dest="every",
+                          help="RUN_DIR: evaluate every kept checkpoint (a curve), not only the newest")
+    evaluate.add_argument("--json", action="store_true", help="print the evaluations as JSON")
 
     config = commands.add_parser("config", help="inspect the configuration",
                                  description="Inspect the configuration.")
@@ -240,6 +255,34 @@ def _cmd_learner(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
         resumed = "" if status["resumed_from_step"] is None else f" (resumed at step {status['resumed_from_step']})"
         print(f"learner stopped at step {status['step']}{resumed}: weights version {status['version']}, "
               f"{status['world_size']} rank(s), last loss {status['loss']:.4f}", file=sys.stderr)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
+    from fleetloop.evaluate import policy_files, run_eval, run_root_of
+    from fleetloop.rundir import log_to_file
+
+    if args.episodes is not None and args.episodes < 1:
+        raise ConfigError(f"--episodes: expected at least 1, got {args.episodes}")
+    files = policy_files(args.target, every=args.every)
+    out = Path(args.run_dir or run_root_of(args.target) or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    log_to_file(out / "logs", "eval")
+    episodes = args.episodes or cfg.evaluator.episodes
+    with tqdm(total=episodes * len(files), desc="eval", unit="episode") as bar:
+        def advance(name: str, success: bool) -> None:
+            bar.set_postfix_str(name)
+            bar.update()
+
+        results = run_eval(cfg, files, out, episodes=args.episodes, on_episode=advance)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in results:
+        step = "" if r["step"] is None else f" (step {r['step']})"
+        print(f"{Path(r['policy']).name}{step}: {r['successes']}/{r['episodes']} = {r['success_rate']:.2f} "
+              f"(95 % CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}) on {r['env']}, seeds from {r['seed_base']}",
+              file=sys.stderr)
+    print(f"evaluations in {out / 'evaluations.json'}, plot {out / 'plots' / 'evaluations.png'}", file=sys.stderr)
     return 0
 
 
@@ -406,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the console stays at warnings when run logs go to a file at INFO
         handler.setLevel(logging.WARNING)
-    handlers = {"up": _cmd_up, "learner": _cmd_learner, "config": _cmd_config_show, "replay": _cmd_replay_stats, "ingest": _cmd_ingest,
+    handlers = {"up": _cmd_up, "learner": _cmd_learner, "eval": _cmd_eval, "config": _cmd_config_show, "replay": _cmd_replay_stats, "ingest": _cmd_ingest,
                 "export": _cmd_export, "model": _cmd_model, "robot-bridge": _cmd_robot_bridge}
     try:
         cfg = load_config(_config_source(args), getattr(args, "overrides", []))
@@ -425,11 +468,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config_source(args: argparse.Namespace) -> list[str] | None:
-    """--config (each, in order), else (when resuming) the run directory's saved config.yaml, else the
-    default preset."""
+    """--config (each, in order), else (when resuming) the run directory's saved config.yaml, else
+    (eval) the config.yaml of TARGET's run, else the default preset."""
     config = getattr(args, "config", None)
-    if config is None and getattr(args, "resume", False) and args.run_dir:
-        saved = Path(args.run_dir) / "config.yaml"
+    run_dir = args.run_dir if getattr(args, "resume", False) else None
+    if args.command == "eval":
+        from fleetloop.evaluate import run_root_of
+
+        run_dir = run_root_of(args.target)
+    if config is None and run_dir:
+        saved = Path(run_dir) / "config.yaml"
         if saved.is_file():
             return [str(saved)]
     return config
@@ -442,10 +490,11 @@ def _operator_errors() -> tuple[type[Exception], ...]:
     from fleetloop.learner.role import LearnerRoleError
     from fleetloop.replay.errors import ReplayError
     from fleetloop.replay.lerobot import DatasetError
+    from fleetloop.actors.evaluator import EvaluationError
     from fleetloop.system.errors import CheckpointMismatchError
 
     return (LaunchError, ResumeError, LearnerRoleError, ReplayError, DatasetError, CheckpointMismatchError,
-            FileNotFoundError, ValueError)
+            EvaluationError, FileNotFoundError, ValueError)
 
 
 if __name__ == "__main__":

@@ -422,6 +422,19 @@ class ActorsSection(_Section):
         return self
 
 
+SEEDS_PER_ACTOR = 100_000
+"""Episode seeds each actor draws from its own sequence (``FleetloopConfig.actor_seed_base``)."""
+
+
+class EvaluatorSection(_Section):
+    episodes: int = Field(20, ge=1, description="Policy-only episodes per evaluation (`fleetloop eval`): success "
+                                                "with a Wilson 95 % interval.")
+    seed_base: int = Field(2_000_000_000, ge=0,
+                           description="Evaluation episode i resets its env (and seeds the policy's noise) with "
+                                       "seed_base + i: every policy is evaluated on the same scenes (paired). Keep it "
+                                       "away from the actors' own seeds, which train on their scenes.")
+
+
 class MetricsSection(_Section):
     host: str = Field("127.0.0.1", description="Bind address of every /metrics endpoint.")
     learner_port: int = Field(9400, ge=0, le=65535, description="Learner /metrics port (0 = any free port).")
@@ -440,6 +453,7 @@ class FleetloopConfig(_Section):
     weights: WeightsSection = Field(default_factory=WeightsSection)
     bridge: BridgeSection = Field(default_factory=BridgeSection)
     actors: ActorsSection = Field(default_factory=ActorsSection)
+    evaluator: EvaluatorSection = Field(default_factory=EvaluatorSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     @model_validator(mode="after")
@@ -454,7 +468,18 @@ class FleetloopConfig(_Section):
             raise ValueError(f"metrics.actor_port_stride=0 gives all {self.actors.num_actors} actors port "
                              f"{self.metrics.actor_base_port}, but run.ray_address=local runs them on one machine; "
                              "use a stride >= 1 or actor_base_port=0")
+        trained = range(self.actor_seed_base(0), self.actor_seed_base(self.actors.num_actors))
+        evaluated = range(self.evaluator.seed_base, self.evaluator.seed_base + self.evaluator.episodes)
+        if max(trained.start, evaluated.start) < min(trained.stop, evaluated.stop):
+            raise ValueError(f"evaluator.seed_base: evaluation seeds [{evaluated.start}, {evaluated.stop}) overlap the "
+                             f"actors' own seeds [{trained.start}, {trained.stop}) of run.seed {self.run.seed}, whose "
+                             "scenes they train on; choose a seed_base outside that range")
         return self
+
+    def actor_seed_base(self, actor_index: int) -> int:
+        """First episode seed of actor ``actor_index``'s own sequence (its demonstrations and every
+        episode without a fixed seed base): episode i resets from this + i."""
+        return (self.run.seed * 1000 + actor_index) * SEEDS_PER_ACTOR
 
     @property
     def total_learner_steps(self) -> int:

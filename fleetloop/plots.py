@@ -27,3 +27,28 @@ def plot_learning_curves(rounds: list[dict[str, Any]], path: Path) -> Path | Non
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_evaluations(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Success rate with its Wilson 95 % interval per evaluation (``fleetloop eval``): against the
+    learner step when every record has one, else one row per policy; nothing for no records."""
+    if not records:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rates = [r["success_rate"] for r in records]
+    errors = [[rate - r["ci95"][0] for rate, r in zip(rates, records)],
+              [r["ci95"][1] - rate for rate, r in zip(rates, records)]]
+    fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
+    if all(r["step"] is not None for r in records):
+        ax.errorbar([r["step"] for r in records], rates, yerr=errors, marker="o", capsize=3, color="tab:green")
+        ax.set(xlabel="learner step", ylabel="success rate", ylim=(-0.05, 1.05))
+    else:
+        names = [Path(r["policy"]).name for r in records]
+        ax.errorbar(rates, range(len(records)), xerr=errors, fmt="o", capsize=3, color="tab:green")
+        ax.set(xlabel="success rate", xlim=(-0.05, 1.05), yticks=range(len(records)), yticklabels=names)
+    episodes = sorted({r["episodes"] for r in records})
+    ax.set_title(f"success on fixed seeds ({'/'.join(map(str, episodes))} episodes, Wilson 95 %)")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -21,7 +21,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-STATEFUL_COMMANDS = (["up"], ["learner"], ["config", "show"], ["replay", "stats"], ["ingest"], ["export"])
+STATEFUL_COMMANDS = (["up"], ["learner"], ["eval"], ["config", "show"], ["replay", "stats"], ["ingest"], ["export"])
 
 
 @pytest.mark.parametrize("command", [[], ["config"], ["replay"], ["model"], ["model", "convert-gr00t"],

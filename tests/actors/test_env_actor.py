@@ -84,7 +84,7 @@ def test_the_policy_runs_the_weights_it_was_sent(actor, publisher):
     publisher.publish(weights)
     assert actor.wait_for_version(1, timeout_s=30)
     for name, tensor in weights.items():
-        assert torch.equal(actor.model.state_dict()[name], tensor), name
+        assert torch.equal(actor.scene.model.state_dict()[name], tensor), name
 
 
 HG_DAGGER = ["actors.dagger.mode=hg-dagger", "actors.dagger.gate={kind: joint, default_threshold: 0.05, patience: 1}"]
@@ -170,7 +170,7 @@ def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher,
 def test_an_actor_discards_episodes_its_policy_broke_and_carries_on(actor, publisher, client):
     publisher, _ = publisher
     publisher.publish(policy_weights(0))
-    actor._plan = lambda policy, image, state, instruction: np.full((16, 2), np.nan, dtype=np.float32)
+    actor.scene._plan = lambda policy, image, state, instruction: np.full((16, 2), np.nan, dtype=np.float32)
     result = actor.run_round(0, min_version=1, timeout_s=30)
     assert result["discarded"] == 2 and result["success_rate"] == 0.0
     assert client.episode_ids("rollouts") == [] and client.episode_ids("corrections") == []

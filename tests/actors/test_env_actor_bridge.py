@@ -73,7 +73,7 @@ def test_a_lost_bridge_discards_the_episode_and_the_actor_carries_on(valkey, pub
     actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"), bridge_target=f"127.0.0.1:{port}")
     discarded = discarded_for_bridge()
     reconnects = metric("fleetloop_actor_bridge_reconnects_total", actor="actor-0")
-    plan, plans = actor._plan, []
+    plan, plans = actor.scene._plan, []
 
     def plan_then_lose_the_bridge(policy, image, state, instruction):
         plans.append(state)
@@ -87,7 +87,7 @@ def test_a_lost_bridge_discards_the_episode_and_the_actor_carries_on(valkey, pub
             time.sleep(0.05)
         servers.append(twin(cfg, port))  # back on the same port
 
-    actor._plan = plan_then_lose_the_bridge
+    actor.scene._plan = plan_then_lose_the_bridge
     restarter = threading.Thread(target=restart_once_discarded, daemon=True)
     restarter.start()
     try:
