@@ -255,12 +255,13 @@ class EnvActor:
             episodes, successes, discarded, expert_steps (steps the expert or operator drove),
             steps, intervention_rate, expert_label_rows (the expert effort of what was written:
             ``expert_effort``), takeovers (count, lengths, endings, subgoals), skipped (takeovers not trained
-            on: capped, or the expert could no longer plan).
+            on: capped, or the expert could no longer plan), unflagged_failures (failed episodes in which
+            nobody took over: failures the gate did not see).
         """
         dcfg = self.cfg.actors.dagger
         beta = self.mode.beta(dcfg.beta_start, dcfg.beta_decay, round_index)
         totals = {"episodes": 0, "successes": 0, "discarded": 0, "expert_steps": 0, "steps": 0,
-                  "expert_label_rows": 0, "written": 0}
+                  "expert_label_rows": 0, "written": 0, "unflagged_failures": 0}
         takeovers: list[Takeover] = []
         for seed in seeds:
             trajs, version = self._episode(use_policy=True, frame_every=self.cfg.actors.execute_steps, seed=seed,
@@ -277,7 +278,9 @@ class EnvActor:
                     written = self._write_trajectory(traj, version)
                     totals["written"] += len(written)
                     totals["expert_label_rows"] += expert_effort(traj, written)
-            totals["successes"] += all(traj.success for traj in trajs.values())
+            success = all(traj.success for traj in trajs.values())
+            totals["successes"] += success
+            totals["unflagged_failures"] += not success and not any(traj.takeovers for traj in trajs.values())
         skipped = sum(t.skipped for t in takeovers)
         for ending, count in Counter(t.ended_by for t in takeovers if t.skipped).items():
             SKIPPED_SEGMENTS.labels(self.actor_id, "takeover_cap" if ending == "cap" else ending).inc(count)

@@ -223,7 +223,8 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
                 label_rows += collected["expert_label_rows"]
                 to_c2.put({"round": r, "expert_label_rows": label_rows})
                 record.update({key: collected[key] for key in ("expert_label_rows", "takeovers", "takeover_endings",
-                                                               "takeover_subgoals", "skipped", "written")})
+                                                               "takeover_subgoals", "skipped", "written",
+                                                               "unflagged_failures")})
                 record["dagger_successes"] = collected["successes"]
                 record["dagger_intervention_rate"] = round(collected["intervention_rate"], 4)
                 lengths = collected["takeover_steps"]

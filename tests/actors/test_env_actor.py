@@ -111,6 +111,25 @@ def test_hg_dagger_round_writes_labelled_takeovers_and_the_decisions_before_them
     assert f'fleetloop_actor_skipped_segments_total{{actor="actor-0",reason="takeover_cap"}} {result["skipped"]}.0' in body
 
 
+@pytest.mark.parametrize("threshold", [0.05, 100.0])
+def test_failures_nobody_took_over_are_counted_as_unflagged(valkey, publisher, tmp_path, threshold):
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, *HG_DAGGER, "actors.dagger_episodes_per_round=3",
+                                f"actors.dagger.gate={{kind: joint, default_threshold: {threshold}, patience: 1}}"])
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    try:
+        publisher.publish(policy_weights(0))  # untrained: it fails unless the operator steps in
+        assert actor.wait_for_version(1, timeout_s=30)
+        result = actor.dagger_episodes(0, [None, None, None])
+    finally:
+        actor.close()
+    failures = result["episodes"] - result["successes"]
+    if threshold > 1:  # a gate that never fires: every failure went unseen
+        assert result["takeovers"] == 0 and failures > 0 and result["unflagged_failures"] == failures
+    else:  # it fires at the first plan of every episode: none went unseen
+        assert result["takeovers"] >= 3 and result["unflagged_failures"] == 0
+
+
 def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, client, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER,
