@@ -18,7 +18,8 @@ in MuJoCo, with the scripted expert as the operator. Protocol (docs/improvement.
    the same denoising noise (paired). Success rates carry Wilson 95 % intervals; D against C1 and
    C2 an exact McNemar test. D's round-0 evaluation (the shared checkpoint) is watched by the gate
    with recovery probes: ``gate_recall`` is the share of failures it flagged while the expert
-   could still finish. The intervention rate of each of D's policies is measured on a fixed probe
+   could still finish; ``gate_flags_final`` the same for D's final policy (watching changes no
+   outcome: nobody takes over). The intervention rate of each of D's policies is measured on a fixed probe
    set of gated episodes that are not written.
 
 Logs go to stderr; the last stdout line is one JSON object.
@@ -213,7 +214,7 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
         rounds, label_rows = [], 0
         for r in range(args.rounds + 1):
             record: dict[str, Any] = {"round": r}
-            watch = {"watch": True, "probe_recovery": True} if r == 0 else {}
+            watch = {"watch": True, "probe_recovery": True} if r in (0, args.rounds) else {}
             record.update(arm.evaluate(args.eval_episodes, **watch))
             record["intervention_rate"] = arm.probe(r, args.probe_episodes)
             if r < args.rounds:
@@ -388,6 +389,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
                                    "equal_expert": effort_return(c2["success_rate"], c2["expert_steps"])},
         "gate_recall": gate_recall(base["gate"])["recall"],
         "gate_flags": gate_recall(base["gate"]),
+        "gate_flags_final": gate_recall(final["gate"]),
         "bc_curve": bc["curve"],
         "bc_seconds": bc["seconds"],
         "state_includes_object_pose": not args.images_only,

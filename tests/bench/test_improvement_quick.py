@@ -55,8 +55,9 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
         result["per_round"][-1]["successes"], equal_steps["successes"], equal_expert["successes"]]
     assert all(len(o) == episodes and set(o) <= {"0", "1"} for o in outcomes.values())
     assert all(0.0 < p <= 1.0 for p in result["mcnemar_p"].values())
-    flags = result["gate_flags"]
-    assert flags["failures"] + flags["successes"] == episodes
+    for flags, successes in ((result["gate_flags"], result["per_round"][0]["successes"]),
+                             (result["gate_flags_final"], result["per_round"][-1]["successes"])):
+        assert flags["successes"] == successes and flags["failures"] + flags["successes"] == episodes
     assert result["gate_recall"] is None or 0.0 <= result["gate_recall"] <= 1.0
     assert [point["step"] for point in result["bc_curve"]] == [2, 4, 6, 8]
     assert result["demo_successes"] == result["n_demos"], "the expert's demonstrations succeed"
