@@ -54,8 +54,13 @@ def load_run(path: Path) -> dict[str, Any]:
 
 
 def parameter(run: dict[str, Any], key: str) -> Any:
-    """A run's parameter ``key``, or what it was before the bench reported it."""
-    return run.get(key, LATER_KEYS.get(key))
+    """A run's parameter ``key``, or what it was before the bench reported it; ``correction_share``
+    as one share per round (a run may give one share, or fewer than its rounds: the last repeats)."""
+    value = run.get(key, LATER_KEYS.get(key))
+    if key == "correction_share" and value is not None:
+        shares = value if isinstance(value, list) else [value]
+        value = shares + shares[-1:] * (run.get("rounds", len(shares)) - len(shares))
+    return value
 
 
 def check_replicates(paths: list[Path], runs: list[dict[str, Any]]) -> None:

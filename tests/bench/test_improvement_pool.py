@@ -50,6 +50,16 @@ def test_runs_of_different_configurations_are_refused(tmp_path):
     assert "b.json differs from" in done.stderr and "in correction_share" in done.stderr
 
 
+def test_correction_shares_compare_round_by_round(tmp_path):
+    flat = run_file(tmp_path, "a.json", "1101", "0100", "1100", rounds=3, correction_share=0.75)
+    listed = run_file(tmp_path, "b.json", "1110", "0010", "0111", rounds=3, correction_share=[0.75, 0.75, 0.75])
+    assert pool(flat, listed).returncode == 0, "one share is that share every round"
+    ramp = run_file(tmp_path, "c.json", "1101", "0101", "1100", rounds=3, correction_share=[0.5, 0.75])
+    spelled = run_file(tmp_path, "d.json", "1110", "0011", "0111", rounds=3, correction_share=[0.5, 0.75, 0.75])
+    assert pool(ramp, spelled).returncode == 0, "the last share repeats in later rounds"
+    assert "in correction_share" in pool(ramp, flat).stderr
+
+
 def test_a_parameter_reported_only_by_later_runs_counts_as_its_earlier_value(tmp_path):
     before = run_file(tmp_path, "a.json", "1101", "0100", "1100")
     later = run_file(tmp_path, "b.json", "1110", "0010", "0111", hand_back=["subgoal", "agreement"])
