@@ -6,21 +6,28 @@ Every policy evaluated sees the same scenes and the same denoising noise (``Scen
 evaluations are a paired comparison, and the evaluator's episode on a seed is the env actor's
 evaluation episode on that seed with the same weights. Its figure is the success rate with a
 Wilson 95 % interval; an episode the policy's output made unusable counts as a failure.
+
+``EvaluatorRole`` is the evaluator of the loop (a Ray actor): it follows the learner's
+WeightService like an env actor, but holds the newest version it received aside and loads it
+only when asked to evaluate, so one evaluation runs one version throughout.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import prometheus_client as prom
 import torch
 
 from fleetloop.actors.envs import env_options, make_env
 from fleetloop.actors.rollout import PolicyOutputError, run_episodes
 from fleetloop.actors.scene_policy import ScenePolicy
+from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.stats import wilson
 from fleetloop.system.checkpoint import load_policy
 
@@ -101,3 +108,64 @@ class Evaluator:
 
     def close(self) -> None:
         self.env.close()
+
+
+SUCCESS_RATE = prom.Gauge("fleetloop_evaluator_success_rate",
+                          "Success rate of the latest evaluated weight version on the evaluator's fixed seeds.")
+SUCCESS_CI = prom.Gauge("fleetloop_evaluator_success_ci95", "Wilson 95 % interval of that success rate.", ["bound"])
+EVALUATED_VERSION = prom.Gauge("fleetloop_evaluator_version", "Weight version of the latest evaluation.")
+EPISODES = prom.Counter("fleetloop_evaluator_episodes_total", "Evaluation episodes run.")
+EVALUATION_SECONDS = prom.Gauge("fleetloop_evaluator_evaluation_seconds", "Wall time of the latest evaluation.")
+
+
+class EvaluatorRole:
+    """The loop's evaluator: evaluates the weight versions it is asked for (``evaluate_version``).
+
+    Args:
+        cfg: the run configuration (its ``evaluator`` section sets episodes and seeds).
+        weights_target: ``host:port`` of the learner's WeightService.
+    """
+
+    def __init__(self, cfg: "FleetloopConfig", weights_target: str):
+        self.evaluator = Evaluator(cfg)
+        self._received: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._lock = threading.Lock()
+        self._metrics_server, _ = prom.start_http_server(cfg.metrics.evaluator_port, addr=cfg.metrics.host)
+        self.metrics = f"http://{cfg.metrics.host}:{self._metrics_server.server_port}/metrics"
+        tls, token = cfg.weights.credentials()
+        self.subscriber = WeightSubscriber(weights_target, "evaluator", on_version=self._receive, tls=tls, token=token)
+        self.subscriber.start()
+
+    def _receive(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
+        with self._lock:
+            self._received = (version, tensors)
+
+    def evaluate_version(self, version: int, step: int | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Evaluate the newest version received once one >= ``version`` has arrived; returns the
+        evaluation (``Evaluation.to_dict``) with its ``version``.
+
+        Raises:
+            TimeoutError: no such version arrived within ``timeout_s``.
+        """
+        if not self.subscriber.wait_for_version(version, timeout_s):
+            raise TimeoutError(f"evaluator: weights version {version} not received within {timeout_s:.0f} s")
+        with self._lock:
+            received, tensors = self._received
+        self.evaluator.scene.load(tensors, received)
+        evaluation = self.evaluator.evaluate(f"version {received}", step=step if received == version else None)
+        record = {**evaluation.to_dict(), "version": received}
+        SUCCESS_RATE.set(record["success_rate"])
+        for bound, value in zip(("low", "high"), record["ci95"]):
+            SUCCESS_CI.labels(bound).set(value)
+        EVALUATED_VERSION.set(received)
+        EPISODES.inc(record["episodes"])
+        EVALUATION_SECONDS.set(record["seconds"])
+        return record
+
+    def status(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "version": self.subscriber.applied_version}
+
+    def close(self) -> None:
+        self.subscriber.stop()
+        self._metrics_server.shutdown()
+        self.evaluator.close()

@@ -427,6 +427,9 @@ SEEDS_PER_ACTOR = 100_000
 
 
 class EvaluatorSection(_Section):
+    enabled: bool = Field(True, description="`fleetloop up` runs the evaluator role: each round's published version "
+                                            "is evaluated on the fixed seeds below (evaluations.json, "
+                                            "success_by_version, fleetloop_evaluator_* metrics).")
     episodes: int = Field(20, ge=1, description="Policy-only episodes per evaluation (`fleetloop eval`): success "
                                                 "with a Wilson 95 % interval.")
     seed_base: int = Field(2_000_000_000, ge=0,
@@ -439,6 +442,7 @@ class MetricsSection(_Section):
     host: str = Field("127.0.0.1", description="Bind address of every /metrics endpoint.")
     learner_port: int = Field(9400, ge=0, le=65535, description="Learner /metrics port (0 = any free port).")
     replay_port: int = Field(9401, ge=0, le=65535, description="Replay /metrics port (0 = any free port).")
+    evaluator_port: int = Field(9402, ge=0, le=65535, description="Evaluator /metrics port (0 = any free port).")
     actor_base_port: int = Field(9410, ge=0, le=65535, description="Actor i serves /metrics on base + i * actor_port_stride (0 = any free port).")
     actor_port_stride: int = Field(1, ge=0, le=64, description="Port step between actors; 0 gives every actor the base port (one actor per host or pod, as on Kubernetes).")
 

@@ -30,7 +30,8 @@ import prometheus_client as prom
 from tqdm import tqdm
 
 from fleetloop.config import FleetloopConfig
-from fleetloop.plots import plot_learning_curves
+from fleetloop.evaluate import EVALUATIONS_FILE, merge_evaluations
+from fleetloop.plots import plot_evaluations, plot_learning_curves
 from fleetloop.replay import EmbeddedValkey, ReplayClient, ReplayCollector
 from fleetloop.rundir import LOG_DIR_ENV, RunDir, log_to_file
 
@@ -85,6 +86,8 @@ def check_ports_free(cfg: FleetloopConfig) -> None:
     if cfg.run.ray_address == "local":
         wanted += [("weights.port", cfg.weights.host, cfg.weights.port),
                    ("metrics.learner_port", cfg.metrics.host, cfg.metrics.learner_port)]
+        if cfg.evaluator.enabled:
+            wanted.append(("metrics.evaluator_port", cfg.metrics.host, cfg.metrics.evaluator_port))
         if cfg.metrics.actor_base_port:
             stride = cfg.metrics.actor_port_stride
             wanted += [(f"metrics.actor_base_port (+{i * stride})", cfg.metrics.host,
@@ -208,6 +211,8 @@ class Loop:
         self._stack = contextlib.ExitStack()
         self.learner = None
         self.actors: list = []
+        self.evaluator = None
+        """evaluator.enabled: the evaluator role (actors/evaluator.py)."""
         self.bridge_targets: list[str] = []
         """actors.robot=bridge: the robot bridge of each actor."""
 
@@ -215,6 +220,7 @@ class Loop:
         import ray
 
         from fleetloop.actors.env_actor import EnvActor
+        from fleetloop.actors.evaluator import EvaluatorRole
         from fleetloop.learner.learner import Learner
 
         check_ports_free(self.cfg)
@@ -271,6 +277,10 @@ class Loop:
                                         self.bridge_targets[i] if self.bridge_targets else None)
                        for i in range(n)]
         self.actor_status = _ray_call([a.status.remote() for a in self.actors], "starting the actors")
+        if self.cfg.evaluator.enabled:
+            evaluator_cls = ray.remote(num_cpus=1, max_restarts=restarts, max_task_retries=restarts)(EvaluatorRole)
+            self.evaluator = evaluator_cls.remote(self.cfg, self.endpoints["weights"])
+            self.evaluator_status = _ray_call(self.evaluator.status.remote(), "starting the evaluator")
 
     def seed_pretrain(self) -> None:
         existing = self.replay.table_stats().get("pretrain", {}).get("episodes", 0)
@@ -314,6 +324,20 @@ class Loop:
         episodes = sum(r["eval_episodes"] for r in results)
         return {"success_rate": sum(r["eval_successes"] for r in results) / episodes, "actors": results}
 
+    def start_evaluation(self, version: int, step: int):
+        """Ask the evaluator role to evaluate ``version`` (it runs beside the rollouts); a Ray ref,
+        or None without an evaluator."""
+        return self.evaluator.evaluate_version.remote(version, step, WEIGHTS_WAIT_S) if self.evaluator else None
+
+    def finish_evaluation(self, ref) -> dict[str, Any] | None:
+        """Wait for an evaluation started by ``start_evaluation`` and merge it into the run's
+        ``evaluations.json``; returns it (None for no ref)."""
+        if ref is None:
+            return None
+        evaluation = _ray_call(ref, "evaluating the weights")
+        merge_evaluations(self.run.root / EVALUATIONS_FILE, [evaluation])
+        return evaluation
+
     def verify_weights(self, version: int) -> None:
         """Check that every actor runs exactly the weights the learner published as its version,
         bit for bit (digests computed on each side, independently of the wire's checksums).
@@ -352,6 +376,15 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 ROUNDS_FILE = "rounds.json"
+EVALUATION_KEYS = ("version", "step", "episodes", "successes", "success_rate", "ci95")
+"""What each round's record (rounds.json) keeps of its evaluation; evaluations.json keeps all of it."""
+
+
+def _evaluations(run: RunDir) -> list[dict[str, Any]]:
+    """The evaluator's records of this run's versions (evaluations.json, written as rounds finish)."""
+    path = run.root / EVALUATIONS_FILE
+    records = json.loads(path.read_text()) if path.is_file() else []
+    return [r for r in records if r.get("version") is not None]
 
 
 def _finished_rounds(run: RunDir, learner_step: int) -> list[dict[str, Any]]:
@@ -382,17 +415,23 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
             if r and cfg.learner.refit_normalization:
                 _ray_call(loop.learner.fit_mixture_normalization.remote(), "refitting normalisation")
             trained = loop.train_round(r)
+            evaluating = loop.start_evaluation(trained["version"], trained["step"])
             rolled = loop.rollout_round(r, trained["version"])
-            rounds.append({"round": r, **trained, **rolled})
+            evaluation = loop.finish_evaluation(evaluating)
+            rounds.append({"round": r, **trained, **rolled,
+                           "evaluation": evaluation and {k: evaluation[k] for k in EVALUATION_KEYS}})
             (run.root / ROUNDS_FILE).write_text(json.dumps(rounds, indent=1))
+            evaluated = "" if evaluation is None else \
+                f"  evaluator {evaluation['success_rate']:.2f} ({evaluation['ci95'][0]:.2f}-{evaluation['ci95'][1]:.2f})"
             tqdm.write(f"round {r}: loss {trained['loss']:.4f}  weights v{trained['version']}  "
-                       f"success rate {rolled['success_rate']:.2f}")
+                       f"success rate {rolled['success_rate']:.2f}{evaluated}")
         checkpoint = _ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
         statuses = _ray_call([a.status.remote() for a in loop.actors], "reading actor status")
         summary = _summary(loop, statuses, rounds, checkpoint, start)
     finally:
         loop.close()
     plot_learning_curves(rounds, run.plots / "learning_curves.png")
+    plot_evaluations(_evaluations(run), run.plots / "evaluations.png")
     # The audit trail of acknowledged writes: actor -> table -> episode ids.
     (run.root / "episodes_written.json").write_text(json.dumps({s["actor"]: s["written"] for s in statuses}, indent=1))
     text = json.dumps(summary, indent=2)
@@ -424,10 +463,12 @@ def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, 
         "episodes_reported_by_actors": reported,
         "corrections": stats.get("corrections", {}).get("episodes", 0),
         "success_rate_by_round": [r["success_rate"] for r in rounds],
+        "success_by_version": {str(r["version"]): r["success_rate"] for r in _evaluations(loop.run)},
         "loss_by_round": [r["loss"] for r in rounds],
         "robot_bridges": loop.bridge_targets,
         "metrics_endpoints": {"learner": learner["metrics"], "replay": loop.replay_metrics,
-                              **{s["actor"]: s["metrics"] for s in statuses}},
+                              **{s["actor"]: s["metrics"] for s in statuses},
+                              **({"evaluator": loop.evaluator_status["metrics"]} if loop.evaluator else {})},
         "checkpoint": checkpoint,
         "wall_seconds": round(time.time() - start, 1),
     }

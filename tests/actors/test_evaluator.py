@@ -1,17 +1,19 @@
 """The Evaluator on real MuJoCo episodes: the env actor's evaluation, paired seeds, honest counts."""
 
+import urllib.request
+
 import numpy as np
 import pytest
 
 from fleetloop.actors.env_actor import EnvActor
 from fleetloop.actors.envs import make_expert
-from fleetloop.actors.evaluator import EvaluationError, Evaluator
+from fleetloop.actors.evaluator import EvaluationError, Evaluator, EvaluatorRole
 from fleetloop.config import load_config
 from fleetloop.system import DualSystemPolicy, model_preset
 from fleetloop.system.checkpoint import save_tensors
 from tests.actors.conftest import SMALL, policy_weights
 
-EVAL = [*SMALL, "evaluator.seed_base=500000", "evaluator.episodes=3"]
+EVAL = [*SMALL, "evaluator.seed_base=500000", "evaluator.episodes=3", "metrics.evaluator_port=0"]
 
 
 def policy_file(tmp_path, seed: int = 3):
@@ -89,3 +91,27 @@ def test_a_policy_of_another_architecture_is_refused_with_advice(tmp_path):
             evaluator.load_file(junk)
     finally:
         evaluator.close()
+
+
+def test_the_loops_evaluator_scores_the_version_it_was_asked_for(publisher, tmp_path):
+    publisher, target = publisher
+    cfg = load_config("smoke", EVAL)
+    role = EvaluatorRole(cfg, target)
+    standalone = Evaluator(cfg)
+    try:
+        with pytest.raises(TimeoutError, match="version 1 not received"):
+            role.evaluate_version(1, timeout_s=0.5)
+        publisher.publish(policy_weights(3))
+        record = role.evaluate_version(1, step=40)
+        standalone.load_file(policy_file(tmp_path, 3))
+        expected = standalone.evaluate("file").to_dict()
+        with urllib.request.urlopen(role.status()["metrics"], timeout=5) as response:
+            body = response.read().decode()
+    finally:
+        role.close()
+        standalone.close()
+    assert record["version"] == 1 and record["step"] == 40 and record["policy"] == "version 1"
+    assert record["outcomes"] == expected["outcomes"], "the published weights, the same seeds: the same episodes"
+    assert "fleetloop_evaluator_version 1.0" in body
+    assert f"fleetloop_evaluator_success_rate {record['success_rate']}" in body
+    assert f'fleetloop_evaluator_success_ci95{{bound="high"}} {record["ci95"][1]}' in body

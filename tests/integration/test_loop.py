@@ -66,15 +66,17 @@ def scrape(url: str) -> str | None:
 
 
 def start_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, str]]:
-    learner_port, replay_port, actor_base = free_ports(3)
+    learner_port, replay_port, actor_base, evaluator_port = free_ports(4)
     endpoints = {"learner": f"http://127.0.0.1:{learner_port}/metrics",
                  "replay": f"http://127.0.0.1:{replay_port}/metrics",
+                 "evaluator": f"http://127.0.0.1:{evaluator_port}/metrics",
                  "actor-0": f"http://127.0.0.1:{actor_base}/metrics",
                  "actor-1": f"http://127.0.0.1:{actor_base + 1}/metrics"}
     proc = subprocess.Popen(
         [FLEETLOOP, "up", "--config", "smoke", "--run-dir", str(run_dir),
          "--set", f"metrics.learner_port={learner_port}", "--set", f"metrics.replay_port={replay_port}",
-         "--set", f"metrics.actor_base_port={actor_base}", *extra],
+         "--set", f"metrics.actor_base_port={actor_base}", "--set", f"metrics.evaluator_port={evaluator_port}",
+         *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_sigint_as_in_a_terminal)
     return proc, endpoints
 
@@ -107,6 +109,7 @@ def test_short_loop_every_role_does_its_part(tmp_path):
     assert "fleetloop_learner_steps_total" in served["learner"]
     assert "fleetloop_replay_episodes" in served["replay"]
     assert "fleetloop_actor_weights_version" in served["actor-0"]
+    assert "fleetloop_evaluator_success_rate" in served["evaluator"]
 
     summary = json.loads(summary_path.read_text())
     assert summary["learner_steps"] > 0
@@ -116,6 +119,15 @@ def test_short_loop_every_role_does_its_part(tmp_path):
     assert summary["corrections"] > 0
     assert len(summary["success_rate_by_round"]) == 2
     assert set(summary["metrics_endpoints"]) == set(endpoints)
+    # The evaluator scored each round's published version on the same 2 fixed seeds.
+    rounds = json.loads((run_dir / "rounds.json").read_text())
+    evaluations = json.loads((run_dir / "evaluations.json").read_text())
+    assert [e["version"] for e in evaluations] == [r["version"] for r in rounds] == \
+        [int(v) for v in summary["success_by_version"]]
+    assert [e["step"] for e in evaluations] == [r["step"] for r in rounds]
+    assert all(e["episodes"] == 2 and e["seed_base"] == 2_000_000_000 for e in evaluations)
+    assert [r["evaluation"]["success_rate"] for r in rounds] == list(summary["success_by_version"].values())
+    assert "evaluator" in output and (run_dir / "plots" / "evaluations.png").stat().st_size > 0
     assert "success rate" in output
     assert (run_dir / "plots" / "learning_curves.png").stat().st_size > 0
     assert (run_dir / "config.yaml").exists() and (run_dir / "logs" / "fleetloop.log").exists()
