@@ -14,6 +14,7 @@ only when asked to evaluate, so one evaluation runs one version throughout.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from fleetloop.system.checkpoint import load_policy
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(ValueError):
@@ -98,7 +101,8 @@ class Evaluator:
                                      execute_steps=self.cfg.actors.execute_steps,
                                      frame_every=self.cfg.actors.execute_steps, rng=None, seed=seed)
                 outcomes.append(all(traj.success for traj in trajs.values()))
-            except PolicyOutputError:
+            except PolicyOutputError as exc:
+                log.warning("evaluation of %s: episode (seed %d) discarded, counted as a failure: %s", policy, seed, exc)
                 discarded += 1
                 outcomes.append(False)
             if on_episode is not None:
