@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 ROUNDS_WANTED = 2
 """Rounds to observe before stopping the run: the success rate is set after a round's evaluation."""
 QUERIES = {"learner loss": "fleetloop_learner_loss", "replay size": 'fleetloop_replay_episodes{table="pretrain"}',
-           "actor success rate": "fleetloop_actor_success_rate"}
+           "actor success rate": "fleetloop_actor_success_rate",
+           "evaluator success rate": "fleetloop_evaluator_success_rate"}
 SAMPLE = re.compile(r"^(\w+)(?:\{.*\})? \S+")
 TYPE = re.compile(r"^# TYPE (\w+) (\w+)")
 
@@ -110,13 +111,16 @@ def test_promql_returns_loss_replay_size_and_success_rate(observed):
     rates = {r["metric"]["actor"]: float(r["value"][1]) for r in results["actor success rate"]}
     assert set(rates) == {"actor-0", "actor-1"} and all(0 <= rate <= 1 for rate in rates.values())
     assert {r["metric"]["task"] for r in results["actor success rate"]} == {"reach"}
+    [evaluated] = results["evaluator success rate"]
+    assert 0 <= float(evaluated["value"][1]) <= 1
     down = [r["metric"] for r in observed["up"] if r["value"][1] != "1"]
-    assert len(observed["up"]) == 6 and not down, f"targets down: {down}"
+    assert len(observed["up"]) == 7 and not down, f"targets down: {down}"  # learner, replay, evaluator, 2 actors, 2 bridges
 
 
 def test_each_role_serves_its_own_metrics(observed):
     owners = {"learner": "fleetloop_learner_loss", "replay": "fleetloop_replay_episodes",
-              "actor": "fleetloop_actor_success_rate", "bridge": "fleetloop_bridge_requests_total"}
+              "actor": "fleetloop_actor_success_rate", "bridge": "fleetloop_bridge_requests_total",
+              "evaluator": "fleetloop_evaluator_success_rate"}
     for endpoint, names in observed["names"].items():
         role = endpoint.split("-")[0]
         for owner, metric in owners.items():
