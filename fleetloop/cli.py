@@ -14,6 +14,10 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+# MuJoCo renders offscreen (eval, robot-bridge): EGL unless the operator chose another backend.
+# Set before anything imports mujoco, which reads it once.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 from fleetloop.config import ConfigError, FleetloopConfig, load_config, preset_names
 
 EXIT_ERROR = 1

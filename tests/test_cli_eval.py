@@ -1,6 +1,8 @@
 """`fleetloop eval` as an operator runs it: a run directory's checkpoints, a policy file, bad input."""
 
 import json
+import os
+import subprocess
 
 import yaml
 from PIL import Image
@@ -9,7 +11,7 @@ from fleetloop.config import load_config
 from fleetloop.system import model_preset
 from fleetloop.system.checkpoint import save_tensors
 from tests.actors.conftest import policy_weights
-from tests.test_cli import run_cli
+from tests.test_cli import FLEETLOOP, run_cli
 
 RUN_CONFIG = ["actors.max_steps=16", "evaluator.episodes=2", "evaluator.seed_base=500000"]
 
@@ -49,8 +51,10 @@ def test_eval_of_a_run_scores_its_checkpoints_and_keeps_one_record_per_policy(tm
 def test_eval_of_a_policy_file_outside_a_run(tmp_path):
     path = tmp_path / "model.safetensors"
     save_tensors(policy_weights(1), model_preset("tiny"), path)
-    result = run_cli("eval", str(path), "--config", "smoke", "--set", "actors.max_steps=16", "--episodes", "1",
-                     "--run-dir", str(tmp_path / "out"), timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}  # as in an operator's fresh shell
+    result = subprocess.run([FLEETLOOP, "eval", str(path), "--config", "smoke", "--set", "actors.max_steps=16",
+                             "--episodes", "1", "--run-dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     [record] = json.loads((tmp_path / "out" / "evaluations.json").read_text())
     assert record["step"] is None and record["policy"] == str(path.resolve()) and record["episodes"] == 1
