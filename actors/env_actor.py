@@ -29,7 +29,6 @@ import json
 from collections import Counter
 from dataclasses import replace
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ import torch
 from fleetloop.actors.bridge import RobotClient
 from fleetloop.actors.bridge.connection import BridgeConnection
 from fleetloop.actors.bridge.episode import EpisodeDiscarded
-from fleetloop.actors.dagger import DEMO, Segment, make_mode, robot_class, runs
+from fleetloop.actors.dagger import DEMO, Segment, make_mode, robot_class
 from fleetloop.actors.dagger.episodes import expert_effort, to_episode
 from fleetloop.actors.envs import env_options, make_env, make_expert
 from fleetloop.actors.envs.trace import ExpertUnavailable

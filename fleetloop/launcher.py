@@ -427,11 +427,12 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
                        f"success rate {rolled['success_rate']:.2f}{evaluated}")
         checkpoint = _ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
         statuses = _ray_call([a.status.remote() for a in loop.actors], "reading actor status")
-        summary = _summary(loop, statuses, rounds, checkpoint, start)
+        evaluations = _evaluations(run)
+        summary = _summary(loop, statuses, rounds, evaluations, checkpoint, start)
     finally:
         loop.close()
     plot_learning_curves(rounds, run.plots / "learning_curves.png")
-    plot_evaluations(_evaluations(run), run.plots / "evaluations.png")
+    plot_evaluations(evaluations, run.plots / "evaluations.png")
     # The audit trail of acknowledged writes: actor -> table -> episode ids.
     (run.root / "episodes_written.json").write_text(json.dumps({s["actor"]: s["written"] for s in statuses}, indent=1))
     text = json.dumps(summary, indent=2)
@@ -441,8 +442,8 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
     return summary
 
 
-def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, Any]], checkpoint: str,
-             start: float) -> dict[str, Any]:
+def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, Any]],
+             evaluations: list[dict[str, Any]], checkpoint: str, start: float) -> dict[str, Any]:
     learner = _ray_call(loop.learner.status.remote(), "reading learner status")
     stats = loop.replay.table_stats()
     applied = {s["actor"]: s["versions_applied"] for s in statuses}
@@ -463,7 +464,7 @@ def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, 
         "episodes_reported_by_actors": reported,
         "corrections": stats.get("corrections", {}).get("episodes", 0),
         "success_rate_by_round": [r["success_rate"] for r in rounds],
-        "success_by_version": {str(r["version"]): r["success_rate"] for r in _evaluations(loop.run)},
+        "success_by_version": {str(r["version"]): r["success_rate"] for r in evaluations},
         "loss_by_round": [r["loss"] for r in rounds],
         "robot_bridges": loop.bridge_targets,
         "metrics_endpoints": {"learner": learner["metrics"], "replay": loop.replay_metrics,
