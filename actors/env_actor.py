@@ -26,6 +26,7 @@ survives restarts and gives each new episode a fresh environment seed.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import replace
 import logging
@@ -88,6 +89,13 @@ EXPERT_UNAVAILABLE = prom.Counter("fleetloop_actor_expert_unavailable_total",
 TAKEOVER_STEPS = prom.Histogram("fleetloop_actor_takeover_steps", "Length in steps of finished operator takeovers, "
                                 "by how they ended (subgoal, agreement, cap, episode_end).", [*TASK_LABELS, "ended_by"],
                                 buckets=(4, 8, 16, 24, 32, 48, 64, 96, 128))
+BUSY_SECONDS = prom.Counter("fleetloop_actor_busy_seconds_total",
+                             "Seconds the actor spent running episodes (1 - its rate: the idle fraction).", ["actor"])
+EPISODE_POLICY_LAG = prom.Histogram("fleetloop_actor_episode_policy_lag_versions",
+                                    "Versions the policy of each finished episode was behind the newest announced.",
+                                    ["actor"], buckets=(0, 1, 2, 3, 4, 6, 8, 16))
+PAUSED = prom.Gauge("fleetloop_actor_paused", "1 while the actor holds back: its policy lags more than "
+                    "actors.max_policy_lag versions behind the newest published.", ["actor"])
 INFERENCE_SECONDS = prom.Histogram("fleetloop_actor_inference_seconds", "Time to predict one action chunk.", ["actor"],
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
@@ -141,21 +149,32 @@ class EnvActor:
         self.episode_count = sum(len(ids) for ids in read_audit(self.audit_path).values())
         self.labels = (self.actor_id, acfg.env, self.embodiment)
         self.versions_applied: list[int] = []
+        self.episode_lags: list[int] = []
+        """Policy lag (versions) at the end of each policy episode since ``collect`` or ``run_round``
+        last reported."""
+        self.paused = False
+        """``collect`` held back: the policy lags more than actors.max_policy_lag versions."""
         port = cfg.metrics.actor_base_port and cfg.metrics.actor_base_port + actor_index * cfg.metrics.actor_port_stride
         self._metrics_server, _ = prom.start_http_server(port, addr=cfg.metrics.host)
         self.metrics_port = self._metrics_server.server_port
         tls, token = cfg.weights.credentials()
-        self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self._apply_weights, tls=tls,
+        self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self.scene.receive, tls=tls,
                                            token=token)
         self.subscriber.start()
 
     # -- weights ---------------------------------------------------------------------------
-    def _apply_weights(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
-        """Swap a fully received, verified version in (never while a chunk is being planned)."""
-        self.scene.load(tensors, version)
-        self.versions_applied.append(version)
-        WEIGHTS_VERSION.labels(self.actor_id).set(version)
-        log.info("%s applied weights version %d", self.actor_id, version)
+    def _refresh_weights(self, step: int = 0) -> None:
+        """Swap in the newest fully received, verified version, if newer (at an episode's start, or
+        at a chunk's planning ``step`` with ``actors.weights_refresh=chunk``)."""
+        version = self.scene.refresh(step)
+        if version is not None:
+            self.versions_applied.append(version)
+            WEIGHTS_VERSION.labels(self.actor_id).set(version)
+            log.info("%s applied weights version %d%s", self.actor_id, version, f" at step {step}" if step else "")
+
+    def _before_plan(self, step: int) -> None:
+        if step > 0:  # step 0: the episode's start refreshed already
+            self._refresh_weights(step)
 
     def weights_digest(self) -> tuple[int, str]:
         """The applied version and ``tensors_digest`` of the weights the policy runs now, in the
@@ -167,8 +186,10 @@ class EnvActor:
         return self.scene.version
 
     def wait_for_version(self, version: int, timeout_s: float) -> bool:
-        """Block until a version >= ``version`` is applied; False on timeout."""
-        return self.subscriber.wait_for_version(version, timeout_s)
+        """Block until a version >= ``version`` is received, and swap it in; False on timeout."""
+        received = self.subscriber.wait_for_version(version, timeout_s)
+        self._refresh_weights()
+        return received
 
     # -- episodes --------------------------------------------------------------------------
     def _episode(self, *, use_policy: bool, frame_every: int, seed: int | None = None, beta: float = 0.0,
@@ -178,6 +199,8 @@ class EnvActor:
         policy's output made it unusable (discarded). ``training``: a DAgger episode of the
         configured mode; ``watch``: an evaluation the operators judge without taking over.
         ``seed`` None takes the actor's next seed."""
+        start = time.perf_counter()
+        self._refresh_weights()
         version = self.version
         POLICY_LAG.labels(*self.labels).set(max(0, self.subscriber.latest_announced - version))
         if seed is None:
@@ -185,21 +208,23 @@ class EnvActor:
             self.episode_count += 1
         self.scene.reset(seed)  # the same episode seed, the same noise
         plans = self.scene.plans()
+        before_plan = self._before_plan if use_policy and self.cfg.actors.weights_refresh == "chunk" else None
         try:
             if self.bridge is not None and use_policy:  # the bridge's operator gates; evaluations it watches
                 trajs = {self.bridge.robot_id: self.bridge.episode(next(iter(plans.values())), seed=seed,
-                                                                   evaluation=not training)}
+                                                                   evaluation=not training, before_plan=before_plan)}
             else:
                 trajs = run_episodes(self.env, self.expert, plans if use_policy else None,
                                      horizon=self.scene.horizon,
                                      execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every,
                                      rng=self.rng, seed=seed, mode=self.mode if training else None, beta=beta,
                                      operators=self.operators if (training or watch) else None, watch=watch,
-                                     probe_recovery=probe_recovery)
+                                     probe_recovery=probe_recovery, before_plan=before_plan)
         except (PolicyOutputError, EpisodeDiscarded, ExpertUnavailable) as exc:
             log.warning("%s: episode (seed %d) discarded: %s", self.actor_id, seed, exc)
             reason = {PolicyOutputError: "policy_output", ExpertUnavailable: "expert_unavailable"}.get(type(exc))
             DISCARDED.labels(self.actor_id, reason or exc.reason).inc()
+            BUSY_SECONDS.labels(self.actor_id).inc(time.perf_counter() - start)
             return None, version
         for agent, traj in trajs.items():
             if traj.expert_unavailable:
@@ -210,6 +235,11 @@ class EnvActor:
         steps = len(next(iter(trajs.values())).states)
         ENV_STEPS.labels(self.actor_id).inc(steps * len(trajs))
         EPISODE_LENGTH.labels(*self.labels).set(steps)
+        if use_policy:
+            lag = max(0, self.subscriber.latest_announced - self.version)  # the version acting at its end
+            EPISODE_POLICY_LAG.labels(self.actor_id).observe(lag)
+            self.episode_lags.append(lag)
+        BUSY_SECONDS.labels(self.actor_id).inc(time.perf_counter() - start)
         return trajs, version
 
     def _write(self, traj: Trajectory, segment: Segment, version: int) -> str | None:
@@ -218,7 +248,7 @@ class EnvActor:
         (e.g. a label with NaN) is skipped with a metric and a log line."""
         try:
             episode = to_episode(traj, segment, embodiment=self.embodiment, policy_version=version,
-                                 actor_id=self.actor_id)
+                                 actor_id=self.actor_id, version_changes=self.scene.version_changes)
             episode.validate()
         except (ValueError, InvalidEpisodeError) as exc:
             log.warning("%s: %s segment of %d steps skipped: %s", self.actor_id, segment.cls, len(segment.steps), exc)
@@ -338,18 +368,60 @@ class EnvActor:
         """
         if not self.wait_for_version(min_version, timeout_s):
             raise TimeoutError(f"{self.actor_id}: weights version {min_version} not applied within {timeout_s:.0f} s")
+        start = time.perf_counter()
         acfg = self.cfg.actors
         n_dagger, n_eval = acfg.dagger_episodes_per_round, acfg.eval_episodes_per_round
         dagger = self.dagger_episodes(round_index, [self._fixed_seed(acfg.dagger_seed_base, n_dagger, i)
                                                     for i in range(n_dagger)])
         evaluation = self.evaluate([self._fixed_seed(acfg.eval_seed_base, n_eval, i) for i in range(n_eval)])
         versions = sorted({self.version})
+        lags, self.episode_lags = self.episode_lags, []
         return {"actor": self.actor_id, "round": round_index, "mode": dagger["mode"], "beta": dagger["beta"],
+                "episode_lags": lags, "episodes": dagger["episodes"] + n_eval, "busy_s": time.perf_counter() - start,
                 "eval_episodes": n_eval, "eval_successes": sum(evaluation["successes"]),
                 "success_rate": evaluation["success_rate"], "intervention_rate": dagger["intervention_rate"],
                 "discarded": dagger["discarded"] + evaluation["discarded"], "versions_used": versions,
                 "expert_label_rows": dagger["expert_label_rows"], "takeovers": dagger["takeovers"],
                 "takeover_endings": dagger["takeover_endings"], "skipped": dagger["skipped"]}
+
+    def collect(self, episodes: int, pause_s: float = 5.0) -> dict[str, Any]:
+        """Asynchronous mode (run.mode=async): ``episodes`` DAgger episodes on the actor's next seeds
+        with the newest weights received, called again and again while the learner trains.
+
+        An actor whose policy lags more than ``actors.max_policy_lag`` versions behind the newest
+        published (its weight stream is cut or slow) waits up to ``pause_s`` for newer weights and,
+        if none come, returns ``paused`` without rolling out, and says why in its log and the
+        ``fleetloop_actor_paused`` gauge.
+
+        Returns:
+            ``dagger_episodes``' figures, plus ``paused``, ``version`` (the weights used),
+            ``episode_lags`` (each policy episode's lag at its end) and ``busy_s``.
+        """
+        start = time.perf_counter()
+        self._refresh_weights()
+        newest, limit = self.subscriber.latest_announced, self.cfg.actors.max_policy_lag
+        if self.version == 0 or newest - self.version > limit:  # no learned weights yet, or too old
+            self.wait_for_version(max(1, newest - limit), pause_s)
+        if self.version == 0:
+            return {"paused": True, "version": 0, "lag": newest, "episodes": 0, "episode_lags": [], "busy_s": 0.0}
+        lag = self.subscriber.latest_announced - self.version
+        if lag > limit:
+            if not self.paused:
+                log.warning("%s paused: its policy (version %d) lags %d versions behind the newest published, more "
+                            "than actors.max_policy_lag=%d; waiting for the weight stream", self.actor_id,
+                            self.version, lag, limit)
+            self.paused = True
+            PAUSED.labels(self.actor_id).set(1)
+            return {"paused": True, "version": self.version, "lag": lag, "episodes": 0, "episode_lags": [],
+                    "busy_s": 0.0}
+        self.paused = False
+        PAUSED.labels(self.actor_id).set(0)
+        lcfg = self.cfg.learner
+        round_index = self.version * lcfg.publish_every // lcfg.steps_per_round  # beta decays per steps_per_round
+        result = self.dagger_episodes(round_index, [None] * episodes)
+        lags, self.episode_lags = self.episode_lags, []
+        return {**result, "paused": False, "version": self.version, "episode_lags": lags,
+                "busy_s": round(time.perf_counter() - start, 3)}
 
     def _write_trajectory(self, traj: Trajectory, version: int) -> list[Segment]:
         """Write a DAgger trajectory by its mode's segments; the segments written."""

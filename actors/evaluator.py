@@ -15,7 +15,6 @@ only when asked to evaluate, so one evaluation runs one version throughout.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -132,17 +131,12 @@ class EvaluatorRole:
 
     def __init__(self, cfg: "FleetloopConfig", weights_target: str):
         self.evaluator = Evaluator(cfg)
-        self._received: tuple[int, dict[str, torch.Tensor]] | None = None
-        self._lock = threading.Lock()
         self._metrics_server, _ = prom.start_http_server(cfg.metrics.evaluator_port, addr=cfg.metrics.host)
         self.metrics = f"http://{cfg.metrics.host}:{self._metrics_server.server_port}/metrics"
         tls, token = cfg.weights.credentials()
-        self.subscriber = WeightSubscriber(weights_target, "evaluator", on_version=self._receive, tls=tls, token=token)
+        self.subscriber = WeightSubscriber(weights_target, "evaluator", on_version=self.evaluator.scene.receive,
+                                           tls=tls, token=token)
         self.subscriber.start()
-
-    def _receive(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
-        with self._lock:
-            self._received = (version, tensors)
 
     def evaluate_version(self, version: int, step: int | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
         """Evaluate the newest version received once one >= ``version`` has arrived; returns the
@@ -153,9 +147,8 @@ class EvaluatorRole:
         """
         if not self.subscriber.wait_for_version(version, timeout_s):
             raise TimeoutError(f"evaluator: weights version {version} not received within {timeout_s:.0f} s")
-        with self._lock:
-            received, tensors = self._received
-        self.evaluator.scene.load(tensors, received)
+        self.evaluator.scene.refresh()
+        received = self.evaluator.scene.version
         evaluation = self.evaluator.evaluate(f"version {received}", step=step if received == version else None)
         record = {**evaluation.to_dict(), "version": received}
         SUCCESS_RATE.set(record["success_rate"])

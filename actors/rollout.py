@@ -88,7 +88,8 @@ class Trajectory:
 def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, horizon: int, execute_steps: int,
                  frame_every: int, rng: np.random.Generator, seed: int, mode: DaggerMode | None = None,
                  beta: float = 0.0, operators: Mapping[str, SimulatedOperator] | None = None, watch: bool = False,
-                 probe_recovery: bool = False) -> dict[str, Trajectory]:
+                 probe_recovery: bool = False, before_plan: Callable[[int], None] | None = None
+                 ) -> dict[str, Trajectory]:
     """Run one episode of every agent of the env (all act in each step); one trajectory per agent.
 
     Args:
@@ -107,6 +108,8 @@ def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, horizon: in
         watch: the operators judge every plan but never take over (an evaluation).
         probe_recovery: with ``watch``, record at the first plan the gate fires on whether the
             expert could still finish from there.
+        before_plan: called with the step before the policy plans a chunk (e.g. to swap in newer
+            weights between chunks).
 
     Raises:
         ValueError: inconsistent arguments.
@@ -123,7 +126,7 @@ def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, horizon: in
                               plan=None if plans is None else plans[agent], mode=mode,
                               operator=None if operators is None else operators[agent], horizon=horizon,
                               execute_steps=execute_steps, frame_every=frame_every, rng=rng, beta=beta, watch=watch,
-                              probe_recovery=probe_recovery)
+                              probe_recovery=probe_recovery, before_plan=before_plan)
                for agent in env.agents}
     step = 0
     while env.agents:
@@ -143,8 +146,10 @@ class _Driver:
 
     def __init__(self, env, expert, agent: str, instruction: str, *, plan: PlanFn | None, mode: DaggerMode | None,
                  operator: SimulatedOperator | None, horizon: int, execute_steps: int, frame_every: int,
-                 rng: np.random.Generator, beta: float, watch: bool, probe_recovery: bool):
+                 rng: np.random.Generator, beta: float, watch: bool, probe_recovery: bool,
+                 before_plan: Callable[[int], None] | None):
         self.env, self.expert, self.agent, self.plan, self.mode, self.operator = env, expert, agent, plan, mode, operator
+        self.before_plan = before_plan
         self.horizon, self.execute_steps, self.frame_every = horizon, execute_steps, frame_every
         self.rng, self.beta, self.watch, self.probe_recovery = rng, beta, watch, probe_recovery
         self.gated = mode is not None and mode.gated and not watch
@@ -187,6 +192,8 @@ class _Driver:
         return self.traj.frames[step]
 
     def _policy_chunk(self, state: np.ndarray, step: int) -> np.ndarray:
+        if self.before_plan is not None:
+            self.before_plan(step)
         chunk = self.plan(self._frame(step), state, self.traj.instruction)
         return checked_chunk(chunk, self.execute_steps, self.env.action_dim)
 

@@ -5,6 +5,11 @@ scene, each with its own System 2 cache and denoising noise. ``reset(seed)`` see
 noise from the episode seed, so the same weights on the same seed play the same episode wherever
 they run; ``plans()`` gives ``run_episodes`` one planning function per robot. Weights are swapped
 (``load``) only between plans, never while a chunk is being planned.
+
+A weight subscriber hands each received version to ``receive``, which holds it aside; ``refresh``
+swaps the newest held version in at a moment the caller chooses (an episode's start, or a chunk's
+planning step with ``actors.weights_refresh=chunk``) and records where in the episode it did
+(``version_changes``), so every recorded step keeps the version that acted there.
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ class ScenePolicy:
         self._on_plan = on_plan
         self._lock = threading.Lock()
         self._loaded_dtypes: dict[str, torch.dtype] = {}
+        self._held: tuple[dict[str, torch.Tensor], int] | None = None
+        self._held_lock = threading.Lock()
         self.version = 0
         """The weight version loaded (0: none yet, the model's initial weights)."""
+        self.version_changes: list[tuple[int, int]] = []
+        """``(step, version)`` of every refresh since the episode's start (``reset``)."""
 
     @property
     def horizon(self) -> int:
@@ -61,6 +70,31 @@ class ScenePolicy:
             self._loaded_dtypes = {name: tensor.dtype for name, tensor in tensors.items()}
             self.version = version
 
+    def receive(self, version: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Hold a complete, verified version until the next ``refresh`` (a newer one replaces it); a
+        weight subscriber's ``on_version``."""
+        with self._held_lock:
+            if self._held is None or version > self._held[1]:
+                self._held = (tensors, version)
+
+    def refresh(self, step: int = 0) -> int | None:
+        """Swap in the held version, if any; returns it (None: nothing newer held). A refresh at a
+        ``step`` > 0 of an episode is recorded in ``version_changes``."""
+        with self._held_lock:
+            held, self._held = self._held, None
+        if held is None or held[1] <= self.version:
+            return None
+        self.load(*held)
+        if step > 0:
+            self.version_changes.append((step, self.version))
+        return self.version
+
+    @property
+    def held_version(self) -> int:
+        """The newest version received and not yet swapped in (the loaded one if none)."""
+        with self._held_lock:
+            return self._held[1] if self._held is not None else self.version
+
     def digest(self) -> tuple[int, str]:
         """The loaded version and ``tensors_digest`` of the weights the policy runs now, in the dtypes
         they were loaded in (exact: a model in a wider dtype casts back losslessly)."""
@@ -71,6 +105,7 @@ class ScenePolicy:
 
     def reset(self, seed: int) -> None:
         """Start an episode: the same episode seed gives every robot the same noise as anywhere else."""
+        self.version_changes = []
         for k, policy in enumerate(self.policies.values()):
             policy.reset(seed=seed * len(self.policies) + k)
 

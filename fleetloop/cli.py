@@ -71,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         "up", parents=[state], help="run the local continual-improvement loop",
         description="Start the replay (embedded Valkey unless --redis-url), a local Ray cluster, the DeepSpeed "
                     "learner with its gRPC WeightService, and the env actors; seed `pretrain` with expert "
-                    "demonstrations; then run rounds of train -> publish -> roll out -> collect corrections. "
-                    "Prints each round's success rate and leaves config, logs, checkpoints and plots in the run "
-                    "directory. Ctrl-C stops every process it started.")
+                    "demonstrations; then, with run.mode=sync (the default), run rounds of train -> publish -> "
+                    "roll out -> collect corrections, or with run.mode=async train and roll out at the same time, "
+                    "the actors taking each new version as it comes out, until run.max_learner_steps, "
+                    "run.duration_s or run.target_success. Prints each round's (or evaluation's) success rate and "
+                    "leaves config, logs, checkpoints and plots in the run directory. Ctrl-C stops every process "
+                    "it started.")
     up.add_argument("--summary-json", metavar="PATH", type=Path,
                     help="also write the run summary (steps, versions, episodes, success rates, endpoints) here")
     up.add_argument("--resume", action="store_true",
@@ -207,9 +210,13 @@ def _cmd_up(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     run = RunDir.create(args.run_dir)
     print(f"fleetloop up: run directory {run.root}{' (resuming)' if args.resume else ''}", file=sys.stderr)
     summary = run_up(cfg, run, args.redis_url or cfg.replay.url, args.summary_json, resume=args.resume)
-    print(f"done in {summary['wall_seconds']:.0f} s: {summary['learner_steps']} learner steps, "
-          f"{summary['weight_versions_published']} weight versions, episodes {summary['episodes']}, "
-          f"success rate by round {[round(s, 2) for s in summary['success_rate_by_round']]}", file=sys.stderr)
+    success = {v: round(rate, 2) for v, rate in summary["success_by_version"].items()}
+    print(f"done in {summary['wall_seconds']:.0f} s ({summary['mode']}, stopped by {summary['stopped_by']}): "
+          f"{summary['learner_steps']} learner steps, {summary['weight_versions_published']} weight versions, "
+          f"episodes {summary['episodes']}, learner busy {summary['learner_busy_fraction']:.0%}, actors busy "
+          f"{summary['actor_busy_fraction']:.0%}, success by round "
+          f"{[round(s, 2) for s in summary['success_rate_by_round']]}, evaluator success by version {success}",
+          file=sys.stderr)
     return 0
 
 

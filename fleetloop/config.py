@@ -65,9 +65,28 @@ own steps in successful episodes in full; the policy's actions just before a tak
 and its steps in failed episodes left out."""
 
 
+LOOP_TABLES = ("rollouts", "corrections")
+"""Tables the env actors write while the loop runs (their DAgger episodes' segments)."""
+
+
 class RunSection(_Section):
     seed: int = Field(0, description="Seed for environments, sampling and model init.")
-    rounds: int = Field(4, ge=1, description="Rounds of train -> publish -> roll out -> correct.")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="`fleetloop up`'s loop. sync: rounds of train (actors wait) -> publish -> roll out "
+                            "(learner waits). async: the learner trains without pause, publishing every "
+                            "learner.publish_every steps, while the actors roll out without pause with the newest "
+                            "weights (actors.weights_refresh); the replay's rate limiters pace them.")
+    rounds: int = Field(4, ge=1, description="sync: rounds of train -> publish -> roll out -> correct; both modes: "
+                                             "run.rounds x learner.steps_per_round bounds the learner's steps unless "
+                                             "run.max_learner_steps says otherwise.")
+    max_learner_steps: int | None = Field(None, ge=1, description="Stop once the learner has taken this many "
+                                                                  "optimizer steps (None: run.rounds x "
+                                                                  "learner.steps_per_round). sync: at a round's end.")
+    duration_s: float | None = Field(None, gt=0, description="Stop after this many seconds of the loop (set-up and "
+                                                             "seeding excluded; None: no time bound). sync: after "
+                                                             "the round that crosses it.")
+    target_success: float | None = Field(None, gt=0, le=1, description="Stop once the evaluator measures at least "
+                                                                       "this success rate (needs evaluator.enabled).")
     ray_address: str = Field("local", min_length=1, description="`fleetloop up`'s Ray cluster: local starts one for the run; auto joins the cluster this process runs in (a KubeRay RayJob or `ray start` node); ray://host:10001 joins a remote one.")
 
 
@@ -390,6 +409,13 @@ class ActorsSection(_Section):
     dagger_episodes_per_round: int = Field(3, ge=0, description="beta-mixture DAgger episodes per actor and round.")
     eval_episodes_per_round: int = Field(5, ge=1, description="Policy-only episodes per actor and round: the success rate (written to rollouts, never relabelled).")
     execute_steps: int = Field(8, ge=1, description="Steps of each predicted action chunk executed before re-planning.")
+    weights_refresh: Literal["episode", "chunk"] = Field(
+        "episode", description="When an actor swaps in the newest weights it received: at the start of each episode "
+                               "(one version per episode), or also before planning each action chunk (fresher; each "
+                               "written step keeps the version that acted there).")
+    max_policy_lag: int = Field(3, ge=0, description="run.mode=async: an actor whose policy is more than this many "
+                                                     "versions behind the newest published pauses (and says why) "
+                                                     "instead of writing stale data.")
     demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a crashed actor (and retries its interrupted call).")
@@ -432,6 +458,10 @@ class EvaluatorSection(_Section):
                                             "success_by_version, fleetloop_evaluator_* metrics).")
     episodes: int = Field(20, ge=1, description="Policy-only episodes per evaluation (`fleetloop eval`): success "
                                                 "with a Wilson 95 % interval.")
+    every_versions: int = Field(1, ge=1, description="run.mode=async: evaluate a newly published version once at "
+                                                     "least this many versions came out since the last one evaluated "
+                                                     "(one evaluation at a time; versions published meanwhile are "
+                                                     "skipped). sync: every round's version.")
     seed_base: int = Field(2_000_000_000, ge=0,
                            description="Evaluation episode i resets its env (and seeds the policy's noise) with "
                                        "seed_base + i: every policy is evaluated on the same scenes (paired). Keep it "
@@ -472,6 +502,11 @@ class FleetloopConfig(_Section):
             raise ValueError(f"metrics.actor_port_stride=0 gives all {self.actors.num_actors} actors port "
                              f"{self.metrics.actor_base_port}, but run.ray_address=local runs them on one machine; "
                              "use a stride >= 1 or actor_base_port=0")
+        if self.run.target_success is not None and not self.evaluator.enabled:
+            raise ValueError("run.target_success needs evaluator.enabled=true: the evaluator measures the success "
+                             "the run stops on")
+        if self.run.mode == "async":
+            self._check_async_pacing()
         trained = range(self.actor_seed_base(0), self.actor_seed_base(self.actors.num_actors))
         evaluated = range(self.evaluator.seed_base, self.evaluator.seed_base + self.evaluator.episodes)
         if max(trained.start, evaluated.start) < min(trained.stop, evaluated.stop):
@@ -480,6 +515,24 @@ class FleetloopConfig(_Section):
                              "scenes they train on; choose a seed_base outside that range")
         return self
 
+    def _check_async_pacing(self) -> None:
+        """run.mode=async: every rate-limited table the learner samples must be one the fleet keeps
+        filling, or the learner would wait forever."""
+        from fleetloop.replay import TableConfig
+
+        for table, weight in self.replay.mixture.items():
+            limited = TableConfig.from_dict(self.replay.tables.get(table, {})).samples_per_insert is not None
+            if weight <= 0 or not limited:
+                continue
+            if table not in LOOP_TABLES:
+                raise ValueError(f"replay.tables.{table}.samples_per_insert: run.mode=async samples {table!r} "
+                                 f"(replay.mixture weight {weight:g}) but no actor writes to it during the loop, so "
+                                 "its rate limiter could never let the learner sample; remove the limiter or set its "
+                                 f"mixture weight to 0 (actors write {', '.join(LOOP_TABLES)})")
+            if self.actors.dagger_episodes_per_round == 0:
+                raise ValueError(f"actors.dagger_episodes_per_round: run.mode=async with a rate limiter on {table!r} "
+                                 "needs the actors to roll out (> 0), or the learner would wait forever")
+
     def actor_seed_base(self, actor_index: int) -> int:
         """First episode seed of actor ``actor_index``'s own sequence (its demonstrations and every
         episode without a fixed seed base): episode i resets from this + i."""
@@ -487,8 +540,9 @@ class FleetloopConfig(_Section):
 
     @property
     def total_learner_steps(self) -> int:
-        """Derived: optimizer steps of the whole run (run.rounds x learner.steps_per_round)."""
-        return self.run.rounds * self.learner.steps_per_round
+        """Derived: optimizer steps of the whole run (run.max_learner_steps, else run.rounds x
+        learner.steps_per_round)."""
+        return self.run.max_learner_steps or self.run.rounds * self.learner.steps_per_round
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -30,6 +30,7 @@ import prometheus_client as prom
 from tqdm import tqdm
 
 from fleetloop.config import FleetloopConfig
+from fleetloop.continuous import FleetTally, StopConditions, lag_p95, run_async
 from fleetloop.evaluate import EVALUATIONS_FILE, merge_evaluations
 from fleetloop.plots import plot_evaluations, plot_learning_curves
 from fleetloop.replay import EmbeddedValkey, ReplayClient, ReplayCollector
@@ -324,17 +325,21 @@ class Loop:
         episodes = sum(r["eval_episodes"] for r in results)
         return {"success_rate": sum(r["eval_successes"] for r in results) / episodes, "actors": results}
 
-    def start_evaluation(self, version: int, step: int):
-        """Ask the evaluator role to evaluate ``version`` (it runs beside the rollouts); a Ray ref,
-        or None without an evaluator."""
-        return self.evaluator.evaluate_version.remote(version, step, WEIGHTS_WAIT_S) if self.evaluator else None
-
-    def finish_evaluation(self, ref) -> dict[str, Any] | None:
-        """Wait for an evaluation started by ``start_evaluation`` and merge it into the run's
-        ``evaluations.json``; returns it (None for no ref)."""
-        if ref is None:
+    def start_evaluation(self, version: int, step: int, published_at_s: float) -> tuple[Any, float] | None:
+        """Ask the evaluator role to evaluate ``version``, published ``published_at_s`` seconds into the
+        loop (it runs beside the rollouts): the Ray ref and that time, or None without an evaluator."""
+        if self.evaluator is None:
             return None
-        evaluation = _ray_call(ref, "evaluating the weights")
+        return self.evaluator.evaluate_version.remote(version, step, WEIGHTS_WAIT_S), published_at_s
+
+    def finish_evaluation(self, started: tuple[Any, float] | None) -> dict[str, Any] | None:
+        """Wait for an evaluation started by ``start_evaluation`` and merge it, with the minute of the
+        loop its version came out (``minute``), into the run's ``evaluations.json``; returns it (None
+        for none started)."""
+        if started is None:
+            return None
+        ref, published_at_s = started
+        evaluation = {**_ray_call(ref, "evaluating the weights"), "minute": round(published_at_s / 60, 3)}
         merge_evaluations(self.run.root / EVALUATIONS_FILE, [evaluation])
         return evaluation
 
@@ -411,24 +416,18 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
             loop.seed_pretrain()
             if not cfg.learner.init_from:
                 _ray_call(loop.learner.fit_mixture_normalization.remote(), "fitting normalisation")
-        for r in range(len(rounds), cfg.run.rounds):
-            if r and cfg.learner.refit_normalization:
-                _ray_call(loop.learner.fit_mixture_normalization.remote(), "refitting normalisation")
-            trained = loop.train_round(r)
-            evaluating = loop.start_evaluation(trained["version"], trained["step"])
-            rolled = loop.rollout_round(r, trained["version"])
-            evaluation = loop.finish_evaluation(evaluating)
-            rounds.append({"round": r, **trained, **rolled,
-                           "evaluation": evaluation and {k: evaluation[k] for k in EVALUATION_KEYS}})
-            (run.root / ROUNDS_FILE).write_text(json.dumps(rounds, indent=1))
-            evaluated = "" if evaluation is None else \
-                f"  evaluator {evaluation['success_rate']:.2f} ({evaluation['ci95'][0]:.2f}-{evaluation['ci95'][1]:.2f})"
-            tqdm.write(f"round {r}: loss {trained['loss']:.4f}  weights v{trained['version']}  "
-                       f"success rate {rolled['success_rate']:.2f}{evaluated}")
+        stop = StopConditions(cfg.run, cfg.total_learner_steps, time.monotonic())
+        before = dict(loop.learner_status)
+        if cfg.run.mode == "async":
+            ran = run_async(loop, stop)
+        else:
+            ran = _run_rounds(loop, rounds, stop)
+        loop_s = stop.elapsed()
         checkpoint = _ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
         statuses = _ray_call([a.status.remote() for a in loop.actors], "reading actor status")
         evaluations = _evaluations(run)
         summary = _summary(loop, statuses, rounds, evaluations, checkpoint, start)
+        summary.update(_loop_figures(loop, ran, loop_s, before))
     finally:
         loop.close()
     plot_learning_curves(rounds, run.plots / "learning_curves.png")
@@ -440,6 +439,53 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
     if summary_json:
         Path(summary_json).write_text(text)
     return summary
+
+
+def _run_rounds(loop: Loop, rounds: list[dict[str, Any]], stop: StopConditions) -> dict[str, Any]:
+    """run.mode=sync: rounds of train -> publish -> roll out (with the evaluator beside) until
+    run.rounds are done or a stop condition holds at a round's end; appends to ``rounds`` and
+    ``rounds.json``. Returns the fleet's tally and why it stopped."""
+    cfg, tally, reason = loop.cfg, FleetTally(), None
+    for r in range(len(rounds), cfg.run.rounds):
+        if r and cfg.learner.refit_normalization:
+            _ray_call(loop.learner.fit_mixture_normalization.remote(), "refitting normalisation")
+        trained = loop.train_round(r)
+        evaluating = loop.start_evaluation(trained["version"], trained["step"], stop.elapsed())
+        rolled = loop.rollout_round(r, trained["version"])
+        evaluation = loop.finish_evaluation(evaluating)
+        for result in rolled["actors"]:
+            tally.add(result)
+        rounds.append({"round": r, **trained, **rolled,
+                       "evaluation": evaluation and {k: evaluation[k] for k in EVALUATION_KEYS}})
+        (loop.run.root / ROUNDS_FILE).write_text(json.dumps(rounds, indent=1))
+        evaluated = "" if evaluation is None else \
+            f"  evaluator {evaluation['success_rate']:.2f} ({evaluation['ci95'][0]:.2f}-{evaluation['ci95'][1]:.2f})"
+        tqdm.write(f"round {r}: loss {trained['loss']:.4f}  weights v{trained['version']}  "
+                   f"success rate {rolled['success_rate']:.2f}{evaluated}")
+        reason = stop.reason(trained["step"], evaluation and evaluation["success_rate"])
+        if reason:
+            break
+    return {"stopped_by": reason or "rounds", "tally": tally}
+
+
+def _loop_figures(loop: Loop, ran: dict[str, Any], loop_s: float, before: dict[str, Any]) -> dict[str, Any]:
+    """The loop's pace over its ``loop_s`` seconds (the learner's status ``before`` it): busy
+    fractions, episodes and learner steps per minute, policy lag, and why it stopped."""
+    learner = _ray_call(loop.learner.status.remote(), "reading learner status")
+    tally: FleetTally = ran["tally"]
+    minutes = max(loop_s, 1e-9) / 60
+    return {
+        "mode": loop.cfg.run.mode,
+        "stopped_by": ran["stopped_by"],
+        "loop_seconds": round(loop_s, 1),
+        "learner_busy_fraction": round((learner["busy_s"] - before["busy_s"]) / max(loop_s, 1e-9), 4),
+        "learner_limiter_wait_s": learner["limiter_wait_s"],
+        "actor_busy_fraction": round(tally.busy_s / (max(loop_s, 1e-9) * len(loop.actors)), 4),
+        "episodes_per_minute": round(tally.episodes / minutes, 2),
+        "learner_steps_per_minute": round((learner["step"] - before["step"]) / minutes, 2),
+        "policy_lag_p95_versions": lag_p95(tally.lags),
+        "actor_pauses": tally.paused,
+    }
 
 
 def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, Any]],
@@ -465,6 +511,7 @@ def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, 
         "corrections": stats.get("corrections", {}).get("episodes", 0),
         "success_rate_by_round": [r["success_rate"] for r in rounds],
         "success_by_version": {str(r["version"]): r["success_rate"] for r in evaluations},
+        "success_by_minute": [[r["minute"], r["success_rate"]] for r in evaluations if r.get("minute") is not None],
         "loss_by_round": [r["loss"] for r in rounds],
         "robot_bridges": loop.bridge_targets,
         "metrics_endpoints": {"learner": learner["metrics"], "replay": loop.replay_metrics,

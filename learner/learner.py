@@ -53,8 +53,15 @@ SAMPLE_LAG = prom.Gauge("fleetloop_learner_sample_lag_versions",
 VERSION = prom.Gauge("fleetloop_learner_weights_version", "Latest weight version the learner published.")
 CHECKPOINT_SECONDS = prom.Histogram("fleetloop_learner_checkpoint_seconds", "Wall time of saving one resumable checkpoint.",
                                     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+BUSY_SECONDS = prom.Counter("fleetloop_learner_busy_seconds_total",
+                            "Seconds spent in optimizer steps (forward, backward, step; its rate: the busy fraction).")
+LIMITER_WAIT_SECONDS = prom.Counter("fleetloop_learner_limiter_wait_seconds_total",
+                                    "Seconds the learner's sampling waited on the replay's rate limiters for the "
+                                    "fleet to insert more (run.mode=async pacing).")
 CHECKPOINT_STEP = prom.Gauge("fleetloop_learner_checkpoint_step", "Optimizer step of the newest saved checkpoint.")
 
+LIMITER_POLL_S = 1.0
+"""How long one sample call waits on a rate limiter before the prefetcher counts the wait and asks again."""
 PUBLISHED_RECORD = "published_version.json"
 """In the checkpoint folder: the newest published version, so a resumed learner never reuses a number."""
 
@@ -101,10 +108,14 @@ class Learner:
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.replay = ReplayClient(redis_url, **self.cfg.replay.client_options())
         self.sampler = WindowSampler(self.replay, dict(self.cfg.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
-                                     seed=[self.cfg.run.seed, self.rank], refresh_s=self.cfg.replay.refresh_s)
+                                     seed=[self.cfg.run.seed, self.rank], refresh_s=self.cfg.replay.refresh_s,
+                                     rate_limit_timeout_s=LIMITER_POLL_S)
         self.prefetch: Prefetcher | None = None
         self.step = 0
         self.version = 0
+        self.busy_s = 0.0
+        """Seconds of optimizer steps in this process (the busy time)."""
+        self._limited_s = 0.0
         self.published_step = -1
         self.checkpoint_step = -1
         self.resumed_from: int | None = None
@@ -144,7 +155,8 @@ class Learner:
 
     def status(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer_steps": self.engine.global_steps, "version": self.version,
-                "rank": self.rank, "world_size": self.world_size,
+                "rank": self.rank, "world_size": self.world_size, "busy_s": round(self.busy_s, 3),
+                "limiter_wait_s": round(self._limited_s, 3),
                 "resumed_from_step": self.resumed_from, "checkpoint_step": self.checkpoint_step, **self.endpoints()}
 
     def fit_normalization(self, tables: str | Sequence[str], embodiment: str) -> None:
@@ -225,13 +237,18 @@ class Learner:
 
     # ---- training -----------------------------------------------------------------------
 
-    def train(self, steps: int) -> dict[str, Any]:
-        """Take ``steps`` optimizer steps; returns the mean loss (over all ranks) and where the learner stands."""
+    def train(self, steps: int, return_after_s: float | None = None) -> dict[str, Any]:
+        """Take ``steps`` optimizer steps, or fewer when ``return_after_s`` seconds have passed (checked
+        between steps: a learner paced by the rate limiters comes back to its driver); returns the
+        mean loss (over all ranks) and where the learner stands."""
         if self.prefetch is None:
             self.prefetch = Prefetcher(self._next_item, self.cfg.learner.prefetch_batches)
         self.engine.train()
         losses = []
+        called = time.perf_counter()
         for _ in range(steps):
+            if return_after_s is not None and self.any_rank(time.perf_counter() - called >= return_after_s):
+                break
             # One optimizer step: grad_accum_steps micro-batches; DeepSpeed steps at the boundary.
             step_start, waited, micro_losses, windows = time.perf_counter(), 0.0, [], []
             for _ in range(self.cfg.learner.grad_accum_steps):
@@ -253,6 +270,10 @@ class Learner:
 
             elapsed = time.perf_counter() - step_start - waited
             losses.append(self._mean_over_ranks(torch.stack(micro_losses).mean()))
+            self.busy_s += elapsed
+            BUSY_SECONDS.inc(elapsed)
+            LIMITER_WAIT_SECONDS.inc(self.prefetch.limited_s - self._limited_s)
+            self._limited_s = self.prefetch.limited_s
             STEPS.inc()
             LOSS.set(losses[-1])
             STEP_SECONDS.observe(elapsed)

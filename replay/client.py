@@ -394,6 +394,7 @@ class ReplayClient:
             success=info.success,
             episode_id=info.episode_id,
             labels=decode_floats(label, (length, horizon, info.action_dim)) if horizon else None,
+            version_changes=info.version_changes,
         )
 
     def episode_ids(self, table: str) -> list[str]:

@@ -61,6 +61,14 @@ class Episode:
     """float32 (T, L, A) or None: the expert's L-step action chunk from each step's state (DAgger
     labels). A labelled episode has a frame at every step, and a training window at step t trains
     on ``labels[t]`` instead of the actions t..t+H-1; its steps need not be consecutive."""
+    version_changes: tuple[tuple[int, int], ...] = ()
+    """``(step, version)`` where the acting policy's weights changed mid-episode (an actor that
+    refreshes weights between chunks), steps increasing in (0, T): step t acted with the version of
+    the last change at or before t, ``policy_version`` before the first."""
+
+    def version_at(self, step: int) -> int:
+        """Weight version of the policy that acted at ``step``."""
+        return version_at(self.policy_version, self.version_changes, step)
 
     @property
     def label_horizon(self) -> int:
@@ -112,6 +120,19 @@ class Episode:
             _fail("policy_version", f"must be >= 0, got {self.policy_version}")
         if not isinstance(self.success, (bool, np.bool_)):
             _fail("success", f"must be bool, got {type(self.success).__name__}")
+        self._validate_version_changes(length)
+
+    def _validate_version_changes(self, length: int) -> None:
+        last_step, last_version = 0, self.policy_version
+        for change in self.version_changes:
+            if len(change) != 2 or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in change):
+                _fail("version_changes", f"entry {change!r} is not a (step, version) pair of ints")
+            step, version = change
+            if not last_step < step < length:
+                _fail("version_changes", f"step {step} must be in ({last_step}, {length}): increasing, inside the episode")
+            if version < last_version:
+                _fail("version_changes", f"version {version} at step {step} is older than {last_version} before it")
+            last_step, last_version = step, version
 
     def _validate_frames(self, length: int) -> None:
         if not isinstance(self.frames, dict) or not self.frames:
@@ -159,6 +180,22 @@ class EpisodeInfo:
     """Payload bytes written for the episode (arrays plus encoded frames)."""
     label_horizon: int = 0
     """L of the episode's labels (0: none; windows then train on its executed actions)."""
+    version_changes: tuple[tuple[int, int], ...] = ()
+    """As ``Episode.version_changes``."""
+
+    def version_at(self, step: int) -> int:
+        """Weight version of the policy that acted at ``step``."""
+        return version_at(self.policy_version, self.version_changes, step)
+
+
+def version_at(first: int, changes: tuple[tuple[int, int], ...], step: int) -> int:
+    """The version acting at ``step``: that of the last change at or before it, else ``first``."""
+    version = first
+    for change_step, changed_to in changes:
+        if change_step > step:
+            break
+        version = changed_to
+    return version
 
 
 def _fail(name: str, problem: str) -> NoReturn:
@@ -225,4 +262,5 @@ def parse_info(raw: list[bytes | None]) -> EpisodeInfo:
         success=meta["success"] == "1",
         nbytes=int(meta["nbytes"]),
         label_horizon=int(meta["label_horizon"] or 0),
+        version_changes=tuple((int(step), int(version)) for step, version in json.loads(meta["version_changes"] or "[]")),
     )

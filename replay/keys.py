@@ -68,9 +68,11 @@ META_FIELDS: tuple[str, ...] = (
     "schema_version", "episode_id", "table", "seq", "length", "state_dim", "action_dim",
     "frame_steps", "frame_height", "frame_width", "instruction", "embodiment", "source",
     "policy_version", "actor_id", "success", "nbytes", "created_at", "label_horizon",
+    "version_changes",
 )
 """Fields of the meta hash; ``frame_steps`` is a JSON list of ints, ``success`` is 0/1,
-``label_horizon`` L of the ``label`` array (0 or absent: no labels)."""
+``label_horizon`` L of the ``label`` array (0 or absent: no labels), ``version_changes`` a JSON
+list of ``[step, version]`` where the acting policy's weights changed mid-episode (absent: none)."""
 
 COUNTER_FIELDS: tuple[str, ...] = (
     "seq", "episodes", "steps", "bytes", "evicted", "samples", "priority_version",

@@ -452,6 +452,6 @@ def _window_meta(pick: _Pick) -> dict[str, Any]:
         "table": pick.table,
         "episode_id": info.episode_id,
         "step": pick.step,
-        "policy_version": info.policy_version,
+        "policy_version": info.version_at(pick.step),
         "source": info.source,
     }

@@ -235,6 +235,7 @@ def write_episode_request(
         "nbytes": nbytes,
         "created_at": f"{time.time():.6f}",
         "label_horizon": episode.label_horizon,
+        "version_changes": json.dumps([[int(step), int(version)] for step, version in episode.version_changes]),
     }
     eid = episode.episode_id
     per_episode = {"meta": keys.episode_key(eid, "meta")}

@@ -65,6 +65,10 @@ class TableConfig:
     """Episodes the table must hold before a sample proceeds (> 1 alone gives MinSize)."""
     error_buffer: float | None = None
     """Allowed drift (in samples) from samples_per_insert; required with it."""
+    block_inserts: bool = True
+    """With samples_per_insert: whether an insert waits while the learner lags (Reverb's limiter).
+    False: inserts never wait, so a fleet never stops; while the learner is slow episodes queue in
+    the table (bounded by capacity), and only samples are paced."""
 
     def __post_init__(self) -> None:
         if self.capacity is not None and (
@@ -102,9 +106,12 @@ class TableConfig:
             ValueError: the preset rejects the values.
         """
         if self.samples_per_insert is not None:
-            return SampleToInsertRatio(
+            limiter = SampleToInsertRatio(
                 self.samples_per_insert, self.min_size_to_sample, self.error_buffer
             )
+            if self.block_inserts:
+                return limiter
+            return RateLimiter(limiter.samples_per_insert, limiter.min_size_to_sample, limiter.min_diff, math.inf)
         if self.min_size_to_sample != 1:
             return MinSize(self.min_size_to_sample)
         return None
@@ -137,7 +144,8 @@ class TableConfig:
     def from_fields(cls, stored: Mapping[str, str]) -> "TableConfig":
         """Rebuild from the config hash (decoded); an empty hash gives ``TableConfig()``."""
         parsers = {"capacity": int, "min_size_to_sample": int, "priority_exponent": float,
-                   "evicted_id_ttl_s": float, "samples_per_insert": float, "error_buffer": float}
+                   "evicted_id_ttl_s": float, "samples_per_insert": float, "error_buffer": float,
+                   "block_inserts": lambda text: text == "True"}
         return cls(**{
             f.name: parsers.get(f.name, str)(stored[f.name])
             for f in fields(cls) if f.name in stored

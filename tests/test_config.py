@@ -73,6 +73,33 @@ def test_bad_values_name_the_field(override, expected):
     assert expected in str(info.value)
 
 
+LIMITED = "{samples_per_insert: 8, error_buffer: 16}"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    pytest.param(["run.mode=async", f"replay.tables={{pretrain: {LIMITED}}}"],
+                 "replay.tables.pretrain.samples_per_insert: run.mode=async samples 'pretrain'", id="pretrain-limited"),
+    pytest.param(["run.mode=async", f"replay.tables={{corrections: {LIMITED}}}", "actors.dagger_episodes_per_round=0"],
+                 "actors.dagger_episodes_per_round: run.mode=async with a rate limiter on 'corrections'",
+                 id="no-rollouts"),
+    pytest.param(["run.target_success=0.8", "evaluator.enabled=false"], "run.target_success needs evaluator.enabled",
+                 id="target-without-evaluator"),
+    pytest.param(["run.mode=rounds"], "run.mode", id="unknown-mode"),
+    pytest.param(["actors.weights_refresh=step"], "actors.weights_refresh", id="unknown-refresh"),
+])
+def test_a_loop_that_could_never_run_is_refused(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config("default", overrides)
+    assert expected in str(info.value)
+
+
+def test_async_limits_the_fleet_fills_are_accepted_and_bound_the_schedule():
+    cfg = load_config("default", ["run.mode=async", f"replay.tables={{corrections: {LIMITED}}}",
+                                  "run.max_learner_steps=3000"])
+    assert cfg.total_learner_steps == 3000, "the LR schedule spans the steps the run may take"
+    assert load_config("default").total_learner_steps == 4 * 250
+
+
 def test_dagger_seeds_must_not_overlap_evaluation_seeds():
     with pytest.raises(ConfigError, match=r"DAgger seeds \[105, 111\) overlap the evaluation seeds \[100, 110\)"):
         load_config("default", ["actors.eval_seed_base=100", "actors.dagger_seed_base=105"])

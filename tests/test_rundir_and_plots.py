@@ -4,7 +4,7 @@ import logging
 
 from PIL import Image
 
-from fleetloop.plots import plot_learning_curves
+from fleetloop.plots import plot_evaluations, plot_learning_curves
 from fleetloop.rundir import RunDir, log_to_file
 
 
@@ -39,3 +39,13 @@ def test_learning_curves_png(tmp_path):
         assert image.format == "PNG" and image.width > 400
     assert plot_learning_curves([], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_evaluations_png_adds_wall_clock_when_the_loop_timed_them(tmp_path):
+    record = {"policy": "version 1", "step": 50, "episodes": 20, "success_rate": 0.4, "ci95": [0.22, 0.61]}
+    untimed = plot_evaluations([record], tmp_path / "untimed.png")
+    timed = plot_evaluations([{**record, "version": 1, "minute": 0.8},
+                              {**record, "version": 3, "step": 150, "minute": 2.5, "success_rate": 0.6}],
+                             tmp_path / "timed.png")
+    with Image.open(untimed) as one, Image.open(timed) as two:
+        assert two.width > one.width * 1.4, "a second panel: success against the loop's minutes"

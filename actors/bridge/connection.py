@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import prometheus_client as prom
 
@@ -86,7 +87,8 @@ class BridgeConnection:
         """The intervention subscription is open (False once the bridge was lost)."""
         return self._interventions is not None and self._interventions.open
 
-    def episode(self, plan: PlanFn, *, seed: int | None, evaluation: bool) -> Trajectory:
+    def episode(self, plan: PlanFn, *, seed: int | None, evaluation: bool,
+                before_plan: Callable[[int], None] | None = None) -> Trajectory:
         """Run one episode (``run_bridge_episode``), reconnecting first when the bridge was lost.
 
         Raises:
@@ -103,7 +105,7 @@ class BridgeConnection:
         try:
             return run_bridge_episode(self.client, self._interventions, self.robot_id, plan,
                                       execute_steps=self.execute_steps, seed=seed, evaluation=evaluation,
-                                      actor_id=self.actor_id)
+                                      actor_id=self.actor_id, before_plan=before_plan)
         except BridgeUnavailable as exc:
             self._interventions.close()
             raise EpisodeDiscarded("bridge_unavailable", f"robot bridge lost mid-episode: {exc}") from None

@@ -22,6 +22,7 @@ another robot or episode are ignored, logged and counted, never recorded.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import prometheus_client as prom
@@ -52,7 +53,7 @@ class EpisodeDiscarded(Exception):
 
 def run_bridge_episode(client: RobotClient, interventions: InterventionStream, robot_id: str, plan: PlanFn, *,
                        execute_steps: int, seed: int | None, evaluation: bool = False,
-                       actor_id: str = "") -> Trajectory:
+                       actor_id: str = "", before_plan: Callable[[int], None] | None = None) -> Trajectory:
     """Run and record one episode of ``robot_id``.
 
     Args:
@@ -65,6 +66,8 @@ def run_bridge_episode(client: RobotClient, interventions: InterventionStream, r
         evaluation: reset with ``operator=watch``: no takeover for divergence (a human may still
             intervene); an episode with a takeover then does not count as a success.
         actor_id: labels the ignored-intervention metric and logs.
+        before_plan: called with the step before the policy plans a chunk (e.g. to swap in newer
+            weights between chunks).
 
     Raises:
         PolicyOutputError: the policy returned an unusable chunk (never sent).
@@ -83,6 +86,8 @@ def run_bridge_episode(client: RobotClient, interventions: InterventionStream, r
                                                  f"{obs.episode_id!r}, but {len(traj.states)} steps of episode "
                                                  f"{episode_id!r} were recorded")
         traj.frames[obs.step] = obs.image
+        if before_plan is not None:
+            before_plan(obs.step)
         chunk = checked_chunk(plan(obs.image, obs.state, obs.instruction), execute_steps, info.action_dim)
         traj.plans.append(Plan(obs.step, "policy"))
         try:

@@ -3,17 +3,23 @@ they hold."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fleetloop.actors.dagger.base import Segment, runs
 from fleetloop.actors.rollout import Trajectory
 from fleetloop.replay import Episode
+from fleetloop.replay.episode import version_at
 
 
-def to_episode(traj: Trajectory, segment: Segment, *, embodiment: str, policy_version: int, actor_id: str) -> Episode:
+def to_episode(traj: Trajectory, segment: Segment, *, embodiment: str, policy_version: int, actor_id: str,
+               version_changes: Sequence[tuple[int, int]] = ()) -> Episode:
     """The replay episode of ``segment``: its states, executed actions and flags; with labels (the
     expert's chunk at every step, each step with its frame) when the segment is labelled, else
     starting with the newest frame rendered at or before its first step (what the robot last saw).
+    ``policy_version`` acted from the trajectory's start, and each ``(step, version)`` of
+    ``version_changes`` from that trajectory step on: the episode keeps the version of every step.
 
     Raises:
         ValueError: a step is outside the trajectory, or a labelled step has no label or frame.
@@ -21,6 +27,7 @@ def to_episode(traj: Trajectory, segment: Segment, *, embodiment: str, policy_ve
     steps = list(segment.steps)
     if not steps or min(steps) < 0 or max(steps) >= len(traj.states):
         raise ValueError(f"segment steps {steps[:1]}..{steps[-1:]} are outside the trajectory's {len(traj.states)} steps")
+    versions = [version_at(policy_version, tuple(version_changes), step) for step in steps]
     if segment.labelled:
         missing = [step for step in steps if step not in traj.labels or step not in traj.frames]
         if missing:
@@ -39,7 +46,8 @@ def to_episode(traj: Trajectory, segment: Segment, *, embodiment: str, policy_ve
         instruction=traj.instruction,
         embodiment=embodiment,
         source=segment.cls,
-        policy_version=policy_version,
+        policy_version=versions[0],
+        version_changes=tuple((i, v) for i, (before, v) in enumerate(zip(versions, versions[1:]), 1) if v != before),
         actor_id=actor_id,
         intervened=np.asarray([traj.intervened[s] for s in steps], dtype=bool),
         rewards=np.asarray([traj.rewards[s] for s in steps], dtype=np.float32),

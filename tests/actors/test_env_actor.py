@@ -1,5 +1,6 @@
 """EnvActor in-process on real parts: Valkey replay, gRPC weights, MuJoCo, /metrics."""
 
+import time
 import urllib.request
 
 import numpy as np
@@ -277,3 +278,68 @@ def test_a_demonstration_the_expert_cannot_plan_is_discarded(valkey, publisher, 
         actor.close()
     assert client.episode_ids("pretrain") == [], "nothing of it is stored"
     assert 'fleetloop_actor_discarded_episodes_total{actor="actor-0",reason="expert_unavailable"} 2.0' in body
+
+
+def test_chunk_refresh_swaps_weights_mid_episode_and_every_step_keeps_its_version(valkey, publisher, client,
+                                                                                     tmp_path):
+    """actors.weights_refresh=chunk, in the asynchronous loop's call (collect): a version published while
+    an episode runs acts from the next planning step, and the written episodes say so step by step."""
+    publisher, target = publisher
+    cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", "actors.weights_refresh=chunk",
+                                "actors.dagger.mode=hg-dagger"])  # the policy plans every chunk
+    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    plan = actor.scene._plan
+
+    def publish_after_the_first_plan(policy, image, state, instruction):
+        chunk = plan(policy, image, state, instruction)
+        if actor.scene.version == 1 and actor.scene.held_version == 1:
+            publisher.publish(policy_weights(1))
+            deadline = time.monotonic() + 30
+            while actor.scene.held_version < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return chunk
+
+    actor.scene._plan = publish_after_the_first_plan
+    try:
+        publisher.publish(policy_weights(0))
+        assert actor.wait_for_version(1, timeout_s=30)
+        result = actor.collect(1)
+    finally:
+        actor.close()
+    assert not result["paused"] and result["episodes"] == 1 and result["version"] == 2
+    assert result["episode_lags"] == [0] and result["busy_s"] > 0
+    steps = {}
+    for table in ("rollouts", "corrections"):
+        for episode_id in client.episode_ids(table):
+            episode = client.read_episode(episode_id)
+            episode.validate()
+            steps.update({(table, episode_id, t): episode.version_at(t) for t in range(episode.length)})
+    assert set(steps.values()) == {1, 2}, "one episode: its first chunk acted with version 1, later ones with 2"
+    for table, episode_id, _ in steps:
+        episode = client.read_episode(episode_id)
+        if episode.version_changes:  # a segment that spans the swap
+            assert episode.policy_version == 1 and [v for _, v in episode.version_changes] == [2]
+
+
+def test_an_episode_refresh_keeps_one_version_per_episode(actor, publisher, client):
+    """actors.weights_refresh=episode (the default): a version received mid-episode waits for the next one."""
+    publisher, _ = publisher
+    publisher.publish(policy_weights(0))
+    assert actor.wait_for_version(1, timeout_s=30)
+    plan = actor.scene._plan
+
+    def publish_mid_episode(policy, image, state, instruction):
+        if actor.scene.held_version == 1:
+            publisher.publish(policy_weights(1))
+            deadline = time.monotonic() + 30
+            while actor.scene.held_version < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return plan(policy, image, state, instruction)
+
+    actor.scene._plan = publish_mid_episode
+    first = actor.collect(1)
+    second = actor.collect(1)
+    assert (first["version"], second["version"]) == (1, 2)
+    for table in ("rollouts", "corrections"):
+        for episode_id in client.episode_ids(table):
+            assert client.read_episode(episode_id).version_changes == ()

@@ -1,12 +1,11 @@
 """bench/improvement.py --quick: the DAgger-improvement benchmark's mechanics (not its goal)."""
 
-import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "improvement.py"
+from tests.bench.conftest import BENCH_DIR, run_bench
+
+BENCH = BENCH_DIR / "improvement.py"
 
 
 def in_interval(rate: float, interval: list[float]) -> bool:
@@ -15,11 +14,7 @@ def in_interval(rate: float, interval: list[float]) -> bool:
 
 
 def test_quick_run_reports_every_arm_and_round(tmp_path):
-    env = {**os.environ, "MUJOCO_GL": "egl", "DS_ACCELERATOR": "cpu"}
-    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--keep", str(tmp_path)], capture_output=True,
-                          text=True, timeout=420, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_bench("improvement.py", "--quick", "--keep", tmp_path, timeout=420)
     rounds, episodes = result["rounds"], result["eval_episodes_per_round"]
     assert result["mode"] == "hg-dagger" and result["state_includes_object_pose"] is True
     assert len(result["success_by_round"]) == len(result["ci95_by_round"]) == rounds + 1
@@ -64,11 +59,8 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
     assert result["wall_seconds"] > 0
 
     policy = next(tmp_path.glob("bc/learner/checkpoints/policy-step-*.safetensors"))
-    again = subprocess.run([sys.executable, str(BENCH), "--quick", "--bc-policy", str(policy), "--takeover-labels",
-                            "driven", "--expert-ratio", "2", "--correction-share", "0.25,0.75", "--hand-back", "subgoal"],
-                           capture_output=True, text=True, timeout=420, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    rerun = json.loads(again.stdout.strip().splitlines()[-1])
+    rerun = run_bench("improvement.py", "--quick", "--bc-policy", policy, "--takeover-labels", "driven",
+                      "--expert-ratio", "2", "--correction-share", "0.25,0.75", "--hand-back", "subgoal", timeout=420)
     assert rerun["bc_curve"] == result["bc_curve"], "the arms started from the kept checkpoint"
     assert rerun["success_by_round"][0] == result["success_by_round"][0]
     assert rerun["takeover_labels"] == "driven" and rerun["expert_ratio"] == 2

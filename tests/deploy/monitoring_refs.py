@@ -96,7 +96,8 @@ def run_promtool(command: str, path: Path) -> str:
 
 METRIC_MODULES = ("fleetloop.learner.learner", "fleetloop.learner.publisher", "fleetloop.actors.env_actor",
                   "fleetloop.actors.subscriber", "fleetloop.actors.bridge.connection", "fleetloop.actors.bridge.episode",
-                  "fleetloop.actors.bridge.metrics", "fleetloop.replay.metrics", "fleetloop.protos.security")
+                  "fleetloop.actors.bridge.metrics", "fleetloop.actors.evaluator", "fleetloop.replay.metrics",
+                  "fleetloop.protos.security")
 """The modules that declare fleetloop's metrics."""
 
 

@@ -3,13 +3,14 @@
 import os
 import signal
 import threading
+import time
 
 import pytest
 import torch
 
 from fleetloop.learner.data import Prefetcher
 from fleetloop.learner.engine import build_engine, deepspeed_config, param_groups, warmup_cosine
-from fleetloop.replay import EmptyReplayError, ReplayClient, WindowSampler
+from fleetloop.replay import EmptyReplayError, RateLimitedError, ReplayClient, WindowSampler
 
 
 class Regressor(torch.nn.Module):
@@ -135,6 +136,26 @@ def test_prefetcher_waits_for_an_empty_replay_to_fill():
         prefetch.close()
     assert windows == [1, 1, 1, 1]
     assert len(calls) > empty_calls
+
+
+def test_a_learner_paced_by_the_rate_limiter_waits_and_counts_the_wait():
+    """RateLimitedError is pacing, not an outage: the consumer's timeout does not count it."""
+    limited_calls = []
+
+    def sample(n):
+        if len(limited_calls) < 4:
+            limited_calls.append(n)
+            time.sleep(0.3)  # the sampler's own wait on the limiter before it gives up
+            raise RateLimitedError("corrections: a sample of 2 windows waits for the fleet's inserts")
+        return [7] * n
+
+    prefetch = Prefetcher(lambda: sample(2), depth=1)
+    try:
+        assert prefetch.next(timeout=0.5) == [7, 7]  # 1.2 s of pacing against a 0.5 s timeout
+    finally:
+        prefetch.close()
+    assert len(limited_calls) == 4
+    assert 1.1 <= prefetch.limited_s < 3.0
 
 
 def test_prefetcher_reraises_sampling_errors_in_the_consumer():

@@ -61,6 +61,11 @@ INVALID_CASES = [
     ("episode_id_hash_tag", "episode_id", _set("episode_id", lambda ep: "a{b}")),
     ("negative_policy_version", "policy_version", _set("policy_version", lambda ep: -1)),
     ("success_not_bool", "success", _set("success", lambda ep: 1)),
+    ("version_change_at_step_0", "version_changes", _set("version_changes", lambda ep: ((0, 1),))),
+    ("version_change_past_end", "version_changes", _set("version_changes", lambda ep: ((6, 1),))),
+    ("version_changes_unordered", "version_changes", _set("version_changes", lambda ep: ((3, 1), (2, 2)))),
+    ("version_change_backwards", "version_changes", _set("version_changes", lambda ep: ((2, 3), (4, 2)))),
+    ("version_change_not_pair", "version_changes", _set("version_changes", lambda ep: ((2,),))),
 ]
 
 

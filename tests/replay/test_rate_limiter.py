@@ -111,3 +111,16 @@ def test_min_size_alone_never_blocks_inserts(client, make_episode):
     for _ in range(5):
         client.write_episode("rollouts", make_episode(), timeout_s=0.1)
     assert len(WindowSampler(client, {"rollouts": 1.0}, horizon=1).sample(50)) == 50
+
+
+def test_a_fleet_that_must_not_stop_paces_samples_only(client, make_episode):
+    """block_inserts False: inserts never wait however far the samplers lag; samples still do."""
+    _configure(client, samples_per_insert=2.0, min_size_to_sample=1, error_buffer=2.0, block_inserts=False)
+    assert client.table_config("rollouts").block_inserts is False
+    for _ in range(6):  # past max_diff 4 of the blocking limiter
+        client.write_episode("rollouts", make_episode(), timeout_s=0.1)
+    sampler = WindowSampler(client, {"rollouts": 1.0}, horizon=1, seed=0, rate_limit_timeout_s=0.2)
+    taken = sum(len(sampler.sample(2)) for _ in range(6))  # 6 inserts * 2 - min_diff 0: 12 samples
+    assert taken == 12
+    with pytest.raises(RateLimitedError, match="a sample of 2 windows"):
+        sampler.sample(2)

@@ -173,6 +173,15 @@ def test_custom_table_is_known_once_written(client, make_episode):
     assert {w["table"] for w in windows} == {"sim_ablation"}
 
 
+def test_windows_carry_the_version_that_acted_at_their_step(client, make_episode):
+    """Weights refreshed between chunks: each window reports the version that acted at its step."""
+    ep = make_episode(length=8, frame_steps=(0, 3, 6), policy_version=4, version_changes=((3, 5), (6, 7)))
+    client.write_episode("rollouts", ep)
+    assert client.read_episode(ep.episode_id).version_changes == ((3, 5), (6, 7))
+    batch = WindowSampler(client, {"rollouts": 1.0}, horizon=2, seed=3).sample_batch(40)
+    assert {int(s): int(v) for s, v in zip(batch["step"], batch["policy_version"])} == {0: 4, 3: 5, 6: 7}
+
+
 def test_batch_size_must_be_positive(client, make_episode):
     _fill(client, make_episode, "pretrain", 1)
     with pytest.raises(ValueError, match="batch_size"):

@@ -1,0 +1,135 @@
+"""Sync against async: the same `fleetloop up` under the same wall-clock budget, one after the other.
+
+Each configuration is a real `fleetloop up` (embedded Valkey, local Ray, the DeepSpeed learner, env
+actors, the evaluator on fixed seeds) on the task's defaults with ``run.duration_s`` set to the
+budget and no step bound, so each mode does what it can in that time. For every run: the learner's
+and the actors' busy fractions, episodes and learner steps per minute, the policy lag's p95 and the
+evaluator's success against the loop's wall-clock (the minute each evaluated version came out).
+``wall_to_sync_final_success_ratio``: the minute async first reaches the sync run's final success,
+over the sync run's minutes (None: it never did within the budget).
+
+Configurations: sync and async with ``--actors`` actors, and (not with ``--quick``) async with one
+actor fewer (what an actor adds). Learner ranks inside the loop are not yet part of `fleetloop up` (issue 17, item 3):
+``learner_ranks`` says so instead of a figure.
+
+Logs go to stderr; the last stdout line is one JSON object.
+
+    python bench/async_loop.py [--quick] [--task reach|gr1_pick_place] [--budget-s S] [--actors N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bench.async_loop")
+
+FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
+FULL = {"budget_s": 600, "actors": 2, "evaluator_episodes": 20}
+QUICK = {"budget_s": 25, "actors": 2, "evaluator_episodes": 2}
+TASKS = {
+    "reach": [],
+    "gr1_pick_place": ["actors.env=gr1_pick_place", "actors.max_steps=96", "actors.state_includes_object_pose=true",
+                       "actors.dagger.mode=hg-dagger", "actors.demos_per_actor=8"],
+}
+"""Settings over the preset per task (the default preset is the reach task)."""
+
+
+def run_up(root: Path, name: str, settings: list[str], preset: str) -> dict[str, Any]:
+    """One `fleetloop up` in ``root/name``; its summary and evaluations.
+
+    Raises:
+        RuntimeError: the run failed; the message ends with its output.
+    """
+    run_dir, summary = root / name, root / f"{name}.json"
+    command = [FLEETLOOP, "up", "--config", preset, "--run-dir", str(run_dir), "--summary-json", str(summary),
+               *[arg for setting in settings for arg in ("--set", setting)]]
+    log.info("%s: %s", name, " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{name}: fleetloop up exited {done.returncode}: {done.stderr[-3000:]}")
+    return {**json.loads(summary.read_text()),
+            "evaluations": json.loads((run_dir / "evaluations.json").read_text())}
+
+
+def minutes_to_reach(success_by_minute: list[list[float]], target: float) -> float | None:
+    """The first minute at which the success reached ``target`` (None: never)."""
+    return next((minute for minute, success in success_by_minute if success >= target), None)
+
+
+def figures(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("learner_busy_fraction", "actor_busy_fraction", "episodes_per_minute", "learner_steps_per_minute",
+            "policy_lag_p95_versions", "learner_steps", "loop_seconds", "learner_limiter_wait_s", "stopped_by")
+    return {**{key: summary[key] for key in keys}, "success_by_minute": summary["success_by_minute"],
+            "final_success": summary["success_by_minute"][-1][1] if summary["success_by_minute"] else None}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI: the mechanics in a few minutes (smoke preset)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="reach")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"wall-clock of each loop (default {FULL['budget_s']}, {QUICK['budget_s']} with --quick)")
+    parser.add_argument("--actors", type=int, default=None, help=f"env actors (default {FULL['actors']})")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep the run directories")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    args.budget_s = args.budget_s or defaults["budget_s"]
+    args.actors = args.actors or defaults["actors"]
+    args.evaluator_episodes = defaults["evaluator_episodes"]
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s {args.budget_s} must be > 0 (seconds of each loop)")
+    if args.actors < 2:
+        parser.error(f"--actors {args.actors} must be >= 2: the bench also runs one actor fewer")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    start = time.time()
+    preset = "smoke" if args.quick else "default"
+    common = [*TASKS[args.task], f"run.duration_s={args.budget_s}", "run.max_learner_steps=1000000",
+              f"evaluator.episodes={args.evaluator_episodes}", "weights.port=0", "metrics.learner_port=0",
+              "metrics.replay_port=0", "metrics.evaluator_port=0", "metrics.actor_base_port=0"]
+    if not args.quick:  # sync: rounds until the budget is spent, never stopped by run.rounds
+        common.append("run.rounds=1000")
+    runs = {"sync": ["run.mode=sync", f"actors.num_actors={args.actors}"],
+            "async": ["run.mode=async", f"actors.num_actors={args.actors}"]}
+    if not args.quick:
+        runs["async_fewer_actors"] = ["run.mode=async", f"actors.num_actors={args.actors - 1}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        results = {name: figures(run_up(root, name, [*common, *settings], preset)) for name, settings in runs.items()}
+    sync, fleet = results["sync"], results["async"]
+    reached = None if sync["final_success"] is None else minutes_to_reach(fleet["success_by_minute"],
+                                                                          sync["final_success"])
+    report = {
+        "task": args.task, "budget_s": args.budget_s, "actors": args.actors, "quick": args.quick,
+        "learner_busy_fraction": {m: results[m]["learner_busy_fraction"] for m in ("sync", "async")},
+        "actor_busy_fraction": {m: results[m]["actor_busy_fraction"] for m in ("sync", "async")},
+        "episodes_per_minute": {m: results[m]["episodes_per_minute"] for m in results},
+        "learner_steps_per_minute": {m: results[m]["learner_steps_per_minute"] for m in results},
+        "policy_lag_p95_versions": fleet["policy_lag_p95_versions"],
+        "success_by_minute": {m: results[m]["success_by_minute"] for m in ("sync", "async")},
+        "sync_final_success": sync["final_success"],
+        "wall_to_sync_final_success_ratio": None if reached is None else round(reached * 60 / sync["loop_seconds"], 3),
+        "learner_ranks": "not measured: learner.ranks inside `fleetloop up` is not built yet (issue 17, item 3)",
+        "runs": results,
+        "loaded": os.getloadavg()[0],
+        "wall_seconds": round(time.time() - start, 1),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""bench/async_loop.py --quick: the sync-against-async benchmark's mechanics (not its goals)."""
+
+from tests.bench.conftest import run_bench
+
+
+def test_quick_run_compares_both_modes_under_one_budget(tmp_path):
+    result = run_bench("async_loop.py", "--quick", "--keep", tmp_path, timeout=900)
+    assert set(result["runs"]) == {"sync", "async"}
+    for mode in ("sync", "async"):
+        run = result["runs"][mode]
+        assert 0.0 < result["learner_busy_fraction"][mode] <= 1.0
+        assert 0.0 < result["actor_busy_fraction"][mode] <= 1.0
+        assert result["learner_steps_per_minute"][mode] > 0 and result["episodes_per_minute"][mode] > 0
+        assert run["success_by_minute"] and all(0.0 <= s <= 1.0 for _, s in run["success_by_minute"])
+        minutes = [m for m, _ in run["success_by_minute"]]
+        assert minutes == sorted(minutes)
+    assert result["runs"]["async"]["stopped_by"] == "duration_s"
+    assert result["policy_lag_p95_versions"] is not None
+    ratio = result["wall_to_sync_final_success_ratio"]
+    assert ratio is None or ratio >= 0
+    assert "not measured" in result["learner_ranks"]
