@@ -17,6 +17,10 @@ from tqdm import tqdm
 # MuJoCo renders offscreen (eval, robot-bridge): EGL unless the operator chose another backend.
 # Set before anything imports mujoco, which reads it once.
 os.environ.setdefault("MUJOCO_GL", "egl")
+# torch's OpenMP threads sleep rather than spin between parallel regions (docs/design.md, CPU
+# sharing): on a node shared with other roles or jobs, spinning threads collapse a learner's pace.
+# Set before torch loads; Ray workers get it from the loop's runtime env.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fleetloop.config import ConfigError, FleetloopConfig, load_config, preset_names
 

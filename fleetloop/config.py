@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from fleetloop.limits import InputError, read_limited
 
@@ -56,6 +56,10 @@ def _check_ray_resources(resources: dict[str, float]) -> dict[str, float]:
     if bad:
         raise ValueError(f"amounts must be finite and > 0, got {bad}")
     return resources
+
+
+RayResources = Annotated[dict[str, float], AfterValidator(_check_ray_resources)]
+"""Custom Ray resources a role needs (``{name: amount}``, amounts finite and > 0)."""
 
 
 DEFAULT_CLASS_WEIGHTS = {"demo": 1.0, "relabel": 1.0, "intervention": 1.0, "pre_intervention_relabel": 1.0,
@@ -218,12 +222,7 @@ class LearnerSection(_Section):
     tune_diffusion_model: bool = Field(True, description="Train the DiT of System 1.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives each learner rank; 0 trains on the CPU (DeepSpeed with DS_ACCELERATOR=cpu and gloo).")
-    ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each learner rank needs, e.g. {fleetloop_learner: 1} to place it on the nodes that advertise them (a KubeRay worker group's rayStartParams.resources).")
-
-    @field_validator("ray_resources")
-    @classmethod
-    def _check_resources(cls, resources: dict[str, float]) -> dict[str, float]:
-        return _check_ray_resources(resources)
+    ray_resources: RayResources = Field(default_factory=dict, description="Custom Ray resources each learner rank needs, e.g. {fleetloop_learner: 1} to place it on the nodes that advertise them (a KubeRay worker group's rayStartParams.resources).")
 
     @field_validator("class_weights")
     @classmethod
@@ -420,13 +419,8 @@ class ActorsSection(_Section):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a crashed actor (and retries its interrupted call).")
     replay_retry_s: float = Field(300.0, gt=0, description="How long an actor retries an episode write the replay has not acknowledged (unreachable, paused, rate-limited) before its call fails; the episode stays held and is written first on the next try.")
-    ray_resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each env actor needs, e.g. {fleetloop_actor: 1} to place actors on the nodes that advertise them.")
+    ray_resources: RayResources = Field(default_factory=dict, description="Custom Ray resources each env actor needs, e.g. {fleetloop_actor: 1} to place actors on the nodes that advertise them.")
     dagger: DaggerSection = Field(default_factory=DaggerSection)
-
-    @field_validator("ray_resources")
-    @classmethod
-    def _check_resources(cls, resources: dict[str, float]) -> dict[str, float]:
-        return _check_ray_resources(resources)
 
     @model_validator(mode="after")
     def _check_robot(self) -> "ActorsSection":
@@ -466,6 +460,11 @@ class EvaluatorSection(_Section):
                            description="Evaluation episode i resets its env (and seeds the policy's noise) with "
                                        "seed_base + i: every policy is evaluated on the same scenes (paired). Keep it "
                                        "away from the actors' own seeds, which train on their scenes.")
+    ray_resources: RayResources = Field(default_factory=dict, description="Custom Ray resources the evaluator "
+                                                                           "needs, e.g. {fleetloop_evaluator: 1} to "
+                                                                           "place it on its own nodes (a KubeRay worker "
+                                                                           "group's rayStartParams.resources), away from "
+                                                                           "the learner's CPUs.")
 
 
 class MetricsSection(_Section):

@@ -183,6 +183,7 @@ class TwinBridgeProcess:
 
 def _runtime_env(cfg: FleetloopConfig, run: RunDir) -> dict[str, Any]:
     env_vars = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1",
+                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                 "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     if not cfg.learner.num_gpus:  # the driver's own devices say nothing of the learner's node
         env_vars["DS_ACCELERATOR"] = "cpu"
@@ -279,7 +280,8 @@ class Loop:
                        for i in range(n)]
         self.actor_status = _ray_call([a.status.remote() for a in self.actors], "starting the actors")
         if self.cfg.evaluator.enabled:
-            evaluator_cls = ray.remote(num_cpus=1, max_restarts=restarts, max_task_retries=restarts)(EvaluatorRole)
+            evaluator_cls = ray.remote(num_cpus=1, resources=dict(self.cfg.evaluator.ray_resources),
+                                       max_restarts=restarts, max_task_retries=restarts)(EvaluatorRole)
             self.evaluator = evaluator_cls.remote(self.cfg, self.endpoints["weights"])
             self.evaluator_status = _ray_call(self.evaluator.status.remote(), "starting the evaluator")
 

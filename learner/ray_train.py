@@ -32,7 +32,8 @@ def fit_ray_trainer(worker: Callable[[dict], Any], config: dict, *, ranks: int, 
     cuda = torch.cuda.is_available()
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        env_vars = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env_vars = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         if not cuda:
             env_vars["DS_ACCELERATOR"] = "cpu"
         address = os.environ.get("RAY_ADDRESS")

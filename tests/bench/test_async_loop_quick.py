@@ -1,10 +1,13 @@
 """bench/async_loop.py --quick: the sync-against-async benchmark's mechanics (not its goals)."""
 
+import pytest
+
 from tests.bench.conftest import run_bench
 
 
+@pytest.mark.timeout(1000)  # two `fleetloop up` runs, each with its set-up
 def test_quick_run_compares_both_modes_under_one_budget(tmp_path):
-    result = run_bench("async_loop.py", "--quick", "--keep", tmp_path, timeout=900)
+    result = run_bench("async_loop.py", "--quick", "--keep", tmp_path, timeout=950)
     assert set(result["runs"]) == {"sync", "async"}
     for mode in ("sync", "async"):
         run = result["runs"][mode]

@@ -103,16 +103,99 @@ def _path(path) -> str:
 
 def pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, pod template) for every pod an object creates: workloads and the RayJob's groups."""
+    for where, template, _ in replicated_pod_templates(obj):
+        yield where, template
+
+
+def replicated_pod_templates(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(where, pod template, how many pods of it run) for every pod an object creates."""
     spec = obj.get("spec", {})
-    if obj["kind"] in ("StatefulSet", "Deployment", "DaemonSet", "Job"):
-        yield describe(obj), spec["template"]
+    if obj["kind"] in ("StatefulSet", "Deployment"):
+        yield describe(obj), spec["template"], spec.get("replicas", 1)
+    elif obj["kind"] in ("DaemonSet", "Job"):
+        yield describe(obj), spec["template"], 1
     elif obj["kind"] == "RayJob":
         cluster = spec["rayClusterSpec"]
-        yield f"{describe(obj)} head", cluster["headGroupSpec"]["template"]
+        yield f"{describe(obj)} head", cluster["headGroupSpec"]["template"], 1
         for group in cluster["workerGroupSpecs"]:
-            yield f"{describe(obj)} group {group['groupName']}", group["template"]
+            yield f"{describe(obj)} group {group['groupName']}", group["template"], group["replicas"]
         if "submitterPodTemplate" in spec:
-            yield f"{describe(obj)} submitter", spec["submitterPodTemplate"]
+            yield f"{describe(obj)} submitter", spec["submitterPodTemplate"], 1
+
+
+def labels_match(selector: dict, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions with In) selects ``labels``."""
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        if expr["operator"] == "In" and labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def service_backends(objs: list[dict[str, Any]], service: str, port: int | str) -> list[tuple[str, dict, int]]:
+    """(where, pod labels, container port) of every pod template a Service's ``port`` (its number
+    or name) reaches, through the Service's selector and targetPort."""
+    svc = find(objs, "Service", service)
+    [entry] = [p for p in svc["spec"]["ports"] if port in (p["port"], p.get("name"))]
+    target = entry.get("targetPort", entry["port"])
+    backends = []
+    for obj in objs:
+        for where, template in pod_templates(obj):
+            if not labels_match({"matchLabels": svc["spec"]["selector"]}, template["metadata"]["labels"]):
+                continue
+            for container in template["spec"]["containers"]:
+                for p in container.get("ports", []):
+                    if target in (p["containerPort"], p.get("name")):
+                        backends.append((where, template["metadata"]["labels"], p["containerPort"]))
+    return backends
+
+
+def scrape_targets(objs: list[dict[str, Any]]) -> list[tuple[str, dict, int]]:
+    """(where, pod labels, container port) of every pod port a ServiceMonitor has Prometheus scrape."""
+    targets = []
+    for monitor in (o for o in objs if o["kind"] == "ServiceMonitor"):
+        for svc in (o for o in objs if o["kind"] == "Service"
+                    and labels_match(monitor["spec"]["selector"], o["metadata"].get("labels", {}))):
+            for endpoint in monitor["spec"]["endpoints"]:
+                targets += service_backends(objs, svc["metadata"]["name"], endpoint["port"])
+    return targets
+
+
+def network_allows(objs: list[dict[str, Any]], source: dict, target: dict, port: int, protocol: str = "TCP",
+                   source_in_namespace: bool = True, target_in_namespace: bool = True) -> bool:
+    """Whether the NetworkPolicies let a pod labelled ``source`` open a connection to a pod labelled
+    ``target`` on ``port``: egress from the one and ingress to the other, each allowed when no policy
+    of that direction selects the pod or one of them has a rule for the peer and port. A pod outside
+    the manifests' namespace (``*_in_namespace=False``) is governed by none of them."""
+    policies = [o["spec"] for o in objs if o["kind"] == "NetworkPolicy"]
+
+    def allowed(direction: str, pod: dict, peer: dict, peer_in_namespace: bool) -> bool:
+        selecting = [p for p in policies if direction.capitalize() in p.get("policyTypes", ["Ingress"])
+                     and labels_match(p["podSelector"], pod)]
+        return not selecting or any(
+            _peer_matches(rule_peer, peer, peer_in_namespace) and _port_matches(rule, port, protocol)
+            for policy in selecting for rule in policy.get(direction, [])
+            for rule_peer in rule.get("from" if direction == "ingress" else "to", []))
+
+    return ((not source_in_namespace or allowed("egress", source, target, target_in_namespace))
+            and (not target_in_namespace or allowed("ingress", target, source, source_in_namespace)))
+
+
+def _peer_matches(rule_peer: dict, labels: dict, in_namespace: bool) -> bool:
+    if "ipBlock" in rule_peer:
+        return False
+    namespaces = rule_peer.get("namespaceSelector")
+    if namespaces is None and not in_namespace:
+        return False  # a podSelector alone means pods of the policy's own namespace
+    if namespaces not in (None, {}):
+        return False  # namespace labels are not modelled; no policy here selects by them
+    return labels_match(rule_peer.get("podSelector", {}), labels)
+
+
+def _port_matches(rule: dict, port: int, protocol: str) -> bool:
+    return "ports" not in rule or any(p.get("protocol", "TCP") == protocol and p.get("port") in (None, port)
+                                      for p in rule["ports"])
 
 
 def find(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ secure by default, and agrees with the fleetloop config it ships."""
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -14,7 +15,12 @@ from k8s_manifests import (
     crd_schemas,
     describe,
     find,
+    labels_match,
+    network_allows,
     pod_templates,
+    replicated_pod_templates,
+    scrape_targets,
+    service_backends,
     validation_errors,
 )
 
@@ -66,7 +72,7 @@ def test_a_broken_manifest_fails_with_its_file_and_reason(tmp_path, crds):
 def test_pods_are_secure_by_default(built):
     name, objs = built
     templates = [t for obj in objs for t in pod_templates(obj)]
-    assert len(templates) == 6  # replay, robot bridges, Ray head, learner, actors, job submitter
+    assert len(templates) == 7  # replay, robot bridges, Ray head, learner, actors, evaluator, job submitter
     for where, template in templates:
         spec = template["spec"]
         context = spec["securityContext"]
@@ -97,28 +103,19 @@ def test_no_secret_material_in_the_manifests(built):
         assert set(secrets) <= {SECRET}, where
 
 
-def _labels_match(selector: dict, labels: dict) -> bool:
-    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for expr in selector.get("matchExpressions", []):
-        if expr["operator"] == "In" and labels.get(expr["key"]) not in expr["values"]:
-            return False
-    return True
-
-
 def test_selectors_and_references_resolve(built):
     name, objs = built
     pods = {where: t["metadata"]["labels"] for obj in objs for where, t in pod_templates(obj)}
     for obj in objs:
         kind, spec = obj["kind"], obj.get("spec", {})
         if kind == "Service":
-            assert any(_labels_match({"matchLabels": spec["selector"]}, labels) for labels in pods.values()), describe(obj)
+            assert any(labels_match({"matchLabels": spec["selector"]}, labels) for labels in pods.values()), describe(obj)
         if kind in ("PodDisruptionBudget", "NetworkPolicy") and spec.get("podSelector") != {}:
             selector = spec.get("selector") or spec.get("podSelector")
-            assert any(_labels_match(selector, labels) for labels in pods.values()), describe(obj)
+            assert any(labels_match(selector, labels) for labels in pods.values()), describe(obj)
         if kind == "ServiceMonitor":
             services = [s for s in objs if s["kind"] == "Service"
-                        and _labels_match(spec["selector"], s["metadata"].get("labels", {}))]
+                        and labels_match(spec["selector"], s["metadata"].get("labels", {}))]
             assert services, describe(obj)
             for service in services:
                 assert "metrics" in {p["name"] for p in service["spec"]["ports"]}, describe(service)
@@ -168,10 +165,13 @@ def test_the_shipped_config_agrees_with_the_manifests(built, tmp_path):
     cfg = _cluster_config(objs, tmp_path)
     rayjob = find(objs, "RayJob", "fleetloop")
     groups = {g["groupName"]: g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
-    actors, learner = groups["actors"], groups["learner"]
+    actors, learner, evaluator = groups["actors"], groups["learner"], groups["evaluator"]
     n = cfg.actors.num_actors
     assert actors["replicas"] == actors["minReplicas"] == actors["maxReplicas"] == n
     assert {k: float(v) for k, v in actors["resources"].items()} == cfg.actors.ray_resources
+    assert cfg.evaluator.enabled  # else its group would idle
+    assert evaluator["replicas"] == evaluator["minReplicas"] == evaluator["maxReplicas"] == 1
+    assert {k: float(v) for k, v in evaluator["resources"].items()} == cfg.evaluator.ray_resources
     assert {k: float(v) for k, v in learner["resources"].items()} == cfg.learner.ray_resources
     assert learner["replicas"] == 1
     gpus = learner["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", "0")
@@ -192,6 +192,8 @@ def test_the_shipped_config_agrees_with_the_manifests(built, tmp_path):
     assert learner_ports == {"grpc-weights": cfg.weights.port, "metrics": cfg.metrics.learner_port}
     actor_ports = {p["name"]: p["containerPort"] for p in actors["template"]["spec"]["containers"][0]["ports"]}
     assert actor_ports == {"metrics": cfg.metrics.actor_base_port} and cfg.metrics.actor_port_stride == 0
+    evaluator_ports = {p["name"]: p["containerPort"] for p in evaluator["template"]["spec"]["containers"][0]["ports"]}
+    assert evaluator_ports == {"metrics": cfg.metrics.evaluator_port}
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"name": "metrics", "containerPort": cfg.metrics.replay_port} in head["ports"]
 
@@ -202,6 +204,107 @@ def test_the_shipped_config_agrees_with_the_manifests(built, tmp_path):
         assert host == "0.0.0.0"  # reachable from other pods; NetworkPolicies decide who may
     entrypoint = rayjob["spec"]["entrypoint"]
     assert "--config /etc/fleetloop/cluster.yaml --config /etc/fleetloop/overlay.yaml" in entrypoint
+
+
+def _advertised(group: dict) -> dict[str, float]:
+    """What a KubeRay group's pods advertise to Ray: CPUs, GPUs (the container's limit) and custom resources."""
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return {"CPU": _cpus(group["rayStartParams"].get("num-cpus", limits["cpu"])),
+            "GPU": float(limits.get("nvidia.com/gpu", 0)),
+            **{name: float(amount) for name, amount in group.get("resources", {}).items()}}
+
+
+def test_each_ray_role_runs_only_on_its_own_worker_group(built, tmp_path):
+    """Ray places a role on any node with the CPU and custom resources it asks for (`fleetloop up`:
+    num_cpus=1 and the role's ray_resources). Each role must fit one group only, one per pod (each
+    binds a fixed /metrics port), on as many pods as it has instances: an evaluator without
+    resources of its own would take one of the learner's CPUs."""
+    name, objs = built
+    cfg = _cluster_config(objs, tmp_path)
+    cluster = find(objs, "RayJob", "fleetloop")["spec"]["rayClusterSpec"]
+    nodes = {"head": (_advertised(cluster["headGroupSpec"]), 1),
+             **{g["groupName"]: (_advertised(g), g["replicas"]) for g in cluster["workerGroupSpecs"]}}
+    roles = {  # role: (its group, what one instance asks Ray for, instances)
+        "learner": ("learner", {"CPU": 1, "GPU": cfg.learner.num_gpus, **cfg.learner.ray_resources}, 1),
+        "actor": ("actors", {"CPU": 1, **cfg.actors.ray_resources}, cfg.actors.num_actors),
+        "evaluator": ("evaluator", {"CPU": 1, **cfg.evaluator.ray_resources}, int(cfg.evaluator.enabled)),
+    }
+    for role, (group, demand, instances) in roles.items():
+        per_pod = {node: min(supply.get(key, 0) // amount for key, amount in demand.items() if amount)
+                   for node, (supply, _) in nodes.items()}
+        hosts = sorted(node for node, fit in per_pod.items() if fit)
+        assert hosts == [group], f"{name}: Ray may place the {role} ({demand}) on {hosts}, not only on {group}"
+        assert per_pod[group] == 1 and nodes[group][1] == instances, \
+            f"{name}: {instances} {role}(s), one per pod; group {group}: {nodes[group][1]} pods, {per_pod[group]} per pod"
+    assert not set(nodes) - {"head"} - {group for group, _, _ in roles.values()}, f"{name}: a group no role uses"
+
+
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+"""The Prometheus pods' labels (kube-prometheus-stack's), in their own namespace."""
+KUBE_DNS = {"k8s-app": "kube-dns"}
+
+
+def test_prometheus_scrapes_every_role_on_its_configured_port(built, tmp_path):
+    name, objs = built
+    cfg = _cluster_config(objs, tmp_path)
+    scraped: dict[str, set[int]] = {}
+    for where, labels, port in scrape_targets(objs):
+        scraped.setdefault(labels["app.kubernetes.io/component"], set()).add(port)
+        assert network_allows(objs, PROMETHEUS, labels, port, source_in_namespace=False), \
+            f"{name}: {where}: the NetworkPolicies keep Prometheus from scraping :{port}"
+    assert scraped == {"ray-head": {cfg.metrics.replay_port}, "learner": {cfg.metrics.learner_port},
+                       "actor": {cfg.metrics.actor_base_port}, "evaluator": {cfg.metrics.evaluator_port},
+                       "robot-bridge": {cfg.bridge.metrics_port}}, name
+
+
+def _service_address(address: str) -> tuple[str, int]:
+    """The Service and port of a ``host:port`` the config dials (a StatefulSet pod's
+    ``<pod>.<service>`` included)."""
+    host, port = address.rsplit(":", 1)
+    return host.split(".")[-1], int(port)
+
+
+def test_network_policies_open_the_paths_the_config_dials(built, tmp_path):
+    name, objs = built
+    cfg = _cluster_config(objs, tmp_path)
+    pods = {t["metadata"]["labels"]["app.kubernetes.io/component"]: t["metadata"]["labels"]
+            for obj in objs for _, t in pod_templates(obj)}
+    replay = urlsplit(cfg.replay.url)
+    dials = {  # (Service, port) the config names -> the roles that connect to it
+        _service_address(cfg.weights.advertise_address): {"actor", "evaluator"},
+        (replay.hostname, replay.port): {"ray-head", "learner", "actor"},
+        **{_service_address(target): {"actor"} for target in cfg.actors.bridge_targets},
+    }
+    for (service, port), dialers in dials.items():
+        backends = service_backends(objs, service, port)
+        assert backends, f"{name}: nothing serves {service}:{port}"
+        for component in dialers:
+            for protocol in ("UDP", "TCP"):
+                assert network_allows(objs, pods[component], KUBE_DNS, 53, protocol, target_in_namespace=False), \
+                    f"{name}: {component} may not resolve {service} ({protocol} 53)"
+            for where, labels, target_port in backends:
+                assert network_allows(objs, pods[component], labels, target_port), \
+                    f"{name}: {component} may not reach {service}:{port} ({where} :{target_port})"
+    head = find(objs, "RayJob", "fleetloop")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    gcs = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}["gcs-server"]
+    for component, labels in pods.items():  # every Ray node joins the cluster through the head's GCS
+        if labels.get("fleetloop.dev/ray-node") == "true":
+            assert network_allows(objs, labels, head["metadata"]["labels"], gcs), f"{name}: {component} -> GCS"
+
+
+DEV_NODE = {"cpu": 4.0, "memory": 16 * (1 << 30)}
+"""The one node the dev overlay is sized for (overlays/dev/kustomization.yaml)."""
+
+
+def test_dev_requests_fit_its_one_node():
+    requested = {"cpu": 0.0, "memory": 0.0}
+    for obj in build(KUSTOMIZATIONS["dev"]):
+        for where, template, count in replicated_pod_templates(obj):
+            for container in template["spec"]["containers"]:
+                requests = container["resources"]["requests"]
+                requested["cpu"] += count * _cpus(requests["cpu"])
+                requested["memory"] += count * _bytes(requests["memory"])
+    assert all(requested[key] <= DEV_NODE[key] for key in DEV_NODE), f"dev requests {requested} of {DEV_NODE}"
 
 
 def test_replay_server_persists_with_a_password_from_the_secret(built):
@@ -228,13 +331,18 @@ def _bytes(quantity: str) -> float:
     return int(number) * units[unit]
 
 
+def _cpus(quantity: str) -> float:
+    """A CPU quantity ("2", "500m") in CPUs."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def test_every_workload_has_a_disruption_budget(built):
     name, objs = built
     budgets = [o["spec"]["selector"] for o in objs if o["kind"] == "PodDisruptionBudget"]
     for where, template in (t for obj in objs for t in pod_templates(obj)):
         if "submitter" in where:  # a one-shot Job pod
             continue
-        assert any(_labels_match(s, template["metadata"]["labels"]) for s in budgets), where
+        assert any(labels_match(s, template["metadata"]["labels"]) for s in budgets), where
 
 
 def test_overlays_differ_where_they_should():
