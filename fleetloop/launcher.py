@@ -428,8 +428,9 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
         checkpoint = _ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
         statuses = _ray_call([a.status.remote() for a in loop.actors], "reading actor status")
         evaluations = _evaluations(run)
-        summary = _summary(loop, statuses, rounds, evaluations, checkpoint, start)
-        summary.update(_loop_figures(loop, ran, loop_s, before))
+        learner = _ray_call(loop.learner.status.remote(), "reading learner status")
+        summary = _summary(loop, learner, statuses, rounds, evaluations, checkpoint, start)
+        summary.update(_loop_figures(loop, ran, loop_s, before, learner))
     finally:
         loop.close()
     plot_learning_curves(rounds, run.plots / "learning_curves.png")
@@ -470,10 +471,10 @@ def _run_rounds(loop: Loop, rounds: list[dict[str, Any]], stop: StopConditions) 
     return {"stopped_by": reason or "rounds", "tally": tally}
 
 
-def _loop_figures(loop: Loop, ran: dict[str, Any], loop_s: float, before: dict[str, Any]) -> dict[str, Any]:
-    """The loop's pace over its ``loop_s`` seconds (the learner's status ``before`` it): busy
-    fractions, episodes and learner steps per minute, policy lag, and why it stopped."""
-    learner = _ray_call(loop.learner.status.remote(), "reading learner status")
+def _loop_figures(loop: Loop, ran: dict[str, Any], loop_s: float, before: dict[str, Any],
+                  learner: dict[str, Any]) -> dict[str, Any]:
+    """The loop's pace over its ``loop_s`` seconds (the learner's status ``before`` it and ``learner``
+    after): busy fractions, episodes and learner steps per minute, policy lag, and why it stopped."""
     tally: FleetTally = ran["tally"]
     minutes = max(loop_s, 1e-9) / 60
     return {
@@ -490,9 +491,8 @@ def _loop_figures(loop: Loop, ran: dict[str, Any], loop_s: float, before: dict[s
     }
 
 
-def _summary(loop: Loop, statuses: list[dict[str, Any]], rounds: list[dict[str, Any]],
+def _summary(loop: Loop, learner: dict[str, Any], statuses: list[dict[str, Any]], rounds: list[dict[str, Any]],
              evaluations: list[dict[str, Any]], checkpoint: str, start: float) -> dict[str, Any]:
-    learner = _ray_call(loop.learner.status.remote(), "reading learner status")
     stats = loop.replay.table_stats()
     applied = {s["actor"]: s["versions_applied"] for s in statuses}
     reported: dict[str, int] = {}

@@ -27,7 +27,8 @@ def to_episode(traj: Trajectory, segment: Segment, *, embodiment: str, policy_ve
     steps = list(segment.steps)
     if not steps or min(steps) < 0 or max(steps) >= len(traj.states):
         raise ValueError(f"segment steps {steps[:1]}..{steps[-1:]} are outside the trajectory's {len(traj.states)} steps")
-    versions = [version_at(policy_version, tuple(version_changes), step) for step in steps]
+    changes = tuple(version_changes)
+    versions = [version_at(policy_version, changes, step) for step in steps]
     if segment.labelled:
         missing = [step for step in steps if step not in traj.labels or step not in traj.frames]
         if missing:
