@@ -9,8 +9,10 @@ evaluator's success against the loop's wall-clock (the minute each evaluated ver
 over the sync run's minutes (None: it never did within the budget).
 
 Configurations: sync and async with ``--actors`` actors, and (not with ``--quick``) async with one
-actor fewer (what an actor adds). Learner ranks inside the loop are not yet part of `fleetloop up` (issue 17, item 3):
-``learner_ranks`` says so instead of a figure.
+actor fewer (what an actor adds) and async with 2 learner ranks (``learner.ranks=2``, Ray Train
+workers inside the loop). ``learner_ranks`` compares the async runs with 1 and 2 ranks: optimizer
+steps and training windows per minute (a rank draws learner.batch_size windows a step), busy
+fraction and the final success.
 
 Logs go to stderr; the last stdout line is one JSON object.
 
@@ -29,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 log = logging.getLogger("bench.async_loop")
 
@@ -67,9 +71,18 @@ def minutes_to_reach(success_by_minute: list[list[float]], target: float) -> flo
 
 def figures(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("learner_busy_fraction", "actor_busy_fraction", "episodes_per_minute", "learner_steps_per_minute",
-            "policy_lag_p95_versions", "learner_steps", "loop_seconds", "learner_limiter_wait_s", "stopped_by")
+            "policy_lag_p95_versions", "learner_steps", "learner_ranks", "loop_seconds", "learner_limiter_wait_s",
+            "stopped_by")
     return {**{key: summary[key] for key in keys}, "success_by_minute": summary["success_by_minute"],
             "final_success": summary["success_by_minute"][-1][1] if summary["success_by_minute"] else None}
+
+
+def rank_figures(run: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """One async run's learner throughput for the 1-against-2-ranks comparison."""
+    steps = run["learner_steps_per_minute"]
+    return {"ranks": run["learner_ranks"], "learner_steps_per_minute": steps,
+            "windows_per_minute": round(steps * run["learner_ranks"] * batch_size, 1),
+            "learner_busy_fraction": run["learner_busy_fraction"], "final_success": run["final_success"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,10 +119,12 @@ def main() -> None:
             "async": ["run.mode=async", f"actors.num_actors={args.actors}"]}
     if not args.quick:
         runs["async_fewer_actors"] = ["run.mode=async", f"actors.num_actors={args.actors - 1}"]
+        runs["async_two_ranks"] = ["run.mode=async", f"actors.num_actors={args.actors}", "learner.ranks=2"]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         results = {name: figures(run_up(root, name, [*common, *settings], preset)) for name, settings in runs.items()}
+        batch_size = yaml.safe_load((root / "async" / "config.yaml").read_text())["learner"]["batch_size"]
     sync, fleet = results["sync"], results["async"]
     reached = None if sync["final_success"] is None else minutes_to_reach(fleet["success_by_minute"],
                                                                           sync["final_success"])
@@ -123,7 +138,8 @@ def main() -> None:
         "success_by_minute": {m: results[m]["success_by_minute"] for m in ("sync", "async")},
         "sync_final_success": sync["final_success"],
         "wall_to_sync_final_success_ratio": None if reached is None else round(reached * 60 / sync["loop_seconds"], 3),
-        "learner_ranks": "not measured: learner.ranks inside `fleetloop up` is not built yet (issue 17, item 3)",
+        "learner_ranks": {name: rank_figures(results[name], batch_size) for name in ("async", "async_two_ranks")
+                          if name in results},
         "runs": results,
         "loaded": os.getloadavg()[0],
         "wall_seconds": round(time.time() - start, 1),

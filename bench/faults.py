@@ -2,28 +2,32 @@
 store no partial episode and never apply corrupt weights?
 
 Every scenario runs the real loop (embedded Valkey in zero-loss mode, `appendfsync always`; Ray;
-the DeepSpeed learner; two actors each driving a MuJoCo-twin robot bridge) and injects one fault
-at a random moment (seeded) after the first round:
+the DeepSpeed learner; two actors each driving a MuJoCo-twin robot bridge; the evaluator) in
+``--mode sync`` (rounds) or ``async`` (learner and fleet at once, bounded by learner steps) and
+injects one fault at a random moment (seeded) once the loop has made progress (sync: the first
+round; async: the first trained version):
 
     none                 the baseline, no fault
     actor_kill9          kill -9 of one env actor (Ray restarts it)
     redis_kill9          kill -9 of the replay server (`up` restarts it on its port; AOF replay)
     redis_sigstop        the replay server paused for 15 s, longer than every client timeout
     bridge_kill9         kill -9 of one robot bridge (`up` restarts it; the actor reconnects)
-    learner_kill9        kill -9 of the learner; `fleetloop up --resume` continues the run
+    learner_kill9        kill -9 of the learner (Ray restarts it; it resumes from its checkpoint)
     weight_service_kill9 kill -9 of the learner while a weights stream is in flight (the
-                         WeightService lives in the learner's process); resumed likewise
+                         WeightService lives in the learner's process); restarted likewise
+    evaluator_kill9      kill -9 of the evaluator (Ray restarts it and retries its evaluation)
     weights_stream_cut   weight streams cut half-way by a TCP proxy between actors and learner
 
-Per scenario: recovered (the run finished every round, resumed once where the scenario says so),
-recovery_s (fault -> the next finished round), acknowledged (episode ids the actors' audit files
-hold: written only after Redis acknowledged them), stored (how many of those the replay holds;
-equal = nothing lost), partial (stored episodes that do not read back whole), versions_applied,
-corrupt_applied (rounds where an actor ran weights whose digest differs from the learner's for
-that version: the loop checks every round and stops), and wall_s with its ratio to the baseline
-run of the same invocation. Logs go to stderr; the last stdout line is one JSON object.
+Per scenario: recovered (the run finished all its work, sync: every round, async: every learner
+step, with no help), recovery_s (fault -> the next finished round, or the next published version
+in async mode), acknowledged (episode ids the actors' audit files hold: written only after Redis
+acknowledged them), stored (how many of those the replay holds; equal = nothing lost), partial
+(stored episodes that do not read back whole), versions_applied, corrupt_applied (an actor ran
+weights whose digest differs from the learner's for that version: the loop checks every round, in
+async mode at the end, and stops), and wall_s with its ratio to the baseline run of the same
+invocation. Logs go to stderr; the last stdout line is one JSON object.
 
-    python bench/faults.py [--quick] [--seed N] [--scenarios a,b,...]
+    python bench/faults.py [--quick] [--mode sync|async] [--seed N] [--scenarios a,b,...]
 """
 
 from __future__ import annotations
@@ -50,8 +54,8 @@ from fleetloop.replay import EmbeddedValkey, ReplayClient  # noqa: E402
 
 FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
 SCENARIOS = ("none", "actor_kill9", "redis_kill9", "redis_sigstop", "bridge_kill9", "learner_kill9",
-             "weight_service_kill9", "weights_stream_cut")
-RESUMED = {"learner_kill9", "weight_service_kill9"}
+             "weight_service_kill9", "evaluator_kill9", "weights_stream_cut")
+STEPS_PER_ROUND = 20
 PAUSE_S = 15.0
 """SIGSTOP length: longer than the replay client's 10 s socket timeout."""
 RUN_TIMEOUT_S = 900.0
@@ -145,9 +149,30 @@ def rounds_done(run_dir: Path) -> int:
         return 0
 
 
-def start_up(run_dir: Path, settings: list[str], resume: bool = False) -> subprocess.Popen:
-    args = [FLEETLOOP, "up", "--run-dir", str(run_dir)]
-    args += ["--resume"] if resume else ["--config", "smoke", *[a for s in settings for a in ("--set", s)]]
+def versions_published(run_dir: Path) -> int:
+    path = run_dir / "checkpoints" / "published_version.json"
+    try:
+        return json.loads(path.read_text())["version"] if path.exists() else 0
+    except (json.JSONDecodeError, KeyError):  # being replaced
+        return 0
+
+
+def progress(run_dir: Path, mode: str) -> int:
+    """How far the loop has come: finished rounds (sync), or trained versions published (async: 1 is
+    the first, untrained, publish)."""
+    return rounds_done(run_dir) if mode == "sync" else max(0, versions_published(run_dir) - 1)
+
+
+def mode_settings(mode: str, rounds: int) -> list[str]:
+    """The loop's length: ``rounds`` rounds (sync), or as many learner steps (async)."""
+    if mode == "sync":
+        return [f"run.rounds={rounds}"]
+    return ["run.mode=async", f"run.max_learner_steps={rounds * STEPS_PER_ROUND}", "actors.replay_retry_s=120"]
+
+
+def start_up(run_dir: Path, settings: list[str]) -> subprocess.Popen:
+    args = [FLEETLOOP, "up", "--run-dir", str(run_dir), "--config", "smoke",
+            *[a for s in settings for a in ("--set", s)]]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(run_dir.parent / f"{run_dir.name}.log", "a"),
                             start_new_session=True)
 
@@ -167,7 +192,9 @@ def inject(name: str, up: subprocess.Popen, run_dir: Path, proxy: CuttingProxy, 
             before, deadline = proxy.server_bytes, time.monotonic() + 120
             while proxy.server_bytes - before < 4096 and time.monotonic() < deadline:
                 time.sleep(0.01)
-        victim, cmdline = processes(up.pid, "ray::Learner")[0]
+        victim, cmdline = processes(up.pid, "RestartableLearner")[0]
+    elif name == "evaluator_kill9":
+        victim, cmdline = processes(up.pid, "ray::EvaluatorRole")[0]
     elif name == "weights_stream_cut":
         proxy.arm(cut_after=rng.randint(2_000, 60_000), cuts=3)
         return "armed the proxy to cut the next 3 weight streams half-way"
@@ -208,34 +235,30 @@ def replay_contents(run_dir: Path) -> tuple[set[str], int]:
 
 
 def run_scenario(name: str, settings: list[str], weights_port: int, workdir: Path, rng: random.Random,
-                 rounds: int) -> dict:
+                 rounds: int, mode: str = "sync") -> dict:
     run_dir = workdir / name
     proxy = CuttingProxy(weights_port)
-    settings = [*settings, f"weights.port={weights_port}", f"weights.advertise_address=127.0.0.1:{proxy.port}"]
+    settings = [*settings, *mode_settings(mode, rounds), f"weights.port={weights_port}",
+                f"weights.advertise_address=127.0.0.1:{proxy.port}"]
     started = time.monotonic()
     up = start_up(run_dir, settings)
     fault_at, action, exits, recovery_s = None, "none", [], None
     done_at_fault = 0
     while True:
         code = up.poll()
-        done = rounds_done(run_dir)
         now = time.monotonic()
-        if fault_at is None and name != "none" and done >= 1:
+        if fault_at is None and name != "none" and progress(run_dir, mode) >= 1:
             time.sleep(rng.uniform(0.0, 6.0))
-            done_at_fault, fault_at = rounds_done(run_dir), time.monotonic()
+            done_at_fault, fault_at = progress(run_dir, mode), time.monotonic()
             try:
                 action = inject(name, up, run_dir, proxy, rng)
             except (IndexError, psutil.NoSuchProcess) as exc:
                 action = f"could not inject: {exc!r}"
             log(f"{name}: {action}")
-        if fault_at is not None and recovery_s is None and rounds_done(run_dir) > done_at_fault:
+        if fault_at is not None and recovery_s is None and progress(run_dir, mode) > done_at_fault:
             recovery_s = round(time.monotonic() - fault_at, 1)
         if code is not None:
             exits.append(code)
-            if code != 0 and name in RESUMED and len(exits) == 1 and fault_at is not None:
-                log(f"{name}: up exited {code}; resuming with fleetloop up --resume")
-                up = start_up(run_dir, settings, resume=True)
-                continue
             break
         if now - started > RUN_TIMEOUT_S:
             os.killpg(up.pid, signal.SIGKILL)
@@ -247,10 +270,13 @@ def run_scenario(name: str, settings: list[str], weights_port: int, workdir: Pat
     stored, partial = replay_contents(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     log_text = (workdir / f"{name}.log").read_text()
+    finished = rounds_done(run_dir) == rounds if mode == "sync" else \
+        summary.get("learner_steps") == rounds * STEPS_PER_ROUND
     return {
         "name": name,
+        "mode": mode,
         "fault": action,
-        "recovered": exits[-1] == 0 and rounds_done(run_dir) == rounds,
+        "recovered": exits[-1] == 0 and finished,
         "recovery_s": recovery_s,
         "acknowledged": len(acknowledged),
         "stored": len(acknowledged & stored),
@@ -267,6 +293,7 @@ def run_scenario(name: str, settings: list[str], weights_port: int, workdir: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a check of the mechanics")
+    parser.add_argument("--mode", choices=("sync", "async"), default="sync", help="the loop's run.mode")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault moments and victims")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     args = parser.parse_args()
@@ -275,7 +302,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown scenarios {unknown}; known: {list(SCENARIOS)}")
     rounds = 3 if args.quick else 4
-    settings = [f"run.rounds={rounds}", "learner.steps_per_round=20", "learner.publish_every=5",
+    settings = [f"learner.steps_per_round={STEPS_PER_ROUND}", "learner.publish_every=5", "learner.checkpoint_every=10",
                 "actors.robot=bridge", "actors.dagger.mode=hg-dagger", "replay.appendfsync=always",
                 "actors.replay_retry_s=120", "bridge.reconnect_timeout_s=60"]
     rng = random.Random(args.seed)
@@ -284,12 +311,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fleetloop-faults-") as tmp:
         for name in names:
             log(f"scenario {name}")
-            results.append(run_scenario(name, settings, free_port(), Path(tmp), rng, rounds))
+            results.append(run_scenario(name, settings, free_port(), Path(tmp), rng, rounds, args.mode))
             log(json.dumps(results[-1]))
     baseline = next((r["wall_s"] for r in results if r["name"] == "none"), None)
     for result in results:
         result["wall_ratio_vs_baseline"] = round(result["wall_s"] / baseline, 2) if baseline else None
-    print(json.dumps({"scenarios": results, "rounds": rounds, "appendfsync": "always", "seed": args.seed,
+    print(json.dumps({"scenarios": results, "mode": args.mode, "rounds": rounds, "appendfsync": "always",
+                      "seed": args.seed,
                       "all_recovered": all(r["recovered"] for r in results),
                       "lost_acknowledged": sum(r["acknowledged"] - r["stored"] for r in results),
                       "partial_episodes": sum(r["partial"] for r in results),

@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     learner.add_argument("--resume", action="store_true",
                          help="continue from the newest checkpoint in --run-dir: step, optimizer, data-sampler state "
                               "and weight version carry on")
-    learner.add_argument("--ranks", type=int, default=1, metavar="N",
-                         help="data-parallel ranks to start as Ray Train workers (default: 1, this process)")
+    learner.add_argument("--ranks", type=int, default=None, metavar="N",
+                         help="data-parallel ranks to start as Ray Train workers (default: learner.ranks, 1: this "
+                              "process)")
     learner.add_argument("--summary-json", metavar="PATH", type=Path, help="also write the final status here")
 
     evaluate = commands.add_parser(
@@ -238,13 +239,15 @@ def _cmd_learner(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     from fleetloop.rundir import RunDir, log_to_file
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if args.ranks < 1:
-        raise ConfigError(f"--ranks: expected at least 1, got {args.ranks}")
-    if world > 1 and args.ranks > 1:
-        raise ConfigError(f"--ranks: the launcher already started WORLD_SIZE={world} ranks; leave --ranks out")
+    ranks = cfg.learner.ranks if args.ranks is None else args.ranks
+    if ranks < 1:
+        raise ConfigError(f"--ranks: expected at least 1, got {ranks}")
+    if world > 1 and ranks > 1:
+        raise ConfigError(f"--ranks (learner.ranks): the launcher already started WORLD_SIZE={world} ranks; "
+                          "leave --ranks out and keep learner.ranks at 1")
     if args.resume:
         _require_run_dir(args, "--resume")
-    if (world > 1 or args.ranks > 1) and not args.run_dir:
+    if (world > 1 or ranks > 1) and not args.run_dir:
         raise ConfigError("--run-dir: every rank writes checkpoints to one run directory; give it explicitly")
     if args.steps is not None and args.steps < 0:
         raise ConfigError(f"--steps: expected 0 (until stopped) or more, got {args.steps}")
@@ -256,10 +259,10 @@ def _cmd_learner(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     steps = cfg.total_learner_steps if args.steps is None else args.steps
     with contextlib.ExitStack() as stack:
         url = _replay_url(args, cfg, stack, "learner", allow_embedded=world == 1)
-        if args.ranks > 1:
+        if ranks > 1:
             from fleetloop.learner.ray_train import run_with_ray_train
 
-            status = run_with_ray_train(cfg, str(run.root), url, ranks=args.ranks, steps=steps, resume=args.resume)
+            status = run_with_ray_train(cfg, str(run.root), url, ranks=ranks, steps=steps, resume=args.resume)
         else:
             status = run_learner(cfg, str(run.root), url, steps=steps, resume=args.resume)
     if rank == 0:
@@ -500,7 +503,7 @@ def _config_source(args: argparse.Namespace) -> list[str] | None:
 
 def _operator_errors() -> tuple[type[Exception], ...]:
     """Errors whose message alone tells the operator what is wrong (imported lazily: --help stays fast)."""
-    from fleetloop.launcher import LaunchError
+    from fleetloop.ray_calls import LaunchError
     from fleetloop.learner.learner import ResumeError
     from fleetloop.learner.role import LearnerRoleError
     from fleetloop.replay.errors import ReplayError

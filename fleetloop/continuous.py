@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from fleetloop.ray_calls import ray_call
+
 if TYPE_CHECKING:
     from fleetloop.config import RunSection
     from fleetloop.launcher import Loop
@@ -89,10 +91,8 @@ def run_async(loop: "Loop", stop: StopConditions) -> dict[str, Any]:
     finished and merged into ``evaluations.json``; the final version is evaluated too."""
     import ray
 
-    from fleetloop.launcher import _ray_call
-
     cfg, learner = loop.cfg, loop.learner
-    version = _ray_call(learner.publish.remote(), "publishing the first weights")
+    version = ray_call(learner.publish.remote(), "publishing the first weights")
     step = loop.learner_status["step"]
     every = cfg.learner.publish_every
     tally, losses, best = FleetTally(), [], None
@@ -110,7 +110,7 @@ def run_async(loop: "Loop", stop: StopConditions) -> dict[str, Any]:
             refs = [ref for ref in (training, evaluating and evaluating[0]) if ref is not None] + list(collecting)
             (ready,), _ = ray.wait(refs, num_returns=1)
             if ready is training:
-                result = _ray_call(ready, "training")
+                result = ray_call(ready, "training")
                 bar.update(result["step"] - step)
                 step, version = result["step"], result["version"]
                 losses += result["losses"]
@@ -123,20 +123,21 @@ def run_async(loop: "Loop", stop: StopConditions) -> dict[str, Any]:
                 evaluating = None
             else:
                 i = collecting.pop(ready)
-                tally.add(_ray_call(ready, f"rolling out (actor-{i})"))
+                tally.add(ray_call(ready, f"rolling out (actor-{i})"))
                 collecting[loop.actors[i].collect.remote(EPISODES_PER_CALL)] = i
             if evaluating is None and version - evaluated >= cfg.evaluator.every_versions:
                 evaluating, evaluated = loop.start_evaluation(version, step, stop.elapsed()), version
             reason = stop.reason(step, best)
     # Whole episodes only: every actor finishes the episode it is in; the learner its call.
     for ref, i in collecting.items():
-        tally.add(_ray_call(ref, f"rolling out (actor-{i})"))
+        tally.add(ray_call(ref, f"rolling out (actor-{i})"))
     if training is not None:
-        result = _ray_call(training, "training")
+        result = ray_call(training, "training")
         step, version, losses = result["step"], result["version"], losses + result["losses"]
     if evaluating:
         loop.finish_evaluation(evaluating)
-    final = _ray_call(learner.publish.remote(), "publishing the final weights")
+    loop.verify_weights()  # the actors are idle now: each runs exactly what was published as its version
+    final = ray_call(learner.publish.remote(), "publishing the final weights")
     if loop.evaluator and final != evaluated:
         loop.finish_evaluation(loop.start_evaluation(final, step, stop.elapsed()))
     log.info("async loop stopped (%s) at learner step %d, version %d, after %d episodes", reason, step, final,

@@ -29,10 +29,11 @@ from typing import Any
 import prometheus_client as prom
 from tqdm import tqdm
 
-from fleetloop.config import FleetloopConfig
+from fleetloop.config import ConfigError, FleetloopConfig
 from fleetloop.continuous import FleetTally, StopConditions, lag_p95, run_async
 from fleetloop.evaluate import EVALUATIONS_FILE, merge_evaluations
 from fleetloop.plots import plot_evaluations, plot_learning_curves
+from fleetloop.ray_calls import LaunchError, ray_call
 from fleetloop.replay import EmbeddedValkey, ReplayClient, ReplayCollector
 from fleetloop.rundir import LOG_DIR_ENV, RunDir, log_to_file
 
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_WAIT_S = 120.0
 BRIDGE_STARTUP_S = 120.0
 BRIDGE_STOP_S = 10.0
-
-
-class LaunchError(RuntimeError):
-    """The loop cannot start or continue; the message says what to do."""
 
 
 ACTORS_CONFIGURED = prom.Gauge("fleetloop_actors_configured", "Env actors the loop started (actors.num_actors).",
@@ -108,6 +105,43 @@ def check_ports_free(cfg: FleetloopConfig) -> None:
                 key = setting.split(" ")[0]
                 raise LaunchError(f"port {host}:{port} ({setting}) is already in use: stop what holds it "
                                   f"or choose another, e.g. --set {key}=0 for any free port") from None
+
+
+def local_resources() -> dict[str, float]:
+    """What this machine offers the learner's ranks in a local run: its CPUs and CUDA GPUs."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_learner_fits(cfg: FleetloopConfig, resources: dict[str, float]) -> None:
+    """Refuse learner.ranks whose CPUs, GPUs or custom resources (one CPU, learner.num_gpus and
+    learner.ray_resources each) the cluster's ``resources`` cannot hold, before a rank starts.
+
+    Raises:
+        ConfigError: naming learner.ranks, what the ranks need and what the cluster has.
+    """
+    lcfg = cfg.learner
+    per_rank = {"CPU": 1.0, "GPU": lcfg.num_gpus, **lcfg.ray_resources}
+    short = {name: (lcfg.ranks * amount, resources.get(name, 0.0)) for name, amount in per_rank.items()
+             if amount and lcfg.ranks * amount > resources.get(name, 0.0)}
+    if short:
+        needs = ", ".join(f"{need:g} {name} (the cluster has {have:g})" for name, (need, have) in short.items())
+        raise ConfigError(f"learner.ranks: {lcfg.ranks} rank(s), each with 1 CPU, learner.num_gpus={lcfg.num_gpus:g} "
+                          f"and learner.ray_resources={dict(lcfg.ray_resources)}, need {needs}: lower learner.ranks "
+                          "or what each rank asks for, or give the cluster more")
+
+
+def _pin_learner_ports(cfg: FleetloopConfig) -> FleetloopConfig:
+    """``cfg`` with the learner's "any free port" (0) settings replaced by free ports chosen now, so
+    a learner Ray restarts comes back where the actors, the evaluator and Prometheus dial it."""
+    pinned = {}
+    for section, field in (("weights", "port"), ("metrics", "learner_port")):
+        if getattr(getattr(cfg, section), field) == 0:
+            with socket.socket() as sock:
+                sock.bind((getattr(cfg, section).host, 0))
+                pinned[section] = getattr(cfg, section).model_copy(update={field: sock.getsockname()[1]})
+    return cfg.model_copy(update=pinned)
 
 
 def _starts_twin_bridges(cfg: FleetloopConfig) -> bool:
@@ -191,17 +225,6 @@ def _runtime_env(cfg: FleetloopConfig, run: RunDir) -> dict[str, Any]:
     return {"env_vars": env_vars, "worker_process_setup_hook": "fleetloop.rundir.setup_worker_logging"}
 
 
-def _ray_call(ref_or_refs, what: str):
-    """ray.get with the remote error's message turned into a LaunchError."""
-    import ray
-
-    try:
-        return ray.get(ref_or_refs)
-    except ray.exceptions.RayError as exc:
-        cause = getattr(exc, "cause", None) or exc
-        raise LaunchError(f"{what} failed: {type(cause).__name__}: {cause}".splitlines()[0][:2000]) from None
-
-
 class Loop:
     """Owns every process of a local run; ``close()`` leaves none of them running."""
 
@@ -223,9 +246,10 @@ class Loop:
 
         from fleetloop.actors.env_actor import EnvActor
         from fleetloop.actors.evaluator import EvaluatorRole
-        from fleetloop.learner.learner import Learner
 
         check_ports_free(self.cfg)
+        if self.cfg.run.ray_address == "local":
+            check_learner_fits(self.cfg, local_resources())
         self.valkey = None
         if self.redis_url is None:
             self.valkey = EmbeddedValkey(self.run.replay, appendfsync=self.cfg.replay.appendfsync,
@@ -252,16 +276,15 @@ class Loop:
                 self._stack.callback(bridges[-1].stop)
         options = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env(self.cfg, self.run))
         if self.cfg.run.ray_address == "local":
-            options.update(num_cpus=n + 2, include_dashboard=False, object_store_memory=256 << 20)
+            options.update(num_cpus=n + self.cfg.learner.ranks + 1, include_dashboard=False,
+                           object_store_memory=256 << 20)
         on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(address=self.cfg.run.ray_address, **options)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaces it with a plain sys.exit
         self._stack.callback(ray.shutdown)
-        learner_cls = ray.remote(num_cpus=1, num_gpus=self.cfg.learner.num_gpus,
-                                 resources=dict(self.cfg.learner.ray_resources))(Learner)
-        self.learner = learner_cls.remote(self.cfg, str(self.run.root), self.redis_url, resume=self.resume)
-        self.learner_status = _ray_call(self.learner.status.remote(), "starting the learner")
+        check_learner_fits(self.cfg, ray.cluster_resources())
+        self.learner_status = self._start_learner()
         self.endpoints = {key: self.learner_status[key] for key in ("weights", "metrics")}
         # A crashed actor is restarted and its interrupted call retried (episodes are written whole).
         restarts = self.cfg.actors.max_restarts
@@ -278,12 +301,30 @@ class Loop:
         self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"], str(self.run.audit),
                                         self.bridge_targets[i] if self.bridge_targets else None)
                        for i in range(n)]
-        self.actor_status = _ray_call([a.status.remote() for a in self.actors], "starting the actors")
+        self.actor_status = ray_call([a.status.remote() for a in self.actors], "starting the actors")
         if self.cfg.evaluator.enabled:
             evaluator_cls = ray.remote(num_cpus=1, resources=dict(self.cfg.evaluator.ray_resources),
                                        max_restarts=restarts, max_task_retries=restarts)(EvaluatorRole)
             self.evaluator = evaluator_cls.remote(self.cfg, self.endpoints["weights"])
-            self.evaluator_status = _ray_call(self.evaluator.status.remote(), "starting the evaluator")
+            self.evaluator_status = ray_call(self.evaluator.status.remote(), "starting the evaluator")
+
+    def _start_learner(self) -> dict[str, Any]:
+        """The learner: one Ray actor, or learner.ranks ranks in a LearnerGroup called like one."""
+        import ray
+
+        from fleetloop.learner.group import LearnerGroup
+        from fleetloop.learner.learner import RestartableLearner
+
+        lcfg, run_dir = self.cfg.learner, str(self.run.root)
+        if lcfg.ranks == 1:  # restarted by Ray after a crash, at the same address, from its newest checkpoint
+            remote = ray.remote(num_cpus=1, num_gpus=lcfg.num_gpus, resources=dict(lcfg.ray_resources),
+                                max_restarts=lcfg.max_restarts, max_task_retries=lcfg.max_restarts)
+            cfg = _pin_learner_ports(self.cfg) if self.cfg.run.ray_address == "local" else self.cfg
+            self.learner = remote(RestartableLearner).remote(cfg, run_dir, self.redis_url, resume=self.resume)
+            return ray_call(self.learner.status.remote(), "starting the learner")
+        self.learner = LearnerGroup(self.cfg, run_dir, self.redis_url, resume=self.resume, ranks=lcfg.ranks)
+        self._stack.callback(self.learner.shutdown)
+        return ray_call(self.learner.build.remote(), f"starting the learner's {lcfg.ranks} ranks")
 
     def seed_pretrain(self) -> None:
         existing = self.replay.table_stats().get("pretrain", {}).get("episodes", 0)
@@ -292,7 +333,7 @@ class Loop:
             return
         per_actor = self.cfg.actors.demos_per_actor
         refs = [a.collect_demos.remote(per_actor) for a in self.actors]
-        successes = sum(_ray_call(_progress(refs, "seed demos", unit="actor"), "collecting demonstrations"))
+        successes = sum(ray_call(_progress(refs, "seed demos", unit="actor"), "collecting demonstrations"))
         log.info("seeded pretrain with %d expert demonstrations (%d successful)", per_actor * len(refs), successes)
 
     def train_round(self, round_index: int) -> dict[str, Any]:
@@ -306,24 +347,24 @@ class Loop:
                   desc=f"round {round_index} train", unit="step", leave=False) as bar:
             while step < target:
                 steps = min(lcfg.publish_every - step % lcfg.publish_every, target - step)
-                result = _ray_call(self.learner.train.remote(steps), "training")
+                result = ray_call(self.learner.train.remote(steps), "training")
                 losses += result["losses"]
                 step = result["step"]
                 bar.update(steps)
                 bar.set_postfix(loss=f"{result['loss']:.4f}", version=result["version"])
-        _ray_call(self.learner.save_checkpoint.remote(), "saving a checkpoint")
-        version = _ray_call(self.learner.publish.remote(), "publishing weights")
+        ray_call(self.learner.save_checkpoint.remote(), "saving a checkpoint")
+        version = ray_call(self.learner.publish.remote(), "publishing weights")
         self.learner_status = {**self.learner_status, "step": step, "version": version}
         return {"loss": sum(losses) / len(losses) if losses else float("nan"), "step": step, "version": version}
 
     def rollout_round(self, round_index: int, version: int) -> dict[str, Any]:
-        ready = _ray_call([a.wait_for_version.remote(version, WEIGHTS_WAIT_S) for a in self.actors], "waiting for weights")
+        ready = ray_call([a.wait_for_version.remote(version, WEIGHTS_WAIT_S) for a in self.actors], "waiting for weights")
         if not all(ready):
             late = [i for i, ok in enumerate(ready) if not ok]
             raise LaunchError(f"actors {late} did not apply weights version {version} within {WEIGHTS_WAIT_S:.0f} s")
         self.verify_weights(version)
         refs = [a.run_round.remote(round_index, version, WEIGHTS_WAIT_S) for a in self.actors]
-        results = _ray_call(_progress(refs, f"round {round_index} rollouts", unit="actor"), "rolling out")
+        results = ray_call(_progress(refs, f"round {round_index} rollouts", unit="actor"), "rolling out")
         episodes = sum(r["eval_episodes"] for r in results)
         return {"success_rate": sum(r["eval_successes"] for r in results) / episodes, "actors": results}
 
@@ -341,23 +382,25 @@ class Loop:
         if started is None:
             return None
         ref, published_at_s = started
-        evaluation = {**_ray_call(ref, "evaluating the weights"), "minute": round(published_at_s / 60, 3)}
+        evaluation = {**ray_call(ref, "evaluating the weights"), "minute": round(published_at_s / 60, 3)}
         merge_evaluations(self.run.root / EVALUATIONS_FILE, [evaluation])
         return evaluation
 
-    def verify_weights(self, version: int) -> None:
+    def verify_weights(self, version: int = 0) -> None:
         """Check that every actor runs exactly the weights the learner published as its version,
-        bit for bit (digests computed on each side, independently of the wire's checksums).
+        bit for bit (digests computed on each side, independently of the wire's checksums), and
+        at least ``version``. A version whose digest the learner no longer knows (published before
+        a restart, other than the last) is not checked.
 
         Raises:
             LaunchError: an actor runs weights that differ from what was published: the loop stops
                 rather than roll out or train on a corrupt policy.
         """
-        applied = _ray_call([a.weights_digest.remote() for a in self.actors], "reading the actors' weights")
-        published = {v: _ray_call(self.learner.published_digest.remote(v), "reading the learner's digest")
+        applied = ray_call([a.weights_digest.remote() for a in self.actors], "reading the actors' weights")
+        published = {v: ray_call(self.learner.published_digest.remote(v), "reading the learner's digest")
                      for v in {v for v, _ in applied}}
         corrupt = [f"actor-{i} (version {v})" for i, (v, digest) in enumerate(applied)
-                   if v < version or published[v] != digest]
+                   if v < version or published[v] not in (digest, None)]
         if corrupt:
             raise LaunchError(f"weights differ from what the learner published as that version: {', '.join(corrupt)}; "
                               "stopping rather than roll out a corrupt policy")
@@ -417,7 +460,9 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
         else:
             loop.seed_pretrain()
             if not cfg.learner.init_from:
-                _ray_call(loop.learner.fit_mixture_normalization.remote(), "fitting normalisation")
+                ray_call(loop.learner.fit_mixture_normalization.remote(), "fitting normalisation")
+            # Step 0 with its normalisation: what a crashed learner resumes from before its first own checkpoint.
+            ray_call(loop.learner.save_checkpoint.remote(), "saving the first checkpoint")
         stop = StopConditions(cfg.run, cfg.total_learner_steps, time.monotonic())
         before = dict(loop.learner_status)
         if cfg.run.mode == "async":
@@ -425,10 +470,10 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
         else:
             ran = _run_rounds(loop, rounds, stop)
         loop_s = stop.elapsed()
-        checkpoint = _ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
-        statuses = _ray_call([a.status.remote() for a in loop.actors], "reading actor status")
+        checkpoint = ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
+        statuses = ray_call([a.status.remote() for a in loop.actors], "reading actor status")
         evaluations = _evaluations(run)
-        learner = _ray_call(loop.learner.status.remote(), "reading learner status")
+        learner = ray_call(loop.learner.status.remote(), "reading learner status")
         summary = _summary(loop, learner, statuses, rounds, evaluations, checkpoint, start)
         summary.update(_loop_figures(loop, ran, loop_s, before, learner))
     finally:
@@ -451,7 +496,7 @@ def _run_rounds(loop: Loop, rounds: list[dict[str, Any]], stop: StopConditions) 
     cfg, tally, reason = loop.cfg, FleetTally(), None
     for r in range(len(rounds), cfg.run.rounds):
         if r and cfg.learner.refit_normalization:
-            _ray_call(loop.learner.fit_mixture_normalization.remote(), "refitting normalisation")
+            ray_call(loop.learner.fit_mixture_normalization.remote(), "refitting normalisation")
         trained = loop.train_round(r)
         evaluating = loop.start_evaluation(trained["version"], trained["step"], stop.elapsed())
         rolled = loop.rollout_round(r, trained["version"])
@@ -503,6 +548,8 @@ def _summary(loop: Loop, learner: dict[str, Any], statuses: list[dict[str, Any]]
         "run_dir": str(loop.run.root),
         "redis_url": loop.redis_url,
         "learner_steps": learner["step"],
+        "learner_ranks": learner["world_size"],
+        "learner_restarted": learner.get("restarted", False),
         "weight_versions_published": learner["version"],
         "weight_versions_applied_by_actor": applied,
         "min_weight_version_applied_by_actors": min((v[-1] if v else 0) for v in applied.values()),

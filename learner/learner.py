@@ -120,6 +120,7 @@ class Learner:
         self.checkpoint_step = -1
         self.resumed_from: int | None = None
         self._micro_batches = 0
+        self.published_digests: dict[int, str] = {}
         if resume:
             try:
                 self._load_checkpoint()
@@ -128,7 +129,6 @@ class Learner:
                 raise
         self._data_state = self._current_data_state()
         self.publisher: WeightPublisher | None = None
-        self.published_digests: dict[int, str] = {}
         self._metrics_server = None
         if self.rank == 0:
             tls, token = self.cfg.weights.credentials()
@@ -328,7 +328,8 @@ class Learner:
         if self.publisher is not None:
             self.publisher.publish(state, version=self.version)
             self.published_digests[self.version] = tensors_digest(state)
-            _write_json_atomic(self.checkpoint_dir / PUBLISHED_RECORD, {"version": self.version, "step": self.step})
+            _write_json_atomic(self.checkpoint_dir / PUBLISHED_RECORD, {"version": self.version, "step": self.step,
+                                                                         "digest": self.published_digests[self.version]})
             VERSION.set(self.version)
         return self.version
 
@@ -379,8 +380,11 @@ class Learner:
         if load_path is None:
             raise ResumeError(f"--resume: the checkpoint in {folder} could not be loaded")
         self.step = self.checkpoint_step = int(client["step"])
-        record = self.checkpoint_dir / PUBLISHED_RECORD
-        published = json.loads(record.read_text())["version"] if record.is_file() else 0
+        record = json.loads((self.checkpoint_dir / PUBLISHED_RECORD).read_text()) \
+            if (self.checkpoint_dir / PUBLISHED_RECORD).is_file() else {"version": 0}
+        published = record["version"]
+        if record.get("digest"):  # what actors may still run: still checkable after a restart
+            self.published_digests[published] = record["digest"]
         # Versions published after the checkpoint are gone with the crash, but their numbers stay used;
         # the restored weights go out as the next version at the first publish.
         self.version = max(int(client["weights_version"]), int(published))
@@ -404,6 +408,25 @@ class Learner:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self.replay.close()
+
+
+class RestartableLearner(Learner):
+    """The loop's learner actor: when Ray restarts it after a crash (``learner.max_restarts``), it
+    resumes from the newest checkpoint in the run directory instead of starting over, so its step,
+    optimizer, data-sampler state and weight version carry on (versions never go back)."""
+
+    def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str, resume: bool = False):
+        import ray
+
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        saved = (Path(run_dir) / "checkpoints" / "deepspeed" / "latest").is_file()
+        if self.restarted:
+            log.warning("the learner was restarted after a crash: %s", "resuming from its newest checkpoint"
+                        if saved else "no checkpoint yet, starting afresh")
+        super().__init__(cfg, run_dir, redis_url, resume=resume or (self.restarted and saved))
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "restarted": self.restarted}
 
 
 def _load_initial_weights(model: DualSystemPolicy, path: str) -> None:

@@ -21,4 +21,6 @@ def test_quick_run_compares_both_modes_under_one_budget(tmp_path):
     assert result["policy_lag_p95_versions"] is not None
     ratio = result["wall_to_sync_final_success_ratio"]
     assert ratio is None or ratio >= 0
-    assert "not measured" in result["learner_ranks"]
+    one_rank = result["learner_ranks"]["async"]  # --quick leaves the 2-rank run out
+    assert set(result["learner_ranks"]) == {"async"} and one_rank["ranks"] == 1
+    assert one_rank["windows_per_minute"] > one_rank["learner_steps_per_minute"] > 0

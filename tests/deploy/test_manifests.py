@@ -172,10 +172,12 @@ def test_the_shipped_config_agrees_with_the_manifests(built, tmp_path):
     assert cfg.evaluator.enabled  # else its group would idle
     assert evaluator["replicas"] == evaluator["minReplicas"] == evaluator["maxReplicas"] == 1
     assert {k: float(v) for k, v in evaluator["resources"].items()} == cfg.evaluator.ray_resources
-    assert {k: float(v) for k, v in learner["resources"].items()} == cfg.learner.ray_resources
+    ranks = cfg.learner.ranks  # all in one pod: rank 0 serves the weights behind the learner's Service
+    assert {k: float(v) for k, v in learner["resources"].items()} == {
+        k: ranks * v for k, v in cfg.learner.ray_resources.items()}
     assert learner["replicas"] == 1
     gpus = learner["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", "0")
-    assert float(gpus) == cfg.learner.num_gpus
+    assert float(gpus) == ranks * cfg.learner.num_gpus
 
     bridges = find(objs, "StatefulSet", "fleetloop-robot-bridge")
     service = bridges["spec"]["serviceName"]
@@ -224,19 +226,20 @@ def test_each_ray_role_runs_only_on_its_own_worker_group(built, tmp_path):
     cluster = find(objs, "RayJob", "fleetloop")["spec"]["rayClusterSpec"]
     nodes = {"head": (_advertised(cluster["headGroupSpec"]), 1),
              **{g["groupName"]: (_advertised(g), g["replicas"]) for g in cluster["workerGroupSpecs"]}}
-    roles = {  # role: (its group, what one instance asks Ray for, instances)
-        "learner": ("learner", {"CPU": 1, "GPU": cfg.learner.num_gpus, **cfg.learner.ray_resources}, 1),
-        "actor": ("actors", {"CPU": 1, **cfg.actors.ray_resources}, cfg.actors.num_actors),
-        "evaluator": ("evaluator", {"CPU": 1, **cfg.evaluator.ray_resources}, int(cfg.evaluator.enabled)),
+    roles = {  # role: (its group, what one instance asks Ray for, instances per pod, pods)
+        "learner rank": ("learner", {"CPU": 1, "GPU": cfg.learner.num_gpus, **cfg.learner.ray_resources},
+                         cfg.learner.ranks, 1),
+        "actor": ("actors", {"CPU": 1, **cfg.actors.ray_resources}, 1, cfg.actors.num_actors),
+        "evaluator": ("evaluator", {"CPU": 1, **cfg.evaluator.ray_resources}, 1, int(cfg.evaluator.enabled)),
     }
-    for role, (group, demand, instances) in roles.items():
+    for role, (group, demand, instances, pods) in roles.items():
         per_pod = {node: min(supply.get(key, 0) // amount for key, amount in demand.items() if amount)
                    for node, (supply, _) in nodes.items()}
         hosts = sorted(node for node, fit in per_pod.items() if fit)
         assert hosts == [group], f"{name}: Ray may place the {role} ({demand}) on {hosts}, not only on {group}"
-        assert per_pod[group] == 1 and nodes[group][1] == instances, \
-            f"{name}: {instances} {role}(s), one per pod; group {group}: {nodes[group][1]} pods, {per_pod[group]} per pod"
-    assert not set(nodes) - {"head"} - {group for group, _, _ in roles.values()}, f"{name}: a group no role uses"
+        assert per_pod[group] == instances and nodes[group][1] == pods, \
+            f"{name}: {pods} pod(s) of {instances} {role}(s); group {group}: {nodes[group][1]} pods, {per_pod[group]} per pod"
+    assert not set(nodes) - {"head"} - {group for group, _, _, _ in roles.values()}, f"{name}: a group no role uses"
 
 
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
@@ -354,7 +357,8 @@ def test_overlays_differ_where_they_should():
                for n, objs in (("dev", dev), ("prod", prod))}
     assert learner["prod"]["template"]["spec"]["containers"][0]["image"].endswith("-cuda")
     assert learner["dev"]["template"]["spec"]["containers"][0]["image"].endswith("-cpu")
-    assert yaml.safe_load(find(prod, "ConfigMap", "fleetloop-config")["data"]["overlay.yaml"])["learner"]["num_gpus"] == 1
+    prod_learner = yaml.safe_load(find(prod, "ConfigMap", "fleetloop-config")["data"]["overlay.yaml"])["learner"]
+    assert (prod_learner["num_gpus"], prod_learner["ranks"]) == (1, 4)
 
 
 def _mounted_files(template: dict) -> set[str]:

@@ -21,12 +21,14 @@ def faults():
     return module
 
 
-@pytest.mark.parametrize("scenario", ["redis_kill9", "bridge_kill9", "weights_stream_cut"])
-def test_the_loop_recovers_and_loses_nothing(faults, scenario, tmp_path):
-    settings = ["run.rounds=3", "learner.steps_per_round=10", "learner.publish_every=5", "actors.robot=bridge",
+@pytest.mark.parametrize("scenario, mode", [("redis_kill9", "sync"), ("bridge_kill9", "sync"),
+                                            ("weights_stream_cut", "sync"), ("learner_kill9", "async")])
+def test_the_loop_recovers_and_loses_nothing(faults, scenario, mode, tmp_path):
+    settings = ["learner.steps_per_round=10", "learner.publish_every=5", "learner.checkpoint_every=10", "actors.robot=bridge",
                 "actors.dagger.mode=hg-dagger", "replay.appendfsync=always", "actors.replay_retry_s=120",
                 "bridge.reconnect_timeout_s=60"]
-    result = faults.run_scenario(scenario, settings, faults.free_port(), tmp_path, random.Random(1), rounds=3)
+    result = faults.run_scenario(scenario, settings, faults.free_port(), tmp_path, random.Random(1), rounds=3,
+                                 mode=mode)
     assert not result["fault"].startswith("could not"), result
     assert result["recovered"], result
     assert result["acknowledged"] > 0 and result["stored"] == result["acknowledged"], result

@@ -65,3 +65,78 @@ def test_async_loop_trains_while_the_fleet_rolls_out_and_survives_a_killed_actor
                     episode.validate()  # whole, with versions that only move forward
                     assert 1 <= episode.policy_version <= episode.version_at(episode.length - 1) <= published
     assert not still_running(started), f"processes left running: {still_running(started)}"
+
+
+def test_async_loop_with_two_learner_ranks(tmp_path):
+    """learner.ranks=2 inside `up`: two DeepSpeed ranks (ZeRO-3) as Ray Train workers; rank 0 serves
+    the weights the fleet rolls out with and the evaluator scores."""
+    run_dir, summary_path = tmp_path / "run", tmp_path / "summary.json"
+    proc, _ = start_up(run_dir, "--summary-json", str(summary_path), "--set", "run.mode=async",
+                       "--set", "run.duration_s=45", "--set", "run.max_learner_steps=100000",
+                       "--set", "learner.ranks=2", "--set", "learner.zero_stage=3", "--set", "learner.torch_threads=1",
+                       "--set", "actors.num_actors=1")
+    started = descendants(proc.pid)
+    try:
+        output = proc.communicate(timeout=900)[0]
+    finally:
+        started |= descendants(proc.pid)
+    assert proc.returncode == 0, output
+    summary = json.loads(summary_path.read_text())
+    assert summary["learner_ranks"] == 2 and summary["stopped_by"] == "duration_s"
+    assert summary["learner_steps"] > 0 and summary["weight_versions_published"] >= 2
+    assert summary["min_weight_version_applied_by_actors"] >= 2, "the fleet applied rank 0's weights"
+    assert summary["episodes"]["rollouts"] + summary["episodes"]["corrections"] > 0
+    evaluations = json.loads((run_dir / "evaluations.json").read_text())
+    assert evaluations[-1]["version"] == summary["weight_versions_published"]
+    shards = list((run_dir / "checkpoints/deepspeed").glob("step-*/*optim_states.pt"))
+    assert len({p.name for p in shards}) >= 2, f"a ZeRO shard per rank, got {shards}"
+    assert not still_running(started), f"processes left running: {still_running(started)}"
+
+
+def test_learner_ranks_beyond_the_machine_are_refused_before_anything_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    proc, _ = start_up(run_dir, "--set", "learner.ranks=4096")
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, output
+    assert "learner.ranks: 4096 rank(s)" in output and "4096 CPU (the cluster has" in output
+    assert not (run_dir / "replay").exists() or not any((run_dir / "replay").iterdir()), "no replay was started"
+
+
+def test_a_killed_learner_comes_back_by_itself_and_the_loop_goes_on(tmp_path):
+    """kill -9 of the learner mid-run: Ray restarts it at the same address, it resumes from its newest
+    checkpoint (versions never go back) and the loop finishes without `--resume`."""
+    run_dir, summary_path = tmp_path / "run", tmp_path / "summary.json"
+    proc, _ = start_up(run_dir, "--summary-json", str(summary_path), "--set", "run.mode=async",
+                       "--set", "run.duration_s=900", "--set", "run.max_learner_steps=25",
+                       "--set", "learner.checkpoint_every=5")
+    started, victim = set(), None
+    deadline = time.time() + 600
+    while time.time() < deadline and victim is None:
+        assert proc.poll() is None, proc.communicate()[0]
+        started |= descendants(proc.pid)
+        latest = run_dir / "checkpoints/deepspeed/latest"
+        if latest.is_file() and latest.read_text().strip() != "step-0000000":  # a checkpoint of its own to resume from
+            learners = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                        if "RestartableLearner" in " ".join(p.cmdline())]
+            victim = learners[0] if learners else None
+        time.sleep(0.2)
+    assert victim is not None, "no learner process found once the loop ran"
+    published_before = json.loads((run_dir / "checkpoints" / "published_version.json").read_text())["version"]
+    victim.kill()
+    output = proc.communicate(timeout=600)[0]
+    started |= descendants(proc.pid)
+    assert proc.returncode == 0, output
+    summary = json.loads(summary_path.read_text())
+    assert summary["learner_restarted"] and summary["stopped_by"] == "max_learner_steps"
+    assert summary["learner_steps"] == 25 and summary["weight_versions_published"] > published_before
+    applied = summary["weight_versions_applied_by_actor"].values()
+    assert all(versions == sorted(set(versions)) for versions in applied), "an actor never goes back to an older version"
+    assert any(versions[-1] > published_before for versions in applied), \
+        "the fleet reached the restarted learner at its old address"
+    evaluations = json.loads((run_dir / "evaluations.json").read_text())
+    assert [e["version"] for e in evaluations] == sorted({e["version"] for e in evaluations})
+    log = (run_dir / "logs/workers.log").read_text()
+    assert "restarted after a crash: resuming from its newest checkpoint" in log
+    resumed_at = [int(line.split(": step ")[1].split(",")[0]) for line in log.splitlines() if "resumed from" in line]
+    assert resumed_at and resumed_at[0] >= 5, "it resumed from a checkpoint it had saved, not from scratch"
+    assert not still_running(started), f"processes left running: {still_running(started)}"

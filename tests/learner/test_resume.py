@@ -29,14 +29,17 @@ def test_resume_continues_step_optimizer_sampler_and_version(valkey, demos, tmp_
     crashed = _learner(cfg, tmp_path / "run", valkey.url, demos)
     try:
         crashed.train(6)  # checkpoint at step 4 (version 2); version 3 published at step 6, then lost
+        digest = crashed.published_digest(3)
     finally:
         crashed.close()
-    assert json.loads((tmp_path / "run/checkpoints" / PUBLISHED_RECORD).read_text()) == {"version": 3, "step": 6}
+    record = json.loads((tmp_path / "run/checkpoints" / PUBLISHED_RECORD).read_text())
+    assert record == {"version": 3, "step": 6, "digest": digest}
 
     resumed = _learner(cfg, tmp_path / "run", valkey.url, demos, resume=True)
     try:
         assert (resumed.step, resumed.resumed_from) == (4, 4)
         assert resumed.version == 3, "the version continues from the newest published, never going back"
+        assert resumed.published_digest(3) == digest, "what actors may still run stays checkable"
         assert resumed.engine.global_steps == 4
         assert resumed.engine.get_lr()[0] == pytest.approx(straight_lr_at(cfg, 4))
         result = resumed.train(4)
