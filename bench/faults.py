@@ -167,7 +167,7 @@ def mode_settings(mode: str, rounds: int) -> list[str]:
     """The loop's length: ``rounds`` rounds (sync), or as many learner steps (async)."""
     if mode == "sync":
         return [f"run.rounds={rounds}"]
-    return ["run.mode=async", f"run.max_learner_steps={rounds * STEPS_PER_ROUND}", "actors.replay_retry_s=120"]
+    return ["run.mode=async", f"run.max_learner_steps={rounds * STEPS_PER_ROUND}"]
 
 
 def start_up(run_dir: Path, settings: list[str]) -> subprocess.Popen:

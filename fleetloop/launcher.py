@@ -283,7 +283,8 @@ class Loop:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaces it with a plain sys.exit
         self._stack.callback(ray.shutdown)
-        check_learner_fits(self.cfg, ray.cluster_resources())
+        if self.cfg.run.ray_address != "local":  # a local cluster was checked before anything started
+            check_learner_fits(self.cfg, ray.cluster_resources())
         self.learner_status = self._start_learner()
         self.endpoints = {key: self.learner_status[key] for key in ("weights", "metrics")}
         # A crashed actor is restarted and its interrupted call retried (episodes are written whole).

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 30.0
-GROUP_METHODS = ("status", "train", "publish", "save_checkpoint", "published_digest", "fit_mixture_normalization",
-                 "set_mixture")
-"""The Learner calls the loop makes; each runs on every rank."""
+GROUP_METHODS = ("build", "status", "train", "publish", "save_checkpoint", "published_digest",
+                 "fit_mixture_normalization", "set_mixture")
+"""The LearnerRank calls the loop makes; each runs on every rank."""
 
 
 class LearnerRank(Learner):
@@ -89,7 +89,6 @@ class LearnerGroup:
         self.workers = [worker.actor for worker in self._executor.worker_group.workers]
         for method in GROUP_METHODS:
             setattr(self, method, _GroupCall(self, method))
-        self.build = _GroupCall(self, "build")
 
     def shutdown(self) -> None:
         """Close every rank's Learner (servers, prefetcher, replay client), then end their actors."""

@@ -374,14 +374,14 @@ class Learner:
 
     def _load_checkpoint(self) -> None:
         folder = self.checkpoint_dir / "deepspeed"
-        if not (folder / "latest").is_file():
+        if not has_checkpoint(self.checkpoint_dir):
             raise ResumeError(f"--resume: no checkpoint in {folder} (nothing saved yet: start without --resume)")
         load_path, client = self.engine.load_checkpoint(str(folder))
         if load_path is None:
             raise ResumeError(f"--resume: the checkpoint in {folder} could not be loaded")
         self.step = self.checkpoint_step = int(client["step"])
-        record = json.loads((self.checkpoint_dir / PUBLISHED_RECORD).read_text()) \
-            if (self.checkpoint_dir / PUBLISHED_RECORD).is_file() else {"version": 0}
+        path = self.checkpoint_dir / PUBLISHED_RECORD
+        record = json.loads(path.read_text()) if path.is_file() else {"version": 0}
         published = record["version"]
         if record.get("digest"):  # what actors may still run: still checkable after a restart
             self.published_digests[published] = record["digest"]
@@ -410,6 +410,11 @@ class Learner:
         self.replay.close()
 
 
+def has_checkpoint(checkpoint_dir: Path) -> bool:
+    """Whether ``checkpoint_dir`` holds a resumable DeepSpeed checkpoint (its ``latest`` tag is written last)."""
+    return (checkpoint_dir / "deepspeed" / "latest").is_file()
+
+
 class RestartableLearner(Learner):
     """The loop's learner actor: when Ray restarts it after a crash (``learner.max_restarts``), it
     resumes from the newest checkpoint in the run directory instead of starting over, so its step,
@@ -419,7 +424,7 @@ class RestartableLearner(Learner):
         import ray
 
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        saved = (Path(run_dir) / "checkpoints" / "deepspeed" / "latest").is_file()
+        saved = has_checkpoint(Path(run_dir) / "checkpoints")
         if self.restarted:
             log.warning("the learner was restarted after a crash: %s", "resuming from its newest checkpoint"
                         if saved else "no checkpoint yet, starting afresh")
