@@ -1,8 +1,8 @@
 """The asynchronous loop of `fleetloop up` (``run.mode=async``), and the stop conditions of both modes.
 
 Nobody waits for anybody: the learner trains in calls that end on publish boundaries (it publishes
-every ``learner.publish_every`` steps), each env actor rolls out one DAgger episode per call with
-the newest weights it received, and the evaluator evaluates the newest version whenever it is free
+every ``learner.publish_every`` steps; the TrainingDriver's ``chunk_steps`` sizes the calls), each
+env actor rolls out one DAgger episode per call with the newest weights it received, and the evaluator evaluates the newest version whenever it is free
 and ``evaluator.every_versions`` versions came out since its last. The driver below only reacts to
 whichever call finishes first (``ray.wait``) and starts the next one, IMPALA-style. The replay's
 rate limiters (``replay.tables``) pace the learner against the fleet's inserts.
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from fleetloop.learner.driver import chunk_steps
 from fleetloop.ray_calls import ray_call
 
 if TYPE_CHECKING:
@@ -94,12 +95,11 @@ def run_async(loop: "Loop", stop: StopConditions) -> dict[str, Any]:
     cfg, learner = loop.cfg, loop.learner
     version = ray_call(learner.publish.remote(), "publishing the first weights")
     step = loop.learner_status["step"]
-    every = cfg.learner.publish_every
     tally, losses, best = FleetTally(), [], None
 
     def train_call():
-        steps = min(every - step % every, stop.max_steps - step)
-        return learner.train.remote(steps, return_after_s=TRAIN_CALL_S) if steps > 0 else None
+        steps = chunk_steps(step, stop.max_steps, cfg.learner.publish_every)
+        return learner.train.remote(steps, return_after_s=TRAIN_CALL_S) if steps else None
 
     training = train_call()
     collecting = {actor.collect.remote(EPISODES_PER_CALL): i for i, actor in enumerate(loop.actors)}

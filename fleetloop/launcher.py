@@ -32,6 +32,7 @@ from tqdm import tqdm
 from fleetloop.config import ConfigError, FleetloopConfig
 from fleetloop.continuous import FleetTally, StopConditions, lag_p95, run_async
 from fleetloop.evaluate import EVALUATIONS_FILE, merge_evaluations
+from fleetloop.learner.driver import RemoteLearner, TrainingDriver
 from fleetloop.plots import plot_evaluations, plot_learning_curves
 from fleetloop.ray_calls import LaunchError, ray_call
 from fleetloop.replay import EmbeddedValkey, ReplayClient, ReplayCollector
@@ -286,6 +287,7 @@ class Loop:
         if self.cfg.run.ray_address != "local":  # a local cluster was checked before anything started
             check_learner_fits(self.cfg, ray.cluster_resources())
         self.learner_status = self._start_learner()
+        self.driver = TrainingDriver(RemoteLearner(self.learner, ray_call), self.cfg.learner)
         self.endpoints = {key: self.learner_status[key] for key in ("weights", "metrics")}
         # A crashed actor is restarted and its interrupted call retried (episodes are written whole).
         restarts = self.cfg.actors.max_restarts
@@ -342,21 +344,19 @@ class Loop:
         checkpoint, and publish."""
         lcfg = self.cfg.learner
         target = (round_index + 1) * lcfg.steps_per_round
-        step = self.learner_status["step"]
-        losses = []
-        with tqdm(total=lcfg.steps_per_round, initial=lcfg.steps_per_round - (target - step),
+        with tqdm(total=lcfg.steps_per_round, initial=lcfg.steps_per_round - (target - self.learner_status["step"]),
                   desc=f"round {round_index} train", unit="step", leave=False) as bar:
-            while step < target:
-                steps = min(lcfg.publish_every - step % lcfg.publish_every, target - step)
-                result = ray_call(self.learner.train.remote(steps), "training")
-                losses += result["losses"]
-                step = result["step"]
-                bar.update(steps)
+            def advance(result: dict[str, Any]) -> None:
+                bar.update(result["step"] - self.learner_status["step"])
                 bar.set_postfix(loss=f"{result['loss']:.4f}", version=result["version"])
-        ray_call(self.learner.save_checkpoint.remote(), "saving a checkpoint")
-        version = ray_call(self.learner.publish.remote(), "publishing weights")
-        self.learner_status = {**self.learner_status, "step": step, "version": version}
-        return {"loss": sum(losses) / len(losses) if losses else float("nan"), "step": step, "version": version}
+                self.learner_status = {**self.learner_status, "step": result["step"]}
+
+            trained = self.driver.train_to(target, on_chunk=advance)
+        version = self.driver.finish()["version"]
+        losses = trained["losses"]
+        self.learner_status = {**self.learner_status, "step": trained["step"], "version": version}
+        return {"loss": sum(losses) / len(losses) if losses else float("nan"), "step": trained["step"],
+                "version": version}
 
     def rollout_round(self, round_index: int, version: int) -> dict[str, Any]:
         ready = ray_call([a.wait_for_version.remote(version, WEIGHTS_WAIT_S) for a in self.actors], "waiting for weights")
@@ -460,10 +460,7 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
             log.info("resuming at learner step %d after %d finished rounds", loop.learner_status["step"], len(rounds))
         else:
             loop.seed_pretrain()
-            if not cfg.learner.init_from:
-                ray_call(loop.learner.fit_mixture_normalization.remote(), "fitting normalisation")
-            # Step 0 with its normalisation: what a crashed learner resumes from before its first own checkpoint.
-            ray_call(loop.learner.save_checkpoint.remote(), "saving the first checkpoint")
+            loop.driver.start(fresh=True)
         stop = StopConditions(cfg.run, cfg.total_learner_steps, time.monotonic())
         before = dict(loop.learner_status)
         if cfg.run.mode == "async":
@@ -471,7 +468,7 @@ def run_up(cfg: FleetloopConfig, run: RunDir, redis_url: str | None, summary_jso
         else:
             ran = _run_rounds(loop, rounds, stop)
         loop_s = stop.elapsed()
-        checkpoint = ray_call(loop.learner.save_checkpoint.remote(), "saving the checkpoint")
+        checkpoint = loop.driver.learner.save_checkpoint()
         statuses = ray_call([a.status.remote() for a in loop.actors], "reading actor status")
         evaluations = _evaluations(run)
         learner = ray_call(loop.learner.status.remote(), "reading learner status")
@@ -496,8 +493,7 @@ def _run_rounds(loop: Loop, rounds: list[dict[str, Any]], stop: StopConditions) 
     ``rounds.json``. Returns the fleet's tally and why it stopped."""
     cfg, tally, reason = loop.cfg, FleetTally(), None
     for r in range(len(rounds), cfg.run.rounds):
-        if r and cfg.learner.refit_normalization:
-            ray_call(loop.learner.fit_mixture_normalization.remote(), "refitting normalisation")
+        loop.driver.start_round(r)
         trained = loop.train_round(r)
         evaluating = loop.start_evaluation(trained["version"], trained["step"], stop.elapsed())
         rolled = loop.rollout_round(r, trained["version"])

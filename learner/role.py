@@ -2,22 +2,24 @@
 
 One process trains alone; under the ``deepspeed`` launcher every process is one rank (the
 launcher sets RANK/WORLD_SIZE/MASTER_*); under Ray Train each TorchTrainer worker runs
-``run_learner`` (see ``ray_train.py``). The loop: fit normalisation on the mixture's tables (a
-fresh start without ``learner.init_from``) or resume,
-publish, then train in chunks that end on publish boundaries until ``steps`` (0 = until
-stopped). SIGTERM or Ctrl-C ends it at the next chunk boundary on every rank together,
-after a final publish and checkpoint, so a pre-empted pod loses no steps.
+``run_learner`` (see ``ray_train.py``). Every rank drives its Learner with the loop's own
+``TrainingDriver`` (driver.py): a fresh start fits the normalisation and saves a step-0
+checkpoint (or it resumes), publishes, then trains in chunks that end on publish boundaries
+until ``steps`` (0 = until stopped). SIGTERM or Ctrl-C ends it at the next chunk boundary on
+every rank together, after a final checkpoint and publish, so a pre-empted pod loses no steps.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from fleetloop.learner.driver import TrainingDriver
 from fleetloop.learner.learner import Learner
 
 if TYPE_CHECKING:
@@ -41,7 +43,8 @@ def _stop_on_signals() -> threading.Event:
 
 def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: int, resume: bool,
                 stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run this rank of the learner until ``steps`` optimizer steps (0 = until stopped).
+    """Run this rank of the learner until ``steps`` optimizer steps (0 = until stopped), driven by
+    the ``TrainingDriver`` every rank runs alike (each call is collective).
 
     Returns:
         The learner's status (step, version, resumed_from_step, ...) and the last chunk's loss.
@@ -49,27 +52,22 @@ def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: 
     stop = stop or _stop_on_signals()
     learner = Learner(cfg, run_dir, redis_url, resume=resume)
     try:
-        if learner.resumed_from is None and not cfg.learner.init_from:
-            log.info("normalisation fitted for %s", learner.fit_mixture_normalization())
+        driver = TrainingDriver(learner, cfg.learner)
+        fitted = driver.start(fresh=learner.resumed_from is None)
+        if fitted:
+            log.info("normalisation fitted for %s", fitted)
         learner.publish()
-        every = cfg.learner.publish_every
-        loss, stopped = float("nan"), False
         with tqdm(total=steps or None, initial=learner.step, desc="learner", unit="step",
                   disable=learner.rank != 0) as bar:
-            while steps == 0 or learner.step < steps:
-                chunk = every - learner.step % every
-                if steps:
-                    chunk = min(chunk, steps - learner.step)
-                result = learner.train(chunk)
-                loss = result["loss"]
-                bar.update(chunk)
-                bar.set_postfix(loss=f"{loss:.4f}", version=result["version"])
-                stopped = learner.any_rank(stop.is_set())
-                if stopped:
-                    log.info("stop requested at step %d", learner.step)
-                    break
-        learner.publish()
-        learner.save_checkpoint()
-        return {**learner.status(), "loss": loss, "stopped": stopped}
+            def advance(result: dict[str, Any]) -> None:
+                bar.update(result["step"] - bar.n)
+                bar.set_postfix(loss=f"{result['loss']:.4f}", version=result["version"])
+
+            trained = driver.train_to(steps or sys.maxsize, on_chunk=advance,
+                                      should_stop=lambda: learner.any_rank(stop.is_set()))
+        if trained["stopped"]:
+            log.info("stop requested at step %d", learner.step)
+        driver.finish()
+        return {**learner.status(), "loss": trained["loss"], "stopped": trained["stopped"]}
     finally:
         learner.close()
