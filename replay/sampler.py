@@ -7,10 +7,11 @@ returns. Here each window is selected in three steps:
    tables that currently hold episodes (the data pyramid: e.g. pretrain 0.5, rollouts 0.3,
    corrections 0.2);
 2. an episode (item) of that table, by the table's selector (``TableConfig.sampler``):
-   ``uniform`` (every episode equally likely whatever its length), ``prioritized``
-   (probability ∝ priority ** priority_exponent) or ``fifo`` (the oldest). With a sharded
-   client the selector spans the episodes of every shard, so sampling is proportional
-   across shards;
+   ``uniform``, ``prioritized`` (probability ∝ priority ** priority_exponent) or ``fifo``
+   (the oldest), times its number of windows (``sample_by: window``, the default: every
+   window of a uniform table equally likely, so a 1-step correction is not drawn as often as
+   a 64-step one; ``sample_by: episode`` leaves the length out). With a sharded client the
+   selector spans the episodes of every shard, so sampling is proportional across shards;
 3. a step t, uniformly among the steps of that episode that have a stored camera frame.
 
 A window is the frame at t, the state at t and the actions t..t+H-1; past the end of the
@@ -83,6 +84,8 @@ class _TableIndex:
     entries: dict[str, tuple[int, EpisodeInfo]]
     """episode id -> (shard, info)."""
     cursors: list[_ShardCursor]
+    most_windows: int = 0
+    """The most windows (frame steps) of any indexed episode, as of the last refresh."""
 
 
 def _check_mixture(mixture: dict[str, float], tables: list[str], known: str = "known tables") -> None:
@@ -183,6 +186,7 @@ class WindowSampler:
                 if s == 0:
                     self._apply_config(index, chunk.config)
                 self._refresh_shard(table, index, s, shard, chunk)
+            index.most_windows = max((len(info.frame_steps) for _, info in index.entries.values()), default=0)
         self._refreshed_at = time.monotonic()
 
     def _apply_config(self, index: _TableIndex, config: TableConfig) -> None:
@@ -383,13 +387,26 @@ class WindowSampler:
             slots = np.flatnonzero(table_picks == ti)
             if not len(slots):
                 continue
-            index = self._index[table]
-            ids = index.selector.sample(self._rng, len(slots))
+            ids = self._episodes(self._index[table], len(slots))
             for slot, eid, u in zip(slots, ids, self._rng.random(len(slots))):
-                shard, info = index.entries[eid]
+                shard, info = self._index[table].entries[eid]
                 step = info.frame_steps[int(u * len(info.frame_steps))]
                 picks[slot] = _Pick(table, shard, info, int(step))
         return picks
+
+    def _episodes(self, index: _TableIndex, n: int) -> list[str]:
+        """``n`` episode ids by the table's selector; with ``sample_by: window`` each drawn id is kept
+        with probability (its windows / the most windows of any indexed episode) and the rest drawn
+        again, so an episode's odds are its selector odds times its windows (exact rejection)."""
+        if index.config.sample_by == "episode" or index.config.sampler == "fifo":
+            return index.selector.sample(self._rng, n)
+        most = index.most_windows
+        kept: list[str] = []
+        while len(kept) < n:
+            ids = index.selector.sample(self._rng, n - len(kept))
+            windows = np.array([len(index.entries[eid][1].frame_steps) for eid in ids])
+            kept += [eid for eid, keep in zip(ids, self._rng.random(len(ids)) * most < windows) if keep]
+        return kept
 
     def _acquire(self, picks: list[_Pick]) -> None:
         """Count the picks against each table's rate limiter on each shard (may block)."""

@@ -9,7 +9,9 @@
   t..t+H-1).
 - **Sampler** (a selector): decides which item each window comes from: ``uniform``,
   ``prioritized`` (probability ∝ priority ** priority_exponent, priorities updatable by any
-  client) or ``fifo`` (the oldest item). See :mod:`.selectors`.
+  client) or ``fifo`` (the oldest item). See :mod:`.selectors`. By default
+  (``sample_by: window``) the odds are per training window: an item's selector odds times its
+  windows, so short episodes (a relabelled planning state) are not drawn as often as long ones.
 - **Remover** (a selector): decides which item is deleted when an insert takes the table
   past its capacity. Only ``fifo`` (the oldest item) exists; it runs inside the write
   script, so eviction is atomic with the insert. Evicted ids are remembered for
@@ -34,6 +36,8 @@ from .selectors import SELECTORS
 
 REMOVERS: tuple[str, ...] = ("fifo",)
 """Removers a table may use."""
+SAMPLE_BY: tuple[str, ...] = ("window", "episode")
+"""What a table's sampling odds are per (``TableConfig.sample_by``)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class TableConfig:
     """Which episode a window comes from."""
     priority_exponent: float = 1.0
     """Exponent on priorities for ``prioritized`` (0 = uniform)."""
+    sample_by: Literal["window", "episode"] = "window"
+    """What the sampler's odds are per: ``window`` (an episode in proportion to its training
+    windows, its stored frame steps, times its selector odds: every window of a uniform table equally
+    likely, as LeRobot samples frames) or ``episode`` (Reverb's items: a 1-step episode as likely as
+    a 64-step one). ``fifo`` always takes the oldest episode."""
     # ---- rate limiting ----
     samples_per_insert: float | None = None
     """Target windows sampled per episode inserted; None disables SampleToInsertRatio."""
@@ -83,6 +92,8 @@ class TableConfig:
             raise ValueError(f"remover must be one of {REMOVERS}, got {self.remover!r}")
         if self.sampler not in SELECTORS:
             raise ValueError(f"sampler must be one of {sorted(SELECTORS)}, got {self.sampler!r}")
+        if self.sample_by not in SAMPLE_BY:
+            raise ValueError(f"sample_by must be one of {SAMPLE_BY}, got {self.sample_by!r}")
         if not (math.isfinite(self.priority_exponent) and self.priority_exponent >= 0):
             raise ValueError(
                 f"priority_exponent must be finite and >= 0, got {self.priority_exponent!r}"

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from fleetloop.limits import InputError
-from fleetloop.replay import EmptyReplayError, WindowSampler, keys
+from fleetloop.replay import EmptyReplayError, TableConfig, WindowSampler, keys
 from fleetloop.replay.episode import encode_png
 
 
@@ -243,3 +243,31 @@ def test_a_stored_frame_of_another_size_is_refused_before_decoding(client, make_
         sampler.sample(1)
     with pytest.raises(InputError, match=expected):
         client.read_episode(episode.episode_id)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+def test_every_window_is_equally_likely_whatever_its_episode_length(client, make_episode, sampler):
+    client.configure_table("corrections", TableConfig(sampler=sampler))
+    short = make_episode(length=1, frame_steps=(0,), frame_shape=(4, 4))  # a relabelled planning state
+    long = make_episode(length=9, frame_steps=tuple(range(9)), frame_shape=(4, 4))  # a takeover
+    for ep in (short, long):
+        client.write_episode("corrections", ep)
+    windows = [w for _ in range(10) for w in WindowSampler(client, {"corrections": 1.0}, horizon=2, seed=3).sample(300)]
+    share = sum(w["episode_id"] == long.episode_id for w in windows) / len(windows)
+    assert abs(share - 0.9) < 0.03, f"the 9-window episode should hold 9 of every 10 windows, got {share:.3f}"
+
+
+def test_sample_by_episode_draws_episodes_whatever_their_length(client, make_episode):
+    client.configure_table("corrections", TableConfig(sample_by="episode"))
+    short = make_episode(length=1, frame_steps=(0,), frame_shape=(4, 4))
+    long = make_episode(length=9, frame_steps=tuple(range(9)), frame_shape=(4, 4))
+    for ep in (short, long):
+        client.write_episode("corrections", ep)
+    windows = [w for _ in range(10) for w in WindowSampler(client, {"corrections": 1.0}, horizon=2, seed=3).sample(300)]
+    share = sum(w["episode_id"] == long.episode_id for w in windows) / len(windows)
+    assert abs(share - 0.5) < 0.04, f"each episode should be drawn half the time, got {share:.3f}"
+
+
+def test_an_unknown_sample_by_names_the_field():
+    with pytest.raises(ValueError, match=r"sample_by must be one of \('window', 'episode'\), got 'frame'"):
+        TableConfig(sample_by="frame")
