@@ -87,9 +87,9 @@ def gate_recall(records: list[dict]) -> dict[str, Any]:
 # ---- one learner and its actor --------------------------------------------------------------------
 
 def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_steps: int,
-                init_from: str | None = None):
+                init_from: str | None = None, extra: tuple[str, ...] | list[str] = ()):
     """The run config of one arm (or of behaviour cloning): one actor on gr1_pick_place, one schedule
-    over ``total_steps`` (restarted every round with --lr-restart)."""
+    over ``total_steps`` (restarted every round with --lr-restart); ``extra`` overrides last."""
     from fleetloop.config import load_config
 
     restart = args.round_steps if (args.lr_restart and init_from) else 0
@@ -112,7 +112,7 @@ def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_st
     ]
     if init_from:
         overrides.append(f"learner.init_from={init_from}")
-    return load_config("default", overrides)
+    return load_config("default", [*overrides, *extra])
 
 
 def gate_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pettingzoo.test import parallel_api_test
 
+from fleetloop.actors.dagger import HGDagger
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.gr1 import (
     JOINT_GROUPS,
@@ -25,6 +26,9 @@ from fleetloop.actors.envs.gr1 import (
 from fleetloop.actors.envs.gr1_expert import GR1HandoverExpert, GR1PickPlaceExpert
 from fleetloop.actors.envs.handover import GIVER, TAKER, GR1HandoverEnv
 from fleetloop.actors.envs.pick_place import AGENT, GR1PickPlaceEnv
+from fleetloop.actors.gates import TaskSpaceOptions, make_gate
+from fleetloop.actors.operator import SimulatedOperator
+from fleetloop.actors.rollout import run_episodes
 from fleetloop.system.embodiment import embodiment_layout
 
 
@@ -357,3 +361,34 @@ def test_object_pose_flag_appends_the_privileged_state_and_switches_embodiment()
     finally:
         plain.close()
         posed.close()
+
+
+def test_every_correction_label_is_the_experts_chunk_from_its_recorded_state():
+    """A gated GR-1 episode whose policy reaches 8 cm beside the expert's path: every labelled step,
+    re-simulated from the episode's seed and the recorded actions, has the recorded state, frame and
+    label (an off-by-one between a step's state, frame and label would teach the wrong action)."""
+    env, replay_env = GR1PickPlaceEnv(seed=0, max_steps=48), GR1PickPlaceEnv(seed=0, max_steps=48)
+    expert = GR1PickPlaceExpert(env)
+    offset = np.zeros(env.action_dim, np.float32)
+    offset[RIGHT_ARM[0]] = 0.25  # the shoulder pitched off: the palm path misses the object
+
+    def off_path(image, state, instruction):
+        return expert.action_chunk(AGENT, 16) + offset
+
+    operator = SimulatedOperator(expert, AGENT, make_gate(TaskSpaceOptions(patience=1)), horizon=16,
+                                 execute_steps=8, max_takeover_steps=32)
+    try:
+        traj = run_episodes(env, expert, {AGENT: off_path}, horizon=16, execute_steps=8, frame_every=8,
+                            rng=np.random.default_rng(0), seed=5, mode=HGDagger(), operators={AGENT: operator})[AGENT]
+        assert traj.takeovers and len(traj.labels) > len(traj.plans), "the gate took over"
+        observations, _ = replay_env.reset(seed=5)
+        fresh = GR1PickPlaceExpert(replay_env)
+        for t, action in enumerate(traj.actions):
+            if t in traj.labels:
+                np.testing.assert_array_equal(observations[AGENT]["state"], traj.states[t], err_msg=f"state {t}")
+                np.testing.assert_array_equal(fresh.action_chunk(AGENT, 16), traj.labels[t], err_msg=f"label {t}")
+                np.testing.assert_array_equal(replay_env.render_camera(AGENT), traj.frames[t], err_msg=f"frame {t}")
+            observations, *_ = replay_env.step({AGENT: action})
+    finally:
+        env.close()
+        replay_env.close()

@@ -73,6 +73,13 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
     assert 2 * effort["dagger"] <= effort["equal_expert"] < 2 * effort["dagger"] + rerun["max_steps"], \
         "C2 records demonstrations until its expert steps reach twice D's"
 
+    alone = run_bench("first_round.py", "--quick", "--bc-policy", policy, "--class-weights",
+                      '{"pre_intervention_relabel": 0}', timeout=300)
+    assert alone["takeovers"] > 0 and alone["steps"] == alone["round_steps"] == 4
+    assert '"pre_intervention_relabel": 0' in alone["overrides"][0] and alone["mixture"]["corrections"] == 0.5
+    assert len(alone["outcomes"]) == episodes and alone["successes"] == sum(alone["outcomes"])
+    assert alone["episodes"]["corrections"] > 0 and alone["episodes"]["pretrain"] == result["n_demos"]
+
 
 def test_an_expert_ratio_that_is_not_positive_is_refused_by_flag_name():
     done = subprocess.run([sys.executable, str(BENCH), "--expert-ratio", "0"], capture_output=True, text=True,
@@ -99,3 +106,10 @@ def test_an_unknown_hand_back_reason_is_refused_by_flag_name():
                           text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
     assert "--hand-back names bored; choose from subgoal, agreement" in done.stderr
+
+
+def test_first_round_refuses_an_unknown_class_by_flag_name(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH_DIR / "first_round.py"), "--bc-policy", str(tmp_path / "p"),
+                           "--class-weights", '{"takeover": 0}'], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--class-weights names ['takeover']" in done.stderr
