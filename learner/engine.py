@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -48,7 +49,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) else decay).append(param)
+            ndim = len(getattr(param, "ds_shape", param.shape))  # a ZeRO-3 parameter holds an empty placeholder
+            (no_decay if ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -90,6 +92,50 @@ def deepspeed_config(batch_size: int, grad_clip: float, zero_stage: int, grad_ac
     }
 
 
+class _HfZero3:
+    """What Hugging Face's ZeRO-3 integration asks of the DeepSpeed config it is told about."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+
+    def is_zero3(self) -> bool:
+        return True
+
+
+def build_model(build: Callable[[], torch.nn.Module], zero_stage: int, config: dict[str, Any]) -> torch.nn.Module:
+    """``build()``; under ZeRO-3 inside ``deepspeed.zero.Init``, so every parameter is partitioned
+    across the ranks as it is created and no rank ever holds the whole model.
+
+    Hugging Face's modules (the backbone's SigLIP and Llama, built with ``_from_config``) initialise
+    their weights after construction, when under ``zero.Init`` the parameters are already empty
+    shards; told about the config (its ZeRO-3 integration), they build without initialising and then
+    initialise module by module on gathered parameters (rank 0's values broadcast to every rank).
+    """
+    if zero_stage != 3:
+        return build()
+    import deepspeed
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    init_distributed()
+    told = _HfZero3(config)
+    hf_deepspeed.set_hf_deepspeed_config(told)
+    try:
+        with deepspeed.zero.Init(config_dict_or_path=config):
+            return build()
+    finally:
+        hf_deepspeed.unset_hf_deepspeed_config()
+
+
+def gathered(model: torch.nn.Module, zero_stage: int):
+    """A context in which ``model``'s parameters are whole on every rank (ZeRO-3 gathers them and
+    scatters rank 0's changes on exit); a no-op below stage 3."""
+    if zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0)
+
+
 def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batch_size: int,
                  grad_clip: float, zero_stage: int, grad_accum_steps: int = 1, warmup_steps: int = 0,
                  total_steps: int = 1, min_lr_ratio: float = 1.0, restart_every: int = 0):
@@ -105,7 +151,7 @@ def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batc
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio,
                                                                            restart_every))
-    config = deepspeed_config(batch_size, grad_clip, zero_stage, grad_accum_steps)
+    config = deepspeed_config(batch_size, grad_clip, zero_stage, grad_accum_steps)  # as build_model's
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
     log.info("DeepSpeed engine ready: ZeRO stage %d, accelerator %s", zero_stage, os.environ.get("DS_ACCELERATOR", "auto"))
     return engine

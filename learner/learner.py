@@ -25,7 +25,7 @@ import prometheus_client as prom
 import torch
 
 from fleetloop.learner.data import Prefetcher
-from fleetloop.learner.engine import build_engine
+from fleetloop.learner.engine import build_engine, build_model, deepspeed_config, gathered
 from fleetloop.learner.publisher import WeightPublisher
 from fleetloop.protos.security import address
 from fleetloop.replay import EmptyReplayError, ReplayClient, WindowSampler
@@ -93,9 +93,11 @@ class Learner:
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.model_cfg = model_preset(self.cfg.model.preset)
-        model = DualSystemPolicy(self.model_cfg)
+        ds_config = deepspeed_config(lcfg.batch_size, lcfg.grad_clip, lcfg.zero_stage, lcfg.grad_accum_steps)
+        model = build_model(lambda: DualSystemPolicy(self.model_cfg), lcfg.zero_stage, ds_config)
         if lcfg.init_from and not resume:
-            _load_initial_weights(model, lcfg.init_from)
+            with gathered(model, lcfg.zero_stage):
+                _load_initial_weights(model, lcfg.init_from)
         model.set_trainable(tune_llm=lcfg.tune_llm, tune_visual=lcfg.tune_visual, tune_projector=lcfg.tune_projector,
                             tune_diffusion_model=lcfg.tune_diffusion_model)
         model.set_gradient_checkpointing(lcfg.gradient_checkpointing)

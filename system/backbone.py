@@ -132,7 +132,7 @@ class VisionTower(nn.Module):
             vision_use_head=False,
             attn_implementation=ATTN_IMPLEMENTATION,
         )
-        self.vision_model = SiglipVisionModel(siglip)
+        self.vision_model = SiglipVisionModel._from_config(siglip)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (B, 3, S, S) -> last hidden state (B, num_patches, hidden)."""
@@ -157,7 +157,7 @@ class LanguageModel(nn.Module):
             use_cache=False,
             attn_implementation=ATTN_IMPLEMENTATION,
         )
-        self.model = LlamaModel(llama)
+        self.model = LlamaModel._from_config(llama)
 
 
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:

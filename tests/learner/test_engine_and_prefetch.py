@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fleetloop.learner.data import Prefetcher
-from fleetloop.learner.engine import build_engine, deepspeed_config, param_groups, warmup_cosine
+from fleetloop.learner.engine import build_engine, build_model, deepspeed_config, gathered, param_groups, warmup_cosine
 from fleetloop.replay import EmptyReplayError, RateLimitedError, ReplayClient, WindowSampler
 
 
@@ -73,6 +73,27 @@ def test_engine_trains(zero_stage):
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0]
     assert engine.global_steps == 100
+
+
+def test_zero_3_builds_the_model_partitioned_with_every_weight_initialised():
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from fleetloop.system import DualSystemPolicy, model_preset
+
+    config = deepspeed_config(batch_size=2, grad_clip=1.0, zero_stage=3)
+    model = build_model(lambda: DualSystemPolicy(model_preset("tiny")), 3, config)
+    assert not is_deepspeed_zero3_enabled(), "Hugging Face is told about ZeRO-3 only while the model is built"
+    params = dict(model.named_parameters())
+    assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in params.values()), "every parameter partitioned"
+    full = DualSystemPolicy(model_preset("tiny"))
+    decay, no_decay = param_groups(model, 0.1), param_groups(full, 0.1)
+    assert [len(g["params"]) for g in decay] == [len(g["params"]) for g in no_decay], "groups by the real shapes"
+    with gathered(model, 3):
+        for name, reference in full.named_parameters():
+            whole = params[name]
+            assert whole.shape == reference.shape, name
+            if name.endswith("weight") and whole.ndim == 2 and reference.std() > 0:  # SigLIP, Llama and DiT layers
+                assert 0.5 < float(whole.std() / reference.std()) < 2.0, f"{name} initialised like a full build"
 
 
 def test_warmup_then_cosine_to_the_floor():

@@ -1,8 +1,9 @@
 """Data-parallel ranks as Ray Train workers: 2 ranks x micro-batch b train like 1 rank x 2b.
 
-Both runs see the same windows (each global batch of 2b windows, read once from the replay,
-split in halves across the 2 ranks) and the same flow-matching draws (numbered by global
-sample index), so only the order of floating-point reductions differs: losses and final
+Every run starts from the same policy file (under ZeRO-3 the model is built partitioned, so a
+fresh build draws other initial weights than stages 1 and 2) and sees the same windows (each
+global batch of 2b windows, read once from the replay, split in halves across the 2 ranks) and
+the same flow-matching draws (numbered by global sample index), so only the order of floating-point reductions differs: losses and final
 weights agree to a relative 1e-4 (the stated tolerance) over several steps.
 """
 
@@ -17,6 +18,7 @@ from fleetloop.config import load_config
 from fleetloop.learner.learner import Learner
 from fleetloop.learner.ray_train import fit_ray_trainer
 from fleetloop.replay import ReplayClient, WindowSampler
+from fleetloop.system import DualSystemPolicy, model_preset, save_policy
 
 B = 2
 STEPS = 4
@@ -53,7 +55,11 @@ def _rank(config: dict) -> dict:
 
 
 def _run(tmp_path, url, demos, batches, ranks: int, zero_stage: int) -> dict:
+    start = tmp_path / "start.safetensors"  # one set of initial weights: ZeRO-3 builds the model partitioned
+    if not start.exists():
+        save_policy(DualSystemPolicy(model_preset(load_config("smoke").model.preset)), start)
     cfg = load_config("smoke", [f"learner.batch_size={2 * B // ranks}", f"learner.zero_stage={zero_stage}",
+                                f"learner.init_from={start}",
                                 "learner.publish_every=100", "learner.steps_per_round=100",
                                 "learner.checkpoint_every=0", "learner.warmup_steps=1", "learner.torch_threads=1"])
     run_dir = str(tmp_path / f"ranks{ranks}-zero{zero_stage}")
