@@ -121,7 +121,8 @@ class ReplaySection(_Section):
         default_factory=lambda: {"rollouts": {"capacity": 10_000, "sampler": "prioritized"},
                                  "corrections": {"capacity": 10_000, "sampler": "prioritized"},
                                  "evaluations": {"capacity": 10_000}},
-        description="Per-table capacity (FIFO eviction), sampler (uniform|prioritized|fifo) and samples-per-insert "
+        description="Per-table capacity (FIFO eviction), sampler (uniform|prioritized|fifo), sample_by "
+                    "(window: an episode's odds times its windows, the default | episode) and samples-per-insert "
                     "rate limiter (replay/table.py TableConfig); stored in Redis, so every writer obeys it.",
     )
     appendfsync: Literal["always", "everysec", "no"] = Field("everysec", description="AOF fsync policy of the embedded server.")
