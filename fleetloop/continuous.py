@@ -2,10 +2,11 @@
 
 Nobody waits for anybody: the learner trains in calls that end on publish boundaries (it publishes
 every ``learner.publish_every`` steps; the TrainingDriver's ``chunk_steps`` sizes the calls), each
-env actor rolls out one DAgger episode per call with the newest weights it received, and the evaluator evaluates the newest version whenever it is free
-and ``evaluator.every_versions`` versions came out since its last. The driver below only reacts to
-whichever call finishes first (``ray.wait``) and starts the next one, IMPALA-style. The replay's
-rate limiters (``replay.tables``) pace the learner against the fleet's inserts.
+env actor rolls out one DAgger episode per call with the newest weights it received, and the
+evaluator evaluates the newest version whenever it is free and ``evaluator.every_versions``
+versions came out since its last. The driver below only reacts to whichever call finishes first
+(``ray.wait``) and starts the next one, IMPALA-style. The replay's rate limiters
+(``replay.tables``) pace the learner against the fleet's inserts.
 
 Vocabulary:
 

@@ -102,16 +102,17 @@ class _HfZero3:
         return True
 
 
-def build_model(build: Callable[[], torch.nn.Module], zero_stage: int, config: dict[str, Any]) -> torch.nn.Module:
-    """``build()``; under ZeRO-3 inside ``deepspeed.zero.Init``, so every parameter is partitioned
-    across the ranks as it is created and no rank ever holds the whole model.
+def build_model(build: Callable[[], torch.nn.Module], config: dict[str, Any]) -> torch.nn.Module:
+    """``build()``; when ``config`` (``deepspeed_config``) is ZeRO-3, inside ``deepspeed.zero.Init``,
+    so every parameter is partitioned across the ranks as it is created and no rank ever holds the
+    whole model.
 
     Hugging Face's modules (the backbone's SigLIP and Llama, built with ``_from_config``) initialise
     their weights after construction, when under ``zero.Init`` the parameters are already empty
     shards; told about the config (its ZeRO-3 integration), they build without initialising and then
     initialise module by module on gathered parameters (rank 0's values broadcast to every rank).
     """
-    if zero_stage != 3:
+    if config["zero_optimization"]["stage"] != 3:
         return build()
     import deepspeed
     from transformers.integrations import deepspeed as hf_deepspeed
@@ -136,11 +137,11 @@ def gathered(model: torch.nn.Module, zero_stage: int):
     return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0)
 
 
-def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batch_size: int,
-                 grad_clip: float, zero_stage: int, grad_accum_steps: int = 1, warmup_steps: int = 0,
-                 total_steps: int = 1, min_lr_ratio: float = 1.0, restart_every: int = 0):
-    """Wrap ``model`` in a DeepSpeed engine with a torch AdamW optimizer and a warm-up +
-    cosine schedule (``warmup_cosine``) that DeepSpeed steps at every optimizer step.
+def build_engine(model: torch.nn.Module, config: dict[str, Any], *, lr: float, weight_decay: float,
+                 warmup_steps: int = 0, total_steps: int = 1, min_lr_ratio: float = 1.0, restart_every: int = 0):
+    """Wrap ``model`` in a DeepSpeed engine of ``config`` (``deepspeed_config``, the one the model was
+    built with by ``build_model``) with a torch AdamW optimizer and a warm-up + cosine schedule
+    (``warmup_cosine``) that DeepSpeed steps at every optimizer step.
 
     Returns:
         The DeepSpeed engine (``engine.module`` is the model).
@@ -151,7 +152,7 @@ def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, batc
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio,
                                                                            restart_every))
-    config = deepspeed_config(batch_size, grad_clip, zero_stage, grad_accum_steps)  # as build_model's
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
-    log.info("DeepSpeed engine ready: ZeRO stage %d, accelerator %s", zero_stage, os.environ.get("DS_ACCELERATOR", "auto"))
+    log.info("DeepSpeed engine ready: ZeRO stage %d, accelerator %s", config["zero_optimization"]["stage"],
+             os.environ.get("DS_ACCELERATOR", "auto"))
     return engine

@@ -94,7 +94,7 @@ class Learner:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.model_cfg = model_preset(self.cfg.model.preset)
         ds_config = deepspeed_config(lcfg.batch_size, lcfg.grad_clip, lcfg.zero_stage, lcfg.grad_accum_steps)
-        model = build_model(lambda: DualSystemPolicy(self.model_cfg), lcfg.zero_stage, ds_config)
+        model = build_model(lambda: DualSystemPolicy(self.model_cfg), ds_config)
         if lcfg.init_from and not resume:
             with gathered(model, lcfg.zero_stage):
                 _load_initial_weights(model, lcfg.init_from)
@@ -102,9 +102,8 @@ class Learner:
                             tune_diffusion_model=lcfg.tune_diffusion_model)
         model.set_gradient_checkpointing(lcfg.gradient_checkpointing)
         self.processor = Processor(self.model_cfg, tokenizer_dir=self.cfg.model.tokenizer_dir)
-        self.engine = build_engine(model, lr=lcfg.lr, weight_decay=lcfg.weight_decay, batch_size=lcfg.batch_size,
-                                   grad_clip=lcfg.grad_clip, zero_stage=lcfg.zero_stage,
-                                   grad_accum_steps=lcfg.grad_accum_steps, warmup_steps=lcfg.warmup_steps,
+        self.engine = build_engine(model, ds_config, lr=lcfg.lr, weight_decay=lcfg.weight_decay,
+                                   warmup_steps=lcfg.warmup_steps,
                                    total_steps=lcfg.lr_restart_every or cfg.total_learner_steps,
                                    min_lr_ratio=lcfg.min_lr_ratio, restart_every=lcfg.lr_restart_every)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()

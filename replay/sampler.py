@@ -387,9 +387,10 @@ class WindowSampler:
             slots = np.flatnonzero(table_picks == ti)
             if not len(slots):
                 continue
-            ids = self._episodes(self._index[table], len(slots))
+            index = self._index[table]
+            ids = self._episodes(index, len(slots))
             for slot, eid, u in zip(slots, ids, self._rng.random(len(slots))):
-                shard, info = self._index[table].entries[eid]
+                shard, info = index.entries[eid]
                 step = info.frame_steps[int(u * len(info.frame_steps))]
                 picks[slot] = _Pick(table, shard, info, int(step))
         return picks

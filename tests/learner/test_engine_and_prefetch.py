@@ -62,7 +62,8 @@ def test_deepspeed_config_follows_the_learner_section():
 @pytest.mark.parametrize("zero_stage", [1, 2])
 def test_engine_trains(zero_stage):
     torch.manual_seed(0)
-    engine = build_engine(Regressor(), lr=0.1, weight_decay=0.0, batch_size=16, grad_clip=1.0, zero_stage=zero_stage)
+    engine = build_engine(Regressor(), deepspeed_config(batch_size=16, grad_clip=1.0, zero_stage=zero_stage), lr=0.1,
+                          weight_decay=0.0)
     x = torch.randn(16, 4)
     batch = {"x": x, "y": x @ torch.tensor([1.0, -2.0, 0.5, 3.0])}
     losses = []
@@ -81,7 +82,7 @@ def test_zero_3_builds_the_model_partitioned_with_every_weight_initialised():
     from fleetloop.system import DualSystemPolicy, model_preset
 
     config = deepspeed_config(batch_size=2, grad_clip=1.0, zero_stage=3)
-    model = build_model(lambda: DualSystemPolicy(model_preset("tiny")), 3, config)
+    model = build_model(lambda: DualSystemPolicy(model_preset("tiny")), config)
     assert not is_deepspeed_zero3_enabled(), "Hugging Face is told about ZeRO-3 only while the model is built"
     params = dict(model.named_parameters())
     assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in params.values()), "every parameter partitioned"
@@ -116,8 +117,8 @@ def test_warm_restarts_repeat_the_schedule():
 
 def test_accumulation_steps_the_optimizer_and_schedule_once_per_boundary():
     torch.manual_seed(0)
-    engine = build_engine(Regressor(), lr=0.01, weight_decay=0.0, batch_size=4, grad_clip=1.0, zero_stage=1,
-                          grad_accum_steps=2, warmup_steps=4, total_steps=20, min_lr_ratio=0.0)
+    engine = build_engine(Regressor(), deepspeed_config(batch_size=4, grad_clip=1.0, zero_stage=1, grad_accum_steps=2),
+                          lr=0.01, weight_decay=0.0, warmup_steps=4, total_steps=20, min_lr_ratio=0.0)
     x = torch.randn(4, 4)
     batch = {"x": x, "y": x.sum(-1)}
     for _ in range(6):
