@@ -62,14 +62,17 @@ def policy_files(target: Path, every: bool = False) -> list[Path]:
 
 def merge_evaluations(path: Path, evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ``evaluations`` to the JSON list at ``path`` (one of the same policy, env and seeds is
-    replaced), sorted by step; returns the whole list, also written back."""
+    replaced); returns the whole list, also written back. The loop's evaluations come first, in
+    weight-version order (versions only move forward; a learner restarted from an older checkpoint
+    trains some steps again), then standalone ones by checkpoint step."""
     def key(record: dict[str, Any]) -> tuple:
         return record["policy"], record["env"], record["seed_base"], record["episodes"]
 
     records = json.loads(path.read_text()) if path.is_file() else []
     new = {key(r) for r in evaluations}
     records = [r for r in records if key(r) not in new] + evaluations
-    records.sort(key=lambda r: (r["step"] is None, r["step"] or 0, r["policy"]))
+    records.sort(key=lambda r: (r.get("version") is None, r.get("version") or 0, r["step"] is None, r["step"] or 0,
+                                r["policy"]))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(records, indent=1))
     tmp.replace(path)

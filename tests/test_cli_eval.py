@@ -76,3 +76,21 @@ def test_eval_refuses_bad_input_and_writes_nothing(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
     assert not (run / "evaluations.json").exists() and not (empty / "evaluations.json").exists()
+
+
+def test_evaluations_keep_version_order_when_a_restarted_learner_trains_steps_again(tmp_path):
+    """A learner restarted from an older checkpoint publishes a newer version at a smaller step: the
+    file follows versions (which only move forward), standalone checkpoint evaluations after them."""
+    from fleetloop.evaluate import merge_evaluations
+
+    def record(policy, step, version=None):
+        return {"policy": policy, "env": "e", "seed_base": 0, "episodes": 4, "step": step, "success_rate": 0.5,
+                **({} if version is None else {"version": version})}
+
+    path = tmp_path / "evaluations.json"
+    merge_evaluations(path, [record("version 5", 20, 5)])
+    merge_evaluations(path, [record("/run/checkpoints/policy-step-0000010.safetensors", 10)])
+    merge_evaluations(path, [record("version 6", 15, 6), record("version 1", 0, 1)])
+    written = json.loads(path.read_text())
+    assert [r["policy"] for r in written] == ["version 1", "version 5", "version 6",
+                                              "/run/checkpoints/policy-step-0000010.safetensors"]
