@@ -222,10 +222,12 @@ class LearnerSection(_Section):
     tune_projector: bool = Field(True, description="Train backbone.linear and the embodiment-specific encoders/decoder.")
     tune_diffusion_model: bool = Field(True, description="Train the DiT of System 1.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    max_restarts: int = Field(3, ge=0, description="`fleetloop up` with one rank: times Ray restarts a crashed "
-                                                  "learner, which resumes from its newest checkpoint (the fleet "
-                                                  "keeps collecting meanwhile) and retries the interrupted call; "
-                                                  "0: a crash ends the run (`fleetloop up --resume` continues it).")
+    max_restarts: int = Field(3, ge=0, description="`fleetloop up`: times a crashed learner is restarted (Ray's "
+                                                  "actor restart for one rank; every rank, by the LearnerGroup, "
+                                                  "when one of several dies); it resumes from its newest checkpoint "
+                                                  "(the fleet keeps collecting meanwhile) and retries the "
+                                                  "interrupted call; 0: a crash ends the run (`fleetloop up "
+                                                  "--resume` continues it).")
     ranks: int = Field(1, ge=1, description="Data-parallel DeepSpeed ranks of the learner (`fleetloop up` and "
                                             "`fleetloop learner`): more than 1 runs them as Ray Train workers, "
                                             "each with one CPU, learner.num_gpus and learner.ray_resources; rank "

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_WAIT_S = 120.0
 BRIDGE_STARTUP_S = 120.0
 BRIDGE_STOP_S = 10.0
+GROUP_STOP_S = 60.0
 
 
 ACTORS_CONFIGURED = prom.Gauge("fleetloop_actors_configured", "Env actors the loop started (actors.num_actors).",
@@ -312,22 +313,31 @@ class Loop:
             self.evaluator_status = ray_call(self.evaluator.status.remote(), "starting the evaluator")
 
     def _start_learner(self) -> dict[str, Any]:
-        """The learner: one Ray actor, or learner.ranks ranks in a LearnerGroup called like one."""
+        """The learner: one Ray actor, or learner.ranks ranks in a LearnerGroup actor called like one.
+        Either is restarted after a crash, at the same address, from its newest checkpoint."""
         import ray
 
-        from fleetloop.learner.group import LearnerGroup
+        from fleetloop.learner.group import start_learner_group
         from fleetloop.learner.learner import RestartableLearner
 
         lcfg, run_dir = self.cfg.learner, str(self.run.root)
-        if lcfg.ranks == 1:  # restarted by Ray after a crash, at the same address, from its newest checkpoint
+        cfg = _pin_learner_ports(self.cfg) if self.cfg.run.ray_address == "local" else self.cfg
+        if lcfg.ranks == 1:
             remote = ray.remote(num_cpus=1, num_gpus=lcfg.num_gpus, resources=dict(lcfg.ray_resources),
                                 max_restarts=lcfg.max_restarts, max_task_retries=lcfg.max_restarts)
-            cfg = _pin_learner_ports(self.cfg) if self.cfg.run.ray_address == "local" else self.cfg
             self.learner = remote(RestartableLearner).remote(cfg, run_dir, self.redis_url, resume=self.resume)
             return ray_call(self.learner.status.remote(), "starting the learner")
-        self.learner = LearnerGroup(self.cfg, run_dir, self.redis_url, resume=self.resume, ranks=lcfg.ranks)
-        self._stack.callback(self.learner.shutdown)
-        return ray_call(self.learner.build.remote(), f"starting the learner's {lcfg.ranks} ranks")
+        self.learner = start_learner_group(cfg, run_dir, self.redis_url, resume=self.resume, ranks=lcfg.ranks)
+        self._stack.callback(self._stop_learner_group)
+        return ray_call(self.learner.status.remote(), f"starting the learner's {lcfg.ranks} ranks")
+
+    def _stop_learner_group(self) -> None:
+        import ray
+
+        try:
+            ray.get(self.learner.shutdown.remote(), timeout=GROUP_STOP_S)
+        except ray.exceptions.RayError as exc:  # its ranks end with the cluster
+            log.warning("stopping the learner's ranks: %s", str(exc).splitlines()[0])
 
     def seed_pretrain(self) -> None:
         existing = self.replay.table_stats().get("pretrain", {}).get("episodes", 0)

@@ -1,23 +1,30 @@
 """The learner's data-parallel ranks inside `fleetloop up`: a LearnerGroup, as in RLlib.
 
-Ray Train's BackendExecutor starts one Ray actor per rank (a PACK placement group keeps them
-together), forms the torch.distributed group among them (gloo on the CPU, NCCL with GPUs, each
-rank seeing only its own GPU) and only then is each rank's Learner built, so DeepSpeed joins a
-group that is ready. The loop calls the group as it calls one learner actor:
-``group.train.remote(steps)`` runs the call on every rank (every call is collective) and returns
-one object reference that resolves to rank 0's result once every rank has finished; an error on
-any rank raises from it. Rank 0 serves the WeightService and /metrics.
+The LearnerGroup is one Ray actor that owns the ranks: Ray Train's BackendExecutor starts one Ray
+actor per rank (a PACK placement group keeps them together), forms the torch.distributed group
+among them (gloo on the CPU, NCCL with GPUs, each rank seeing only its own GPU) and only then is
+each rank's Learner built, so DeepSpeed joins a group that is ready. The loop calls the group as
+it calls one learner actor: ``group.train.remote(steps)`` runs the call on every rank (every call
+is collective) and resolves to rank 0's result; an error on any rank raises from it. Rank 0
+serves the WeightService and /metrics.
+
+*Restart*: when a rank's process dies during a call, the other ranks would wait for it in a
+collective; the group ends every rank, starts ``ranks`` new ones that resume from the newest
+checkpoint (rank 0 on the same weights and metrics ports, where the fleet dials it) and runs the
+interrupted call again, at most ``learner.max_restarts`` times in a run, as Ray does for the
+one-rank learner actor.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fleetloop.learner.learner import Learner
+from fleetloop.learner.learner import Learner, has_checkpoint
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -25,9 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 30.0
-GROUP_METHODS = ("build", "status", "train", "publish", "save_checkpoint", "published_digest",
-                 "fit_mixture_normalization", "set_mixture")
-"""The LearnerRank calls the loop makes; each runs on every rank."""
 
 
 class LearnerRank(Learner):
@@ -46,49 +50,95 @@ class LearnerRank(Learner):
         self._built = True
         return self.status()
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def close(self) -> None:
         if self._built:
             super().close()
 
 
-def _rank_zero(*results: Any) -> Any:
-    return results[0]
-
-
-class _GroupCall:
-    """``group.<method>.remote(...)``: the call on every rank, one reference to rank 0's result."""
-
-    def __init__(self, group: "LearnerGroup", method: str):
-        self.group, self.method = group, method
-
-    def remote(self, *args, **kwargs):
-        refs = [getattr(worker, self.method).remote(*args, **kwargs) for worker in self.group.workers]
-        return self.group.rank_zero.remote(*refs)  # Ray resolves every rank's reference before it runs
-
-
 class LearnerGroup:
-    """``ranks`` Learner ranks on Ray Train workers, called like one learner actor.
+    """``ranks`` Learner ranks on Ray Train workers; run it as a Ray actor (``start_learner_group``).
 
     Args:
-        cfg: the run configuration (``learner.num_gpus`` and ``learner.ray_resources`` per rank).
+        cfg: the run configuration (``learner.num_gpus`` and ``learner.ray_resources`` per rank,
+            ``learner.max_restarts``); pin the weights and metrics ports for restarts to keep them.
         run_dir, redis_url, resume: as for ``Learner``.
         ranks: data-parallel ranks (``learner.ranks``).
     """
 
     def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, resume: bool, ranks: int):
-        import ray
+        self.cfg, self.run_dir, self.redis_url, self.ranks = cfg, run_dir, redis_url, ranks
+        self.restarts = 0
+        self._executor = None
+        self._start(resume)
+
+    def _start(self, resume: bool) -> None:
         from ray.train._internal.backend_executor import BackendExecutor
 
-        self.rank_zero = ray.remote(num_cpus=0)(_rank_zero)
-        resources = {"CPU": 1, **({"GPU": cfg.learner.num_gpus} if cfg.learner.num_gpus else {}),
-                     **dict(cfg.learner.ray_resources)}
-        self._executor = BackendExecutor(backend_config=_torch_config(bool(cfg.learner.num_gpus)), num_workers=ranks,
+        lcfg = self.cfg.learner
+        resources = {"CPU": 1, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}), **dict(lcfg.ray_resources)}
+        self._executor = BackendExecutor(backend_config=_torch_config(bool(lcfg.num_gpus)), num_workers=self.ranks,
                                          resources_per_worker=resources, max_retries=0)
-        self._executor.start(train_cls=LearnerRank, train_cls_args=(cfg, run_dir, redis_url),
+        self._executor.start(train_cls=LearnerRank, train_cls_args=(self.cfg, self.run_dir, self.redis_url),
                              train_cls_kwargs={"resume": resume})
         self.workers = [worker.actor for worker in self._executor.worker_group.workers]
-        for method in GROUP_METHODS:
-            setattr(self, method, _GroupCall(self, method))
+        self._on_ranks("build")
+
+    def _on_ranks(self, method: str, *args, **kwargs) -> Any:
+        """``method`` on every rank; rank 0's result. Raises the first error of any rank as it comes,
+        without waiting for ranks that may be blocked in a collective with a dead one."""
+        import ray
+
+        refs = [getattr(worker, method).remote(*args, **kwargs) for worker in self.workers]
+        pending = list(refs)
+        while pending:
+            (ready,), pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)
+        return ray.get(refs[0])
+
+    def _call(self, method: str, *args, **kwargs) -> Any:
+        """``_on_ranks``, restarting every rank from the newest checkpoint when one died."""
+        import ray
+
+        while True:
+            try:
+                return self._on_ranks(method, *args, **kwargs)
+            except ray.exceptions.RayActorError as exc:
+                if self.restarts >= self.cfg.learner.max_restarts:
+                    raise
+                self.restarts += 1
+                log.warning("a learner rank died during %s (%s): restarting the %d ranks from the newest checkpoint "
+                            "(restart %d of learner.max_restarts=%d)", method, str(exc).splitlines()[0], self.ranks,
+                            self.restarts, self.cfg.learner.max_restarts)
+                self._executor.shutdown(graceful_termination=False)
+                self._start(resume=has_checkpoint(Path(self.run_dir) / "checkpoints"))
+
+    def status(self) -> dict[str, Any]:
+        """Rank 0's status, with ``restarted`` (the ranks were restarted after a crash) and ``rank_pids``."""
+        import ray
+
+        return {**self._call("status"), "restarted": self.restarts > 0,
+                "rank_pids": ray.get([worker.pid.remote() for worker in self.workers])}
+
+    def train(self, *args, **kwargs) -> dict[str, Any]:
+        return self._call("train", *args, **kwargs)
+
+    def publish(self) -> int:
+        return self._call("publish")
+
+    def save_checkpoint(self) -> str:
+        return self._call("save_checkpoint")
+
+    def published_digest(self, version: int) -> str | None:
+        return self._call("published_digest", version)
+
+    def fit_mixture_normalization(self, *args, **kwargs) -> Any:
+        return self._call("fit_mixture_normalization", *args, **kwargs)
+
+    def set_mixture(self, *args, **kwargs) -> Any:
+        return self._call("set_mixture", *args, **kwargs)
 
     def shutdown(self) -> None:
         """Close every rank's Learner (servers, prefetcher, replay client), then end their actors."""
@@ -99,6 +149,14 @@ class LearnerGroup:
         except (ray.exceptions.RayError, TimeoutError) as exc:  # a dead or stuck rank: its actor ends below
             log.warning("closing the learner ranks: %s", str(exc).splitlines()[0])
         self._executor.shutdown(graceful_termination=False)
+
+
+def start_learner_group(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, resume: bool, ranks: int):
+    """The LearnerGroup as a Ray actor (no CPU of its own: its ranks hold them); call
+    ``shutdown`` on it before the cluster ends."""
+    import ray
+
+    return ray.remote(num_cpus=0)(LearnerGroup).remote(cfg, run_dir, redis_url, resume=resume, ranks=ranks)
 
 
 def _torch_config(gpus: bool):

@@ -1,10 +1,14 @@
 """LearnerGroup: the learner's ranks on Ray Train workers, called by the loop like one learner actor."""
 
+import os
+import signal
+import socket
+
 import pytest
 
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
-from fleetloop.learner.group import LearnerGroup
+from fleetloop.learner.group import start_learner_group
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +27,22 @@ def _cfg(*overrides: str):
                                  "metrics.learner_port=0", *overrides])
 
 
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
 def test_two_ranks_train_publish_and_checkpoint_as_one_learner(ray_cluster, valkey, demos, tmp_path):
     import ray
 
-    group = LearnerGroup(_cfg("learner.zero_stage=3"), str(tmp_path), valkey.url, resume=False, ranks=2)
+    group = start_learner_group(_cfg("learner.zero_stage=3"), str(tmp_path), valkey.url, resume=False, ranks=2)
     try:
-        status = ray.get(group.build.remote())
+        status = ray.get(group.status.remote())
         assert (status["rank"], status["world_size"]) == (0, 2) and status["weights"]
         assert ray.get(group.fit_mixture_normalization.remote()) == [demos]
         result = ray.get(group.train.remote(3))
@@ -48,16 +62,46 @@ def test_two_ranks_train_publish_and_checkpoint_as_one_learner(ray_cluster, valk
         assert path.endswith("policy-step-0000003.safetensors")
         assert ray.get(group.status.remote())["checkpoint_step"] == 3
     finally:
-        group.shutdown()
+        ray.get(group.shutdown.remote())
 
 
 def test_an_error_on_the_ranks_raises_from_the_group_call(ray_cluster, valkey, demos, tmp_path):
     import ray
 
-    group = LearnerGroup(_cfg(), str(tmp_path), valkey.url, resume=False, ranks=2)
+    group = start_learner_group(_cfg(), str(tmp_path), valkey.url, resume=False, ranks=2)
     try:
-        ray.get(group.build.remote())
+        ray.get(group.status.remote())
         with pytest.raises(ray.exceptions.RayTaskError, match="unknown_table"):
             ray.get(group.set_mixture.remote({"unknown_table": 1.0}))
     finally:
-        group.shutdown()
+        ray.get(group.shutdown.remote())
+
+
+def test_a_killed_rank_restarts_every_rank_from_the_newest_checkpoint_and_the_call_goes_on(
+        ray_cluster, valkey, demos, tmp_path):
+    """kill -9 of one rank: the others would wait for it in a collective; the group ends them all,
+    resumes ``ranks`` new ones from the newest checkpoint (versions never go back, rank 0 serves
+    at the same address) and runs the interrupted call again."""
+    import ray
+
+    ports = _free_ports(2)  # pinned, as `fleetloop up` pins them, so that a restarted rank 0 binds them again
+    cfg = _cfg("learner.checkpoint_every=2", "learner.max_restarts=1", f"weights.port={ports[0]}",
+               f"metrics.learner_port={ports[1]}")
+    group = start_learner_group(cfg, str(tmp_path), valkey.url, resume=False, ranks=2)
+    try:
+        before = ray.get(group.status.remote())
+        ray.get(group.fit_mixture_normalization.remote())
+        trained = ray.get(group.train.remote(4))  # checkpoints at steps 2 and 4, version 2 out at step 4
+        assert (trained["step"], trained["version"]) == (4, 2)
+        os.kill(before["rank_pids"][1], signal.SIGKILL)
+        result = ray.get(group.train.remote(2))
+        assert result["step"] == 6 and result["version"] == 3, "resumed at step 4, version 2, and trained on"
+        after = ray.get(group.status.remote())
+        assert after["restarted"] and after["resumed_from_step"] == 4
+        assert set(after["rank_pids"]).isdisjoint(before["rank_pids"]), "every rank was replaced"
+        assert after["weights"] == before["weights"], "rank 0 serves where the fleet dials it"
+        os.kill(after["rank_pids"][0], signal.SIGKILL)  # learner.max_restarts=1: used up
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(group.train.remote(1))
+    finally:
+        ray.get(group.shutdown.remote())
