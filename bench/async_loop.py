@@ -14,9 +14,14 @@ workers inside the loop). ``learner_ranks`` compares the async runs with 1 and 2
 steps and training windows per minute (a rank draws learner.batch_size windows a step), busy
 fraction and the final success.
 
+``--init-from FILE`` starts every run from one policy file (``learner.init_from``): the
+continual-improvement case, a fleet improving a pretrained policy, e.g. the behaviour-cloning
+checkpoint of ``bench/improvement.py --keep DIR`` on GR-1 (trained with the same task settings).
+
 Logs go to stderr; the last stdout line is one JSON object.
 
     python bench/async_loop.py [--quick] [--task reach|gr1_pick_place] [--budget-s S] [--actors N]
+                               [--init-from FILE]
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ QUICK = {"budget_s": 25, "actors": 2, "evaluator_episodes": 2}
 TASKS = {
     "reach": [],
     "gr1_pick_place": ["actors.env=gr1_pick_place", "actors.max_steps=96", "actors.state_includes_object_pose=true",
-                       "actors.dagger.mode=hg-dagger", "actors.demos_per_actor=8"],
+                       "actors.dagger.mode=hg-dagger", "actors.demos_per_actor=8", "learner.tune_llm=false",
+                       "learner.tune_visual=false"],
 }
-"""Settings over the preset per task (the default preset is the reach task)."""
+"""Settings over the preset per task (the default preset is the reach task). GR-1 as in
+bench/improvement.py: the object's pose in the state, System 2 frozen."""
 
 
 def run_up(root: Path, name: str, settings: list[str], preset: str) -> dict[str, Any]:
@@ -93,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"wall-clock of each loop (default {FULL['budget_s']}, {QUICK['budget_s']} with --quick)")
     parser.add_argument("--actors", type=int, default=None, help=f"env actors (default {FULL['actors']})")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep the run directories")
+    parser.add_argument("--init-from", type=Path, help="every run starts from this policy file (learner.init_from)")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     args.budget_s = args.budget_s or defaults["budget_s"]
@@ -102,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--budget-s {args.budget_s} must be > 0 (seconds of each loop)")
     if args.actors < 2:
         parser.error(f"--actors {args.actors} must be >= 2: the bench also runs one actor fewer")
+    if args.init_from is not None and not args.init_from.is_file():
+        parser.error(f"--init-from {args.init_from} is not a file; give a policy .safetensors file (e.g. "
+                     "bench/improvement.py --keep DIR's DIR/bc/learner/checkpoints/policy-step-*.safetensors)")
     return args
 
 
@@ -115,6 +126,8 @@ def main() -> None:
               "metrics.replay_port=0", "metrics.evaluator_port=0", "metrics.actor_base_port=0"]
     if not args.quick:  # sync: rounds until the budget is spent, never stopped by run.rounds
         common.append("run.rounds=1000")
+    if args.init_from:
+        common.append(f"learner.init_from={args.init_from.resolve()}")
     runs = {"sync": ["run.mode=sync", f"actors.num_actors={args.actors}"],
             "async": ["run.mode=async", f"actors.num_actors={args.actors}"]}
     if not args.quick:
@@ -130,6 +143,7 @@ def main() -> None:
                                                                           sync["final_success"])
     report = {
         "task": args.task, "budget_s": args.budget_s, "actors": args.actors, "quick": args.quick,
+        "init_from": None if args.init_from is None else str(args.init_from),
         "learner_busy_fraction": {m: results[m]["learner_busy_fraction"] for m in ("sync", "async")},
         "actor_busy_fraction": {m: results[m]["actor_busy_fraction"] for m in ("sync", "async")},
         "episodes_per_minute": {m: results[m]["episodes_per_minute"] for m in results},
