@@ -207,11 +207,12 @@ def _describe(model: type, prefix: str = "") -> list[str]:
 
 
 def _cmd_up(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
-    from fleetloop.launcher import run_up
+    from fleetloop.launcher import preflight, run_up
     from fleetloop.rundir import RunDir
 
     if args.resume:
         _require_run_dir(args, "--resume")
+    preflight(cfg)  # a refused configuration leaves no run directory behind
     run = RunDir.create(args.run_dir)
     print(f"fleetloop up: run directory {run.root}{' (resuming)' if args.resume else ''}", file=sys.stderr)
     summary = run_up(cfg, run, args.redis_url or cfg.replay.url, args.summary_json, resume=args.resume)

@@ -109,6 +109,14 @@ def check_ports_free(cfg: FleetloopConfig) -> None:
                                   f"or choose another, e.g. --set {key}=0 for any free port") from None
 
 
+def preflight(cfg: FleetloopConfig) -> None:
+    """The checks that need no cluster, made before anything is written or started: fixed ports
+    free and, in a local run, the learner's ranks within this machine (``check_learner_fits``)."""
+    check_ports_free(cfg)
+    if cfg.run.ray_address == "local":
+        check_learner_fits(cfg, local_resources())
+
+
 def local_resources() -> dict[str, float]:
     """What this machine offers the learner's ranks in a local run: its CPUs and CUDA GPUs."""
     import torch
@@ -249,9 +257,7 @@ class Loop:
         from fleetloop.actors.env_actor import EnvActor
         from fleetloop.actors.evaluator import EvaluatorRole
 
-        check_ports_free(self.cfg)
-        if self.cfg.run.ray_address == "local":
-            check_learner_fits(self.cfg, local_resources())
+        preflight(self.cfg)
         self.valkey = None
         if self.redis_url is None:
             self.valkey = EmbeddedValkey(self.run.replay, appendfsync=self.cfg.replay.appendfsync,

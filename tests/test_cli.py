@@ -79,11 +79,12 @@ def test_port_in_use_names_the_setting(tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        result = run_cli("up", "--config", "smoke", "--run-dir", str(tmp_path), "--set", f"metrics.learner_port={port}")
+        result = run_cli("up", "--config", "smoke", "--run-dir", str(tmp_path / "run"), "--set",
+                         f"metrics.learner_port={port}")
     assert result.returncode == 1
     assert f"127.0.0.1:{port} (metrics.learner_port) is already in use" in result.stderr
     assert "--set metrics.learner_port=0" in result.stderr
-    assert not (tmp_path / "replay" / "server.json").exists()
+    assert not (tmp_path / "run").exists(), "refused before the run directory was made"
 
 
 def test_replay_stats_of_a_run_directory(tmp_path):

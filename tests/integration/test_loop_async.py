@@ -101,7 +101,7 @@ def test_learner_ranks_beyond_the_machine_are_refused_before_anything_starts(tmp
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, output
     assert "learner.ranks: 4096 rank(s)" in output and "4096 CPU (the cluster has" in output
-    assert not (run_dir / "replay").exists() or not any((run_dir / "replay").iterdir()), "no replay was started"
+    assert not run_dir.exists(), "nothing was written or started"
 
 
 def test_a_killed_learner_comes_back_by_itself_and_the_loop_goes_on(tmp_path):
