@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import socket
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -20,6 +22,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _own_extension_cache() -> None:
+    """Give this Python environment its own cache of JIT-built ops (TORCH_EXTENSIONS_DIR, unless
+    set). DeepSpeed builds its CPU communication op on first use; in the shared default cache two
+    environments (two checkouts, a CI clone) rebuild it in turn, each waiting on the other's lock
+    for minutes on a loaded machine. Left alone where the environment is read-only (an image)."""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")
+
+
 def init_distributed() -> None:
     """Join (or create) the torch.distributed group DeepSpeed runs in.
 
@@ -28,6 +39,7 @@ def init_distributed() -> None:
     fresh local port, whatever a parent process left in the environment. Without CUDA,
     DeepSpeed's CPU accelerator and the gloo backend are used.
     """
+    _own_extension_cache()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if torch.distributed.is_initialized():

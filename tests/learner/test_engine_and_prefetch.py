@@ -97,6 +97,20 @@ def test_zero_3_builds_the_model_partitioned_with_every_weight_initialised():
                 assert 0.5 < float(whole.std() / reference.std()) < 2.0, f"{name} initialised like a full build"
 
 
+def test_each_python_environment_builds_its_ops_in_its_own_cache(monkeypatch, tmp_path):
+    """Two checkouts on one machine must not rebuild DeepSpeed's JIT op in turn in one shared cache."""
+    import sys
+
+    from fleetloop.learner.engine import init_distributed
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    init_distributed()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == os.path.join(sys.prefix, "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    init_distributed()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path), "an operator's own setting is kept"
+
+
 def test_warmup_then_cosine_to_the_floor():
     factor = warmup_cosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
     assert factor(0) == pytest.approx(0.1)
