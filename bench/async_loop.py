@@ -76,12 +76,18 @@ def minutes_to_reach(success_by_minute: list[list[float]], target: float) -> flo
     return next((minute for minute, success in success_by_minute if success >= target), None)
 
 
-def figures(summary: dict[str, Any]) -> dict[str, Any]:
+def figures(run: dict[str, Any]) -> dict[str, Any]:
+    """One run's figures. ``success_by_minute`` holds the evaluations of weights the loop trained
+    (step > 0); the starting weights' own evaluation (async evaluates them at minute 0) is
+    ``start_success``, so a pretrained start (``--init-from``) cannot count as reaching a target."""
     keys = ("learner_busy_fraction", "actor_busy_fraction", "episodes_per_minute", "learner_steps_per_minute",
             "policy_lag_p95_versions", "learner_steps", "learner_ranks", "loop_seconds", "learner_limiter_wait_s",
             "stopped_by")
-    return {**{key: summary[key] for key in keys}, "success_by_minute": summary["success_by_minute"],
-            "final_success": summary["success_by_minute"][-1][1] if summary["success_by_minute"] else None}
+    timed = [e for e in run["evaluations"] if e.get("minute") is not None]
+    trained = [[e["minute"], e["success_rate"]] for e in timed if e["step"] != 0]  # None: a newer version than asked
+    start = next((e["success_rate"] for e in timed if e["step"] == 0), None)
+    return {**{key: run[key] for key in keys}, "success_by_minute": trained, "start_success": start,
+            "final_success": trained[-1][1] if trained else None}
 
 
 def rank_figures(run: dict[str, Any], batch_size: int) -> dict[str, Any]:
@@ -150,6 +156,7 @@ def main() -> None:
         "learner_steps_per_minute": {m: results[m]["learner_steps_per_minute"] for m in results},
         "policy_lag_p95_versions": fleet["policy_lag_p95_versions"],
         "success_by_minute": {m: results[m]["success_by_minute"] for m in ("sync", "async")},
+        "start_success": {m: results[m]["start_success"] for m in ("sync", "async")},
         "sync_final_success": sync["final_success"],
         "wall_to_sync_final_success_ratio": None if reached is None else round(reached * 60 / sync["loop_seconds"], 3),
         "learner_ranks": {name: rank_figures(results[name], batch_size) for name in ("async", "async_two_ranks")
