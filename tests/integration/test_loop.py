@@ -1,5 +1,6 @@
 """`fleetloop up` end to end on the real components: Valkey, Ray, DeepSpeed, gRPC, MuJoCo."""
 
+import http.client
 import json
 import signal
 import socket
@@ -58,10 +59,13 @@ def still_running(processes: set[tuple[int, float]]) -> list[str]:
 
 
 def scrape(url: str) -> str | None:
+    """The page at ``url``; None while nothing serves it. Polling a free ephemeral port before its
+    server binds can connect the client socket to itself (TCP simultaneous open): it then reads
+    back its own request line, an HTTPException, which counts as "not up yet" too."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return None
 
 
