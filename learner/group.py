@@ -71,7 +71,6 @@ class LearnerGroup:
     def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, resume: bool, ranks: int):
         self.cfg, self.run_dir, self.redis_url, self.ranks = cfg, run_dir, redis_url, ranks
         self.restarts = 0
-        self._executor = None
         self._start(resume)
 
     def _start(self, resume: bool) -> None:

@@ -2,13 +2,13 @@
 
 import os
 import signal
-import socket
 
 import pytest
 
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
 from fleetloop.learner.group import start_learner_group
+from tests.integration.test_loop import free_ports
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,6 @@ def _cfg(*overrides: str):
     return load_config("smoke", ["learner.batch_size=2", "learner.publish_every=2", "learner.checkpoint_every=0",
                                  "learner.warmup_steps=1", "learner.torch_threads=1", "weights.port=0",
                                  "metrics.learner_port=0", *overrides])
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def test_two_ranks_train_publish_and_checkpoint_as_one_learner(ray_cluster, valkey, demos, tmp_path):
@@ -84,7 +74,7 @@ def test_a_killed_rank_restarts_every_rank_from_the_newest_checkpoint_and_the_ca
     at the same address) and runs the interrupted call again."""
     import ray
 
-    ports = _free_ports(2)  # pinned, as `fleetloop up` pins them, so that a restarted rank 0 binds them again
+    ports = free_ports(2)  # pinned, as `fleetloop up` pins them, so that a restarted rank 0 binds them again
     cfg = _cfg("learner.checkpoint_every=2", "learner.max_restarts=1", f"weights.port={ports[0]}",
                f"metrics.learner_port={ports[1]}")
     group = start_learner_group(cfg, str(tmp_path), valkey.url, resume=False, ranks=2)
