@@ -76,7 +76,7 @@ DISCARDED = prom.Counter("fleetloop_actor_discarded_episodes_total",
 EPISODE_LENGTH = prom.Gauge("fleetloop_actor_episode_length", "Steps of the latest episode.", TASK_LABELS)
 WEIGHTS_VERSION = prom.Gauge("fleetloop_actor_weights_version", "Weight version the actor's policy runs.", ["actor"])
 POLICY_LAG = prom.Gauge("fleetloop_actor_policy_lag_versions",
-                        "Published versions the actor's policy is behind the newest it was told of.", TASK_LABELS)
+                        "Versions the actor's policy is behind the newest promoted for the fleet (it is told of those only).", TASK_LABELS)
 EVALUATIONS = "evaluations"
 """Table of evaluation episodes: written for audits and dashboards, never in a mixture by default."""
 SKIPPED_SEGMENTS = prom.Counter("fleetloop_actor_skipped_segments_total",
@@ -95,7 +95,7 @@ EPISODE_POLICY_LAG = prom.Histogram("fleetloop_actor_episode_policy_lag_versions
                                     "Versions the policy of each finished episode was behind the newest announced.",
                                     ["actor"], buckets=(0, 1, 2, 3, 4, 6, 8, 16))
 PAUSED = prom.Gauge("fleetloop_actor_paused", "1 while the actor holds back: its policy lags more than "
-                    "actors.max_policy_lag versions behind the newest published.", ["actor"])
+                    "actors.max_policy_lag versions behind the newest promoted for the fleet.", ["actor"])
 INFERENCE_SECONDS = prom.Histogram("fleetloop_actor_inference_seconds", "Time to predict one action chunk.", ["actor"],
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
@@ -159,7 +159,7 @@ class EnvActor:
         self.metrics_port = self._metrics_server.server_port
         tls, token = cfg.weights.credentials()
         self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self.scene.receive, tls=tls,
-                                           token=token)
+                                           token=token, promoted_only=True)  # the fleet runs promoted versions
         self.subscriber.start()
 
     # -- weights ---------------------------------------------------------------------------
@@ -382,14 +382,15 @@ class EnvActor:
                 "success_rate": evaluation["success_rate"], "intervention_rate": dagger["intervention_rate"],
                 "discarded": dagger["discarded"] + evaluation["discarded"], "versions_used": versions,
                 "expert_label_rows": dagger["expert_label_rows"], "takeovers": dagger["takeovers"],
-                "takeover_endings": dagger["takeover_endings"], "skipped": dagger["skipped"]}
+                "takeover_endings": dagger["takeover_endings"], "skipped": dagger["skipped"],
+                "expert_steps": dagger["expert_steps"], "steps": dagger["steps"]}
 
     def collect(self, episodes: int, pause_s: float = 5.0) -> dict[str, Any]:
         """Asynchronous mode (run.mode=async): ``episodes`` DAgger episodes on the actor's next seeds
         with the newest weights received, called again and again while the learner trains.
 
         An actor whose policy lags more than ``actors.max_policy_lag`` versions behind the newest
-        published (its weight stream is cut or slow) waits up to ``pause_s`` for newer weights and,
+        promoted (every published one unless ``weights.promotion=evaluated``; its weight stream is cut or slow) waits up to ``pause_s`` for newer weights and,
         if none come, returns ``paused`` without rolling out, and says why in its log and the
         ``fleetloop_actor_paused`` gauge.
 
@@ -407,7 +408,7 @@ class EnvActor:
         lag = self.subscriber.latest_announced - self.version
         if lag > limit:
             if not self.paused:
-                log.warning("%s paused: its policy (version %d) lags %d versions behind the newest published, more "
+                log.warning("%s paused: its policy (version %d) lags %d versions behind the newest promoted, more "
                             "than actors.max_policy_lag=%d; waiting for the weight stream", self.actor_id,
                             self.version, lag, limit)
             self.paused = True

@@ -61,6 +61,8 @@ class WeightSubscriber:
         backoff_max_s: Longest reconnect delay.
         tls: Connect over TLS (with a client certificate for mutual TLS); plaintext when None.
         token: Bearer token sent on every call, when the publisher requires one.
+        promoted_only: Follow only the versions promoted for the fleet (a fleet member: env actors,
+            robot bridges); False follows every published version (the evaluator).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class WeightSubscriber:
         backoff_max_s: float = 5.0,
         tls: TlsConfig | None = None,
         token: str | None = None,
+        promoted_only: bool = False,
     ):
         if not 0 < len(subscriber_id) <= codec.MAX_SUBSCRIBER_ID_CHARS:
             raise ValueError(f"subscriber_id must have 1 to {codec.MAX_SUBSCRIBER_ID_CHARS} characters, "
@@ -97,6 +100,7 @@ class WeightSubscriber:
         self.backoff_max_s = backoff_max_s
         self.tls = tls
         self._token = token
+        self.promoted_only = promoted_only
         self._on_version = on_version
         self._applied = known_version
         self._announced = known_version
@@ -169,7 +173,8 @@ class WeightSubscriber:
         backoff = self.backoff_initial_s
         while not self._stop.is_set():
             try:
-                request = weights_pb2.WatchRequest(subscriber_id=self.subscriber_id, known_version=self._applied)
+                request = weights_pb2.WatchRequest(subscriber_id=self.subscriber_id, known_version=self._applied,
+                                                   promoted_only=self.promoted_only)
                 for notice in stub.WatchVersions(request):
                     backoff = self.backoff_initial_s
                     self._announced = max(self._announced, notice.version)

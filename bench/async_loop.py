@@ -9,10 +9,14 @@ evaluator's success against the loop's wall-clock (the minute each evaluated ver
 over the sync run's minutes (None: it never did within the budget).
 
 Configurations: sync and async with ``--actors`` actors, and (not with ``--quick``) async with one
-actor fewer (what an actor adds) and async with 2 learner ranks (``learner.ranks=2``, Ray Train
-workers inside the loop). ``learner_ranks`` compares the async runs with 1 and 2 ranks: optimizer
-steps and training windows per minute (a rank draws learner.batch_size windows a step), busy
-fraction and the final success.
+actor fewer (what an actor adds), async with 2 learner ranks (``learner.ranks=2``, Ray Train
+workers inside the loop) and async with the promotion gate (``weights.promotion=evaluated``: the
+fleet runs only versions the evaluator scored no worse than its own, within the margin).
+``learner_ranks`` compares the async runs with 1 and 2 ranks: optimizer steps and training windows
+per minute (a rank draws learner.batch_size windows a step), busy fraction and the final success.
+``promotion`` compares async with and without the gate: the share of the fleet's DAgger steps the
+expert drove (``fleet_intervention_rate``), the success of the versions the fleet ran against the
+minute it started running them, and the versions promoted.
 
 ``--init-from FILE`` starts every run from one policy file (``learner.init_from``): the
 continual-improvement case, a fleet improving a pretrained policy, e.g. the behaviour-cloning
@@ -87,7 +91,20 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     trained = [[e["minute"], e["success_rate"]] for e in timed if e["step"] != 0]  # None: a newer version than asked
     start = next((e["success_rate"] for e in timed if e["step"] == 0), None)
     return {**{key: run[key] for key in keys}, "success_by_minute": trained, "start_success": start,
-            "final_success": trained[-1][1] if trained else None}
+            "final_success": trained[-1][1] if trained else None,
+            "fleet_intervention_rate": run.get("fleet_intervention_rate"),
+            "fleet_success_by_minute": fleet_success_by_minute(timed),
+            "weight_versions_promoted": run.get("weight_versions_promoted")}
+
+
+def fleet_success_by_minute(evaluations: list[dict[str, Any]]) -> list[list[float]]:
+    """[minute, success] of each evaluated version the fleet ran, from the minute it started running
+    it: without the gate every version as it came out; with it (records carry ``promoted``) the
+    promoted ones once their evaluation ended."""
+    gated = any("promoted" in e for e in evaluations)
+    if not gated:
+        return [[e["minute"], e["success_rate"]] for e in evaluations]
+    return [[round(e["minute"] + e["seconds"] / 60, 3), e["success_rate"]] for e in evaluations if e["promoted"]]
 
 
 def rank_figures(run: dict[str, Any], batch_size: int) -> dict[str, Any]:
@@ -139,6 +156,7 @@ def main() -> None:
     if not args.quick:
         runs["async_fewer_actors"] = ["run.mode=async", f"actors.num_actors={args.actors - 1}"]
         runs["async_two_ranks"] = ["run.mode=async", f"actors.num_actors={args.actors}", "learner.ranks=2"]
+        runs["async_promoted"] = ["run.mode=async", f"actors.num_actors={args.actors}", "weights.promotion=evaluated"]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -161,6 +179,9 @@ def main() -> None:
         "wall_to_sync_final_success_ratio": None if reached is None else round(reached * 60 / sync["loop_seconds"], 3),
         "learner_ranks": {name: rank_figures(results[name], batch_size) for name in ("async", "async_two_ranks")
                           if name in results},
+        "promotion": {key: {name: results[name][key] for name in ("async", "async_promoted") if name in results}
+                      for key in ("fleet_intervention_rate", "fleet_success_by_minute", "final_success",
+                                  "weight_versions_promoted")},
         "runs": results,
         "loaded": os.getloadavg()[0],
         "wall_seconds": round(time.time() - start, 1),

@@ -252,6 +252,9 @@ def _cmd_learner(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
         raise ConfigError("--run-dir: every rank writes checkpoints to one run directory; give it explicitly")
     if args.steps is not None and args.steps < 0:
         raise ConfigError(f"--steps: expected 0 (until stopped) or more, got {args.steps}")
+    if cfg.weights.promotion != "every":
+        raise ConfigError("weights.promotion=evaluated: `fleetloop learner` runs no evaluator to promote versions, "
+                          "so its fleet would never get weights; use `fleetloop up`, or weights.promotion=every")
     run = RunDir.create(args.run_dir or Path("runs") / time.strftime("learner-%Y%m%d-%H%M%S"))
     if rank == 0:
         run.write_config(cfg.to_dict())

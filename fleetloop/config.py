@@ -255,7 +255,16 @@ class WeightsSection(_Section):
     host: str = Field("127.0.0.1", description="Bind address of the WeightService.")
     port: int = Field(50051, ge=0, le=65535, description="WeightService port (0 = any free port).")
     chunk_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="Bytes per streamed weight chunk.")
-    keep_versions: int = Field(2, ge=1, description="Published versions held for pulls.")
+    keep_versions: int = Field(2, ge=1, description="Published versions held for pulls (beside the promoted one and any under evaluation).")
+    promotion: Literal["every", "evaluated"] = Field(
+        "every", description="Which versions the fleet (env actors, robot bridges) runs. every: each one as it is "
+                             "published. evaluated: only versions the loop's evaluator scored no worse than the "
+                             "fleet's version (within promotion_margin); the first published version starts the "
+                             "fleet. Needs evaluator.enabled; `fleetloop up` only.")
+    promotion_margin: float = Field(0.1, ge=0, le=1, description="weights.promotion=evaluated: a version is promoted "
+                                                                 "when its success rate is at least the fleet "
+                                                                 "version's minus this (the evaluator's figures are "
+                                                                 "noisy: 20 episodes are about +-0.2 wide).")
     advertise_address: str | None = Field(None, description="host:port subscribers dial for the WeightService (e.g. a Kubernetes Service's DNS name); None: host:port it binds.")
     token_file: str | None = Field(None, description="File holding the bearer token every WeightService call must carry (None: no token).")
     tls_ca_file: str | None = Field(None, description="PEM CA that verifies the peer; setting it turns TLS on (needs tls_cert_file and tls_key_file).")
@@ -512,6 +521,9 @@ class FleetloopConfig(_Section):
             raise ValueError(f"metrics.actor_port_stride=0 gives all {self.actors.num_actors} actors port "
                              f"{self.metrics.actor_base_port}, but run.ray_address=local runs them on one machine; "
                              "use a stride >= 1 or actor_base_port=0")
+        if self.weights.promotion == "evaluated" and not self.evaluator.enabled:
+            raise ValueError("weights.promotion=evaluated needs evaluator.enabled=true: the evaluator scores the "
+                             "versions the fleet may run")
         if self.run.target_success is not None and not self.evaluator.enabled:
             raise ValueError("run.target_success needs evaluator.enabled=true: the evaluator measures the success "
                              "the run stops on")

@@ -64,13 +64,16 @@ class StopConditions:
 
 @dataclass
 class FleetTally:
-    """What the actors reported: episodes, successes, corrections written and each episode's policy lag."""
+    """What the actors reported: episodes, successes, corrections written, each episode's policy lag,
+    and the DAgger episodes' steps and the steps of them the expert or operator drove."""
 
     episodes: int = 0
     successes: int = 0
     written: int = 0
     paused: int = 0
     busy_s: float = 0.0
+    steps: int = 0
+    expert_steps: int = 0
     lags: list[int] = field(default_factory=list)
 
     def add(self, result: dict[str, Any]) -> None:
@@ -79,6 +82,8 @@ class FleetTally:
         self.written += result.get("written", 0)
         self.paused += bool(result.get("paused"))
         self.busy_s += result.get("busy_s", 0.0)
+        self.steps += result.get("steps", 0)
+        self.expert_steps += result.get("expert_steps", 0)
         self.lags += result.get("episode_lags", [])
 
 
@@ -95,6 +100,8 @@ def run_async(loop: "Loop", stop: StopConditions) -> dict[str, Any]:
 
     cfg, learner = loop.cfg, loop.learner
     version = ray_call(learner.publish.remote(), "publishing the first weights")
+    if loop.gate is not None:  # the fleet starts on the first version; the evaluator gates the next ones
+        loop.promote(version)
     step = loop.learner_status["step"]
     tally, losses, best = FleetTally(), [], None
 

@@ -34,6 +34,7 @@ from fleetloop.continuous import FleetTally, StopConditions, lag_p95, run_async
 from fleetloop.evaluate import EVALUATIONS_FILE, merge_evaluations
 from fleetloop.learner.driver import RemoteLearner, TrainingDriver
 from fleetloop.plots import plot_evaluations, plot_learning_curves
+from fleetloop.promotion import PromotionGate
 from fleetloop.ray_calls import LaunchError, ray_call
 from fleetloop.replay import EmbeddedValkey, ReplayClient, ReplayCollector
 from fleetloop.rundir import LOG_DIR_ENV, RunDir, log_to_file
@@ -248,6 +249,8 @@ class Loop:
         self.actors: list = []
         self.evaluator = None
         """evaluator.enabled: the evaluator role (actors/evaluator.py)."""
+        self.gate = PromotionGate(cfg.weights.promotion_margin) if cfg.weights.promotion == "evaluated" else None
+        """weights.promotion=evaluated: which versions the fleet runs (fleetloop/promotion.py)."""
         self.bridge_targets: list[str] = []
         """actors.robot=bridge: the robot bridge of each actor."""
 
@@ -385,23 +388,54 @@ class Loop:
         episodes = sum(r["eval_episodes"] for r in results)
         return {"success_rate": sum(r["eval_successes"] for r in results) / episodes, "actors": results}
 
-    def start_evaluation(self, version: int, step: int, published_at_s: float) -> tuple[Any, float] | None:
+    def start_evaluation(self, version: int, step: int, published_at_s: float) -> tuple[Any, float, int] | None:
         """Ask the evaluator role to evaluate ``version``, published ``published_at_s`` seconds into the
-        loop (it runs beside the rollouts): the Ray ref and that time, or None without an evaluator."""
+        loop (it runs beside the rollouts): the Ray ref, that time and the version, or None without an
+        evaluator. With the promotion gate the learner holds the version until the evaluation ends."""
         if self.evaluator is None:
             return None
-        return self.evaluator.evaluate_version.remote(version, step, WEIGHTS_WAIT_S), published_at_s
+        if self.gate is not None:
+            ray_call(self.learner.hold.remote(version), "holding the weights under evaluation")
+        return self.evaluator.evaluate_version.remote(version, step, WEIGHTS_WAIT_S), published_at_s, version
 
-    def finish_evaluation(self, started: tuple[Any, float] | None) -> dict[str, Any] | None:
+    def finish_evaluation(self, started: tuple[Any, float, int] | None) -> dict[str, Any] | None:
         """Wait for an evaluation started by ``start_evaluation`` and merge it, with the minute of the
-        loop its version came out (``minute``), into the run's ``evaluations.json``; returns it (None
-        for none started)."""
+        loop its version came out (``minute``) and, with the promotion gate, whether the fleet runs it
+        now (``promoted``), into the run's ``evaluations.json``; returns it (None for none started)."""
         if started is None:
             return None
-        ref, published_at_s = started
+        ref, published_at_s, held = started
         evaluation = {**ray_call(ref, "evaluating the weights"), "minute": round(published_at_s / 60, 3)}
+        if self.gate is not None:
+            evaluation["promoted"] = self._promote_if_admitted(evaluation)
+            ray_call(self.learner.release.remote(held), "releasing the evaluated weights")
         merge_evaluations(self.run.root / EVALUATIONS_FILE, [evaluation])
         return evaluation
+
+    def promote(self, version: int, success: float | None = None) -> bool:
+        """Let the fleet run ``version`` (the promotion gate's first version, or one it admitted);
+        False if the learner no longer holds it."""
+        if not ray_call(self.learner.promote.remote(version), "promoting the weights"):
+            return False
+        self.gate.promote(version, success)
+        log.info("weights version %d promoted for the fleet%s", version,
+                 "" if success is None else f" (evaluator success {success:.2f})")
+        return True
+
+    def _promote_if_admitted(self, evaluation: dict[str, Any]) -> bool:
+        """Whether the fleet runs the evaluated version now: it is the fleet version, or the gate
+        admits it and the learner promoted it."""
+        if self.gate.is_fleet_version(evaluation):
+            self.gate.record_fleet_success(evaluation["success_rate"])
+            return True
+        if not self.gate.admits(evaluation):
+            log.info(self.gate.refusal(evaluation))
+            return False
+        return self.promote(evaluation["version"], evaluation["success_rate"])
+
+    def fleet_version(self, published: int) -> int:
+        """The version the fleet runs once ``published`` is out: that one, or the gate's."""
+        return published if self.gate is None else self.gate.version
 
     def verify_weights(self, version: int = 0) -> None:
         """Check that every actor runs exactly the weights the learner published as its version,
@@ -512,8 +546,11 @@ def _run_rounds(loop: Loop, rounds: list[dict[str, Any]], stop: StopConditions) 
         loop.driver.start_round(r)
         trained = loop.train_round(r)
         evaluating = loop.start_evaluation(trained["version"], trained["step"], stop.elapsed())
-        rolled = loop.rollout_round(r, trained["version"])
-        evaluation = loop.finish_evaluation(evaluating)
+        gated = loop.gate is not None  # the round rolls out what the gate decides, so it waits for the evaluation
+        evaluation = loop.finish_evaluation(evaluating) if gated else None
+        rolled = loop.rollout_round(r, loop.fleet_version(trained["version"]))
+        if not gated:
+            evaluation = loop.finish_evaluation(evaluating)
         for result in rolled["actors"]:
             tally.add(result)
         rounds.append({"round": r, **trained, **rolled,
@@ -545,6 +582,7 @@ def _loop_figures(loop: Loop, ran: dict[str, Any], loop_s: float, before: dict[s
         "episodes_per_minute": round(tally.episodes / minutes, 2),
         "learner_steps_per_minute": round((learner["step"] - before["step"]) / minutes, 2),
         "policy_lag_p95_versions": lag_p95(tally.lags),
+        "fleet_intervention_rate": round(tally.expert_steps / tally.steps, 4) if tally.steps else None,
         "actor_pauses": tally.paused,
     }
 
@@ -565,6 +603,7 @@ def _summary(loop: Loop, learner: dict[str, Any], statuses: list[dict[str, Any]]
         "learner_restarted": learner.get("restarted", False),
         "weight_versions_published": learner["version"],
         "weight_versions_applied_by_actor": applied,
+        "weight_versions_promoted": loop.gate.promoted if loop.gate else None,
         "min_weight_version_applied_by_actors": min((v[-1] if v else 0) for v in applied.values()),
         "min_weight_versions_applied_count": min(len(v) for v in applied.values()),
         "actors_restarted": sorted(s["actor"] for s in statuses if s["restarted"]),

@@ -127,6 +127,15 @@ class LearnerGroup:
     def publish(self) -> int:
         return self._call("publish")
 
+    def promote(self, version: int) -> bool:
+        return self._call("promote", version)
+
+    def hold(self, version: int) -> bool:
+        return self._call("hold", version)
+
+    def release(self, version: int) -> None:
+        return self._call("release", version)
+
     def save_checkpoint(self) -> str:
         return self._call("save_checkpoint")
 

@@ -135,7 +135,8 @@ class Learner:
             tls, token = self.cfg.weights.credentials()
             self.publisher = WeightPublisher(host=self.cfg.weights.host, port=self.cfg.weights.port,
                                              chunk_bytes=self.cfg.weights.chunk_bytes,
-                                             keep_versions=self.cfg.weights.keep_versions, tls=tls, token=token)
+                                             keep_versions=self.cfg.weights.keep_versions, tls=tls, token=token,
+                                             auto_promote=self.cfg.weights.promotion == "every")
             self.weights_port = self.publisher.start()
             self._metrics_server, _ = prom.start_http_server(self.cfg.metrics.learner_port, addr=self.cfg.metrics.host)
             self.metrics_port = self._metrics_server.server_port
@@ -333,6 +334,18 @@ class Learner:
                                                                          "digest": self.published_digests[self.version]})
             VERSION.set(self.version)
         return self.version
+
+    def promote(self, version: int) -> bool:
+        """Let the fleet run ``version`` (``WeightPublisher.promote``; rank 0, True elsewhere)."""
+        return self.publisher.promote(version) if self.publisher is not None else True
+
+    def hold(self, version: int) -> bool:
+        """Keep ``version`` pullable while it is evaluated (``WeightPublisher.hold``; rank 0)."""
+        return self.publisher.hold(version) if self.publisher is not None else True
+
+    def release(self, version: int) -> None:
+        if self.publisher is not None:
+            self.publisher.release(version)
 
     # ---- checkpoints --------------------------------------------------------------------
 

@@ -6,8 +6,16 @@ subscribers, manifest checksum), keeps the newest few, and wakes the watch strea
 chunking and slow subscribers never hold up ``publish``: it only swaps in the new version under a
 lock and notifies. A pull against a held base version sends only tensors whose checksum changed,
 and skips tensors a resuming subscriber already holds. Subscribers report the version they
-applied, which feeds the subscriber count and the propagation histogram. Requests refused by a
-handler (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED) are counted in
+applied, which feeds the subscriber count and the propagation histogram.
+
+A version *promoted* is one the fleet may run. By default every version is promoted as it is
+published. A publisher built with ``auto_promote=False`` promotes only on ``promote(version)``
+(the loop's evaluator gate, ``weights.promotion: evaluated``): watchers that ask for promoted
+versions only (the fleet) are told of those, the others (the evaluator) of every version. The
+promoted version and the versions a ``hold`` pins (one and every newer one: an evaluator may
+take a newer version than it was asked for) stay pullable beyond ``keep_versions``.
+
+Requests refused by a handler (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED) are counted in
 ``fleetloop_weights_requests_rejected_total{reason}``. The server also answers gRPC health checks
 and, when configured, requires TLS and a bearer token (``protos/security.py``)."""
 
@@ -31,6 +39,11 @@ from fleetloop.protos.security import TlsConfig, TokenAuthInterceptor, address, 
 logger = logging.getLogger(__name__)
 
 VERSION_PUBLISHED = Gauge("fleetloop_weights_version_published", "Latest published weights version.")
+VERSION_PROMOTED = Gauge("fleetloop_weights_version_promoted",
+                         "Latest weights version promoted for the fleet (every published one unless the fleet "
+                         "runs evaluated versions only: weights.promotion).")
+PROMOTIONS_MISSED = Counter("fleetloop_weights_promotions_missed_total",
+                            "Promotions refused because the version was no longer held (raise weights.keep_versions).")
 PUBLISH_SECONDS = Histogram(
     "fleetloop_weights_publish_seconds", "Time to snapshot and swap in a weights version.",
     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
@@ -120,7 +133,7 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
             known = request.known_version
             logger.debug("subscriber %r watching from version %d", request.subscriber_id, known)
             while True:
-                snapshot = pub._wait_newer_than(known, context)
+                snapshot = pub._wait_newer_than(known, context, request.promoted_only)
                 if snapshot is None:
                     return
                 known = snapshot.version
@@ -221,6 +234,7 @@ class WeightPublisher:
         pull_workers: Extra worker threads for pulls, reports and health checks, so watchers cannot starve them.
         tls: Serve over TLS (mutual when ``tls.require_client_auth``); plaintext when None.
         token: Bearer token every WeightService call must carry; none required when None.
+        auto_promote: Promote every version as it is published; False: only ``promote`` does.
     """
 
     def __init__(
@@ -234,6 +248,7 @@ class WeightPublisher:
         pull_workers: int = 16,
         tls: TlsConfig | None = None,
         token: str | None = None,
+        auto_promote: bool = True,
     ):
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
@@ -254,6 +269,7 @@ class WeightPublisher:
         self.max_watchers = max_watchers
         self.pull_workers = pull_workers
         self.tls = tls
+        self.auto_promote = auto_promote
         self._interceptors = [TokenAuthInterceptor(token, METRICS_SERVICE)] if token else []
         if tls is not None:
             tls.server_credentials()  # fail here, not at start, on incomplete TLS material
@@ -261,6 +277,8 @@ class WeightPublisher:
         self._cond = threading.Condition()
         self._versions: OrderedDict[int, PublishedVersion] = OrderedDict()
         self._latest: PublishedVersion | None = None
+        self._promoted: PublishedVersion | None = None
+        self._held: set[int] = set()
         self._watchers = 0
         self._stopping = False
         # subscriber -> (highest applied version, monotonic time of its last report), oldest report first
@@ -336,16 +354,75 @@ class WeightPublisher:
                 published_monotonic=time.monotonic(),
             )
             self._versions[number] = snapshot
-            while len(self._versions) > self.keep_versions:
-                self._versions.popitem(last=False)
             self._latest = snapshot
+            if self.auto_promote:
+                self._promoted = snapshot
+            self._evict()
             self._cond.notify_all()
         VERSION_PUBLISHED.set(number)
+        if self.auto_promote:
+            VERSION_PROMOTED.set(number)
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
         logger.info(
             "published weights version %d (%d tensors, %d bytes)", number, len(tensors), snapshot.total_bytes
         )
         return number
+
+    def promote(self, version: int) -> bool:
+        """Let the fleet run ``version``: watchers of promoted versions are told of it. False (and
+        counted) when it is no longer held: evicted before its evaluation finished.
+
+        Raises:
+            ValueError: ``version`` was never published, or is older than the promoted one
+                (promotions only move forward, like versions).
+        """
+        with self._cond:
+            if not 1 <= version <= self.latest_version:
+                raise ValueError(f"version {version} was never published (latest: {self.latest_version})")
+            if version < self.promoted_version:
+                raise ValueError(f"version {version} is older than the promoted version {self.promoted_version}; "
+                                 "promotions only move forward")
+            snapshot = self._versions.get(version)
+            if snapshot is None:
+                PROMOTIONS_MISSED.inc()
+                logger.warning("version %d cannot be promoted: no longer held (held: %s); raise weights.keep_versions",
+                               version, list(self._versions))
+                return False
+            self._promoted = snapshot
+            self._evict()
+            self._cond.notify_all()
+        VERSION_PROMOTED.set(version)
+        logger.info("promoted weights version %d for the fleet", version)
+        return True
+
+    def hold(self, version: int) -> bool:
+        """Keep ``version`` and every newer version pullable beyond ``keep_versions`` until
+        ``release(version)`` (while the evaluator evaluates it, or a newer one it received first,
+        for promotion); False if ``version`` is no longer held."""
+        with self._cond:
+            if version not in self._versions:
+                return False
+            self._held.add(version)
+            return True
+
+    def release(self, version: int) -> None:
+        """Undo ``hold``; the version goes once ``keep_versions`` newer ones exist."""
+        with self._cond:
+            self._held.discard(version)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Keep the newest ``keep_versions`` versions, the promoted one and the held ones (under the lock)."""
+        held_from = min(self._held, default=None)
+        kept = set(list(self._versions)[-self.keep_versions:]) | {self.promoted_version}
+        for version in [v for v in self._versions if v not in kept and (held_from is None or v < held_from)]:
+            del self._versions[version]
+
+    @property
+    def promoted_version(self) -> int:
+        """Newest version promoted for the fleet; 0 before the first."""
+        snapshot = self._promoted
+        return snapshot.version if snapshot is not None else 0
 
     def _check_version(self, version: int | None) -> None:
         if version is None:
@@ -400,17 +477,23 @@ class WeightPublisher:
         with self._cond:
             return self._latest if version == 0 else self._versions.get(version)
 
-    def _wait_newer_than(self, known: int, context: grpc.ServicerContext) -> PublishedVersion | None:
-        """Block until a version above ``known`` exists; None once the stream or server ends."""
+    def _wait_newer_than(self, known: int, context: grpc.ServicerContext,
+                         promoted_only: bool = False) -> PublishedVersion | None:
+        """Block until a version above ``known`` exists (a promoted one with ``promoted_only``); None
+        once the stream or server ends."""
+
+        def newest() -> PublishedVersion | None:
+            return self._promoted if promoted_only else self._latest
 
         def ready() -> bool:
-            return self._stopping or not context.is_active() or self.latest_version > known
+            snapshot = newest()
+            return self._stopping or not context.is_active() or (snapshot is not None and snapshot.version > known)
 
         with self._cond:
             self._cond.wait_for(ready)
             if self._stopping or not context.is_active():
                 return None
-            return self._latest
+            return newest()
 
     def _wake_watchers(self) -> None:
         with self._cond:

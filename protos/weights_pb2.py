@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leetloop/protos/weights.proto\x12\x14\x66leetloop.weights.v1\"<\n\x0cWatchRequest\x12\x15\n\rsubscriber_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\"~\n\rVersionNotice\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x04 \x01(\t\x12\x19\n\x11published_unix_ms\x18\x05 \x01(\x03\"a\n\x0bPullRequest\x12\x15\n\rsubscriber_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x14\n\x0chave_tensors\x18\x04 \x03(\r\"X\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x9d\x01\n\x08Manifest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x31\n\x07tensors\x18\x02 \x03(\x0b\x32 .fleetloop.weights.v1.TensorMeta\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x11\n\tfrom_base\x18\x05 \x03(\r\x12\x0f\n\x07resumed\x18\x06 \x03(\r\"A\n\x0bTensorChunk\x12\x14\n\x0ctensor_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"3\n\x07Trailer\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x02 \x01(\t\"\xb6\x01\n\x0bWeightChunk\x12\x32\n\x08manifest\x18\x01 \x01(\x0b\x32\x1e.fleetloop.weights.v1.ManifestH\x00\x12\x39\n\x0ctensor_chunk\x18\x02 \x01(\x0b\x32!.fleetloop.weights.v1.TensorChunkH\x00\x12\x30\n\x07trailer\x18\x03 \x01(\x0b\x32\x1d.fleetloop.weights.v1.TrailerH\x00\x42\x06\n\x04kind\"P\n\rAppliedReport\x12\x15\n\rsubscriber_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x17\n\x0f\x61pplied_unix_ms\x18\x03 \x01(\x03\"\x05\n\x03\x41\x63k2\x93\x02\n\rWeightService\x12Z\n\rWatchVersions\x12\".fleetloop.weights.v1.WatchRequest\x1a#.fleetloop.weights.v1.VersionNotice0\x01\x12U\n\x0bPullVersion\x12!.fleetloop.weights.v1.PullRequest\x1a!.fleetloop.weights.v1.WeightChunk0\x01\x12O\n\rReportApplied\x12#.fleetloop.weights.v1.AppliedReport\x1a\x19.fleetloop.weights.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leetloop/protos/weights.proto\x12\x14\x66leetloop.weights.v1\"S\n\x0cWatchRequest\x12\x15\n\rsubscriber_id\x18\x01 \x01(\t\x12\x15\n\rknown_version\x18\x02 \x01(\x04\x12\x15\n\rpromoted_only\x18\x03 \x01(\x08\"~\n\rVersionNotice\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x04 \x01(\t\x12\x19\n\x11published_unix_ms\x18\x05 \x01(\x03\"a\n\x0bPullRequest\x12\x15\n\rsubscriber_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x14\n\x0chave_tensors\x18\x04 \x03(\r\"X\n\nTensorMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\x12\x0e\n\x06nbytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x9d\x01\n\x08Manifest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x31\n\x07tensors\x18\x02 \x03(\x0b\x32 .fleetloop.weights.v1.TensorMeta\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x04\x12\x11\n\tfrom_base\x18\x05 \x03(\r\x12\x0f\n\x07resumed\x18\x06 \x03(\r\"A\n\x0bTensorChunk\x12\x14\n\x0ctensor_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"3\n\x07Trailer\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x17\n\x0fmanifest_sha256\x18\x02 \x01(\t\"\xb6\x01\n\x0bWeightChunk\x12\x32\n\x08manifest\x18\x01 \x01(\x0b\x32\x1e.fleetloop.weights.v1.ManifestH\x00\x12\x39\n\x0ctensor_chunk\x18\x02 \x01(\x0b\x32!.fleetloop.weights.v1.TensorChunkH\x00\x12\x30\n\x07trailer\x18\x03 \x01(\x0b\x32\x1d.fleetloop.weights.v1.TrailerH\x00\x42\x06\n\x04kind\"P\n\rAppliedReport\x12\x15\n\rsubscriber_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x17\n\x0f\x61pplied_unix_ms\x18\x03 \x01(\x03\"\x05\n\x03\x41\x63k2\x93\x02\n\rWeightService\x12Z\n\rWatchVersions\x12\".fleetloop.weights.v1.WatchRequest\x1a#.fleetloop.weights.v1.VersionNotice0\x01\x12U\n\x0bPullVersion\x12!.fleetloop.weights.v1.PullRequest\x1a!.fleetloop.weights.v1.WeightChunk0\x01\x12O\n\rReportApplied\x12#.fleetloop.weights.v1.AppliedReport\x1a\x19.fleetloop.weights.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetloop.protos.weights_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WATCHREQUEST']._serialized_start=56
-  _globals['_WATCHREQUEST']._serialized_end=116
-  _globals['_VERSIONNOTICE']._serialized_start=118
-  _globals['_VERSIONNOTICE']._serialized_end=244
-  _globals['_PULLREQUEST']._serialized_start=246
-  _globals['_PULLREQUEST']._serialized_end=343
-  _globals['_TENSORMETA']._serialized_start=345
-  _globals['_TENSORMETA']._serialized_end=433
-  _globals['_MANIFEST']._serialized_start=436
-  _globals['_MANIFEST']._serialized_end=593
-  _globals['_TENSORCHUNK']._serialized_start=595
-  _globals['_TENSORCHUNK']._serialized_end=660
-  _globals['_TRAILER']._serialized_start=662
-  _globals['_TRAILER']._serialized_end=713
-  _globals['_WEIGHTCHUNK']._serialized_start=716
-  _globals['_WEIGHTCHUNK']._serialized_end=898
-  _globals['_APPLIEDREPORT']._serialized_start=900
-  _globals['_APPLIEDREPORT']._serialized_end=980
-  _globals['_ACK']._serialized_start=982
-  _globals['_ACK']._serialized_end=987
-  _globals['_WEIGHTSERVICE']._serialized_start=990
-  _globals['_WEIGHTSERVICE']._serialized_end=1265
+  _globals['_WATCHREQUEST']._serialized_end=139
+  _globals['_VERSIONNOTICE']._serialized_start=141
+  _globals['_VERSIONNOTICE']._serialized_end=267
+  _globals['_PULLREQUEST']._serialized_start=269
+  _globals['_PULLREQUEST']._serialized_end=366
+  _globals['_TENSORMETA']._serialized_start=368
+  _globals['_TENSORMETA']._serialized_end=456
+  _globals['_MANIFEST']._serialized_start=459
+  _globals['_MANIFEST']._serialized_end=616
+  _globals['_TENSORCHUNK']._serialized_start=618
+  _globals['_TENSORCHUNK']._serialized_end=683
+  _globals['_TRAILER']._serialized_start=685
+  _globals['_TRAILER']._serialized_end=736
+  _globals['_WEIGHTCHUNK']._serialized_start=739
+  _globals['_WEIGHTCHUNK']._serialized_end=921
+  _globals['_APPLIEDREPORT']._serialized_start=923
+  _globals['_APPLIEDREPORT']._serialized_end=1003
+  _globals['_ACK']._serialized_start=1005
+  _globals['_ACK']._serialized_end=1010
+  _globals['_WEIGHTSERVICE']._serialized_start=1013
+  _globals['_WEIGHTSERVICE']._serialized_end=1288
 # @@protoc_insertion_point(module_scope)

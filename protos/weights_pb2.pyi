@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WatchRequest(_message.Message):
-    __slots__ = ("subscriber_id", "known_version")
+    __slots__ = ("subscriber_id", "known_version", "promoted_only")
     SUBSCRIBER_ID_FIELD_NUMBER: _ClassVar[int]
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_ONLY_FIELD_NUMBER: _ClassVar[int]
     subscriber_id: str
     known_version: int
-    def __init__(self, subscriber_id: _Optional[str] = ..., known_version: _Optional[int] = ...) -> None: ...
+    promoted_only: bool
+    def __init__(self, subscriber_id: _Optional[str] = ..., known_version: _Optional[int] = ..., promoted_only: _Optional[bool] = ...) -> None: ...
 
 class VersionNotice(_message.Message):
     __slots__ = ("version", "num_tensors", "total_bytes", "manifest_sha256", "published_unix_ms")

@@ -57,6 +57,7 @@ class WeightServiceServicer:
     def WatchVersions(self, request, context):
         """Sends the latest version at once if newer than known_version, then every newer one as it is
         published. Versions published while a notice is in flight are coalesced into the latest.
+        With promoted_only, "published" reads "promoted for the fleet" (see WatchRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,6 +64,14 @@ def test_bad_config_is_one_clear_message(args, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_learner_role_refuses_a_promotion_it_cannot_make(tmp_path):
+    result = run_cli("learner", "--run-dir", str(tmp_path / "run"), "--set", "weights.promotion=evaluated")
+    assert result.returncode == 2
+    assert "weights.promotion=evaluated: `fleetloop learner` runs no evaluator" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_unanswering_redis_url_fails_fast_with_advice(tmp_path):
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = run_cli("up", "--config", "smoke", "--run-dir", str(tmp_path), "--redis-url", url, timeout=60)

@@ -84,6 +84,9 @@ LIMITED = "{samples_per_insert: 8, error_buffer: 16}"
                  id="no-rollouts"),
     pytest.param(["run.target_success=0.8", "evaluator.enabled=false"], "run.target_success needs evaluator.enabled",
                  id="target-without-evaluator"),
+    pytest.param(["weights.promotion=evaluated", "evaluator.enabled=false"],
+                 "weights.promotion=evaluated needs evaluator.enabled", id="promotion-without-evaluator"),
+    pytest.param(["weights.promotion=always"], "weights.promotion", id="unknown-promotion"),
     pytest.param(["run.mode=rounds"], "run.mode", id="unknown-mode"),
     pytest.param(["actors.weights_refresh=step"], "actors.weights_refresh", id="unknown-refresh"),
 ])

@@ -17,12 +17,18 @@ def test_quick_run_compares_both_modes_under_one_budget(tmp_path):
         assert run["success_by_minute"] and all(0.0 <= s <= 1.0 for _, s in run["success_by_minute"])
         minutes = [m for m, _ in run["success_by_minute"]]
         assert minutes == sorted(minutes)
+        assert 0.0 <= run["fleet_intervention_rate"] <= 1.0, "the share of DAgger steps the expert drove"
+        assert run["weight_versions_promoted"] is None, "no promotion gate: the fleet runs every version"
     assert result["runs"]["async"]["stopped_by"] == "duration_s"
     # async evaluates its starting weights at minute 0: reported apart, never counted as reaching a target
     assert 0.0 <= result["start_success"]["async"] <= 1.0 and result["start_success"]["sync"] is None
     assert result["policy_lag_p95_versions"] is not None
     ratio = result["wall_to_sync_final_success_ratio"]
     assert ratio is None or ratio >= 0
+    fleet = result["promotion"]["fleet_success_by_minute"]
+    assert set(fleet) == {"async"}, "--quick leaves the gated run out"
+    # ungated, the fleet runs every evaluated version: the starting one, then each one trained
+    assert [m for m, _ in fleet["async"]][1:] == minutes and fleet["async"][0][1] == result["start_success"]["async"]
     one_rank = result["learner_ranks"]["async"]  # --quick leaves the 2-rank run out
     assert set(result["learner_ranks"]) == {"async"} and one_rank["ranks"] == 1
     assert one_rank["windows_per_minute"] > one_rank["learner_steps_per_minute"] > 0

@@ -45,17 +45,23 @@ def descendants(pid: int) -> set[tuple[int, float]]:
     return found
 
 
-def still_running(processes: set[tuple[int, float]]) -> list[str]:
-    """Those of ``processes`` that are still alive (same pid and start time, not a zombie)."""
-    alive = []
-    for pid, started in processes:
-        try:
-            proc = psutil.Process(pid)
-            if proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(f"{pid} {' '.join(proc.cmdline())[:80]}")
-        except psutil.NoSuchProcess:
-            continue
-    return alive
+def still_running(processes: set[tuple[int, float]], grace_s: float = 20.0) -> list[str]:
+    """Those of ``processes`` still alive (same pid and start time, not a zombie) ``grace_s`` seconds
+    from now at the latest: Ray's raylet ends its workers just after the driver exits, and on a
+    loaded machine one was seen alive at the driver's exit and gone a moment later."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for pid, started in processes:
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {' '.join(proc.cmdline())[:80]}")
+            except psutil.NoSuchProcess:
+                continue
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.5)
 
 
 def scrape(url: str) -> str | None:
@@ -67,6 +73,17 @@ def scrape(url: str) -> str | None:
             return response.read().decode()
     except (OSError, http.client.HTTPException):
         return None
+
+
+def finish_up(proc: subprocess.Popen, timeout: float = 900) -> tuple[str, set[tuple[int, float]]]:
+    """Wait for a `start_up` run to end, which must succeed; its output and every process it started."""
+    started = descendants(proc.pid)
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    finally:
+        started |= descendants(proc.pid)
+    assert proc.returncode == 0, output
+    return output, started
 
 
 def start_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, str]]:

@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from fleetloop.replay import EmbeddedValkey, ReplayClient
-from tests.integration.test_loop import descendants, start_up, still_running
+from tests.integration.test_loop import descendants, finish_up, start_up, still_running
 
 pytestmark = pytest.mark.integration
 
@@ -77,12 +77,7 @@ def test_async_loop_with_two_learner_ranks(tmp_path):
                        "--set", "run.duration_s=45", "--set", "run.max_learner_steps=100000",
                        "--set", "learner.ranks=2", "--set", "learner.zero_stage=3", "--set", "learner.torch_threads=1",
                        "--set", "actors.num_actors=1")
-    started = descendants(proc.pid)
-    try:
-        output = proc.communicate(timeout=900)[0]
-    finally:
-        started |= descendants(proc.pid)
-    assert proc.returncode == 0, output
+    _, started = finish_up(proc)
     summary = json.loads(summary_path.read_text())
     assert summary["learner_ranks"] == 2 and summary["stopped_by"] == "duration_s"
     assert summary["learner_steps"] > 0 and summary["weight_versions_published"] >= 2

@@ -52,8 +52,5 @@ def test_up_starts_a_twin_bridge_per_actor_and_stops_them(tmp_path):
         assert f"serving on {address}" in (run_dir / "logs" / f"robot-bridge-{i}.log").read_text()
     assert summary["episodes"]["pretrain"] == 4, "demonstrations come from the actors' local sim"
     assert summary["episodes"]["rollouts"] > 0 and summary["corrections"] > 0, "the twins' operators took over"
-    stopping = time.time() + 10  # Ray's workers exit shortly after the driver
-    while still_running(started) and time.time() < stopping:
-        time.sleep(0.5)
     assert not still_running(started), f"processes left running: {still_running(started)}"
     assert len(bridge_pids) == 2, "the bridges ran below fleetloop up (and were stopped with it)"
