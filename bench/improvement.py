@@ -456,7 +456,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         default="chunk",
                         help="what a takeover's steps are labelled with (and charged): the expert's whole chunk from "
                              "each, or the actions the operator drove (as a human operator)")
-    parser.add_argument("--pre-intervention-chunks", type=int, default=1)
+    parser.add_argument("--pre-intervention-chunks", type=int, default=0,
+                        help="planning states before each takeover relabelled with the expert's chunk (each charged "
+                             "a whole chunk); 0, the default, after the pooled runs of docs/improvement.md")
     parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
     parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")
     parser.add_argument("--correction-share", type=share_list, default=None,

@@ -371,9 +371,11 @@ class DaggerSection(_Section):
                     "and grasp, effector_m, grasp, patience in chunks) or joint (thresholds per joint group, "
                     "default_threshold, patience). Replaced whole by a later config layer.")
     takeover: TakeoverSection = Field(default_factory=TakeoverSection)
-    pre_intervention_chunks: int = Field(1, ge=0, description="hg-dagger: the policy's planning states before a "
+    pre_intervention_chunks: int = Field(0, ge=0, description="hg-dagger: the policy's planning states before a "
                                                               "takeover relabelled with the expert's chunk "
-                                                              "(pre_intervention_relabel).")
+                                                              "(pre_intervention_relabel). 0 by default: each costs "
+                                                              "the expert a whole chunk and did not pay for it "
+                                                              "(docs/improvement.md).")
 
     @field_validator("mode")
     @classmethod

@@ -133,7 +133,7 @@ def test_failures_nobody_took_over_are_counted_as_unflagged(valkey, publisher, t
 
 def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, client, tmp_path):
     publisher, target = publisher
-    cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER,
+    cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER, "actors.dagger.pre_intervention_chunks=1",
                                 "actors.dagger.gate={kind: joint, default_threshold: 0.05, patience: 2}"])
     actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
     try:
