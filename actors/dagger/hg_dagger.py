@@ -12,7 +12,8 @@ Per takeover:
   as ``pre_intervention_relabel``, labelled with the expert's chunk from each (when recorded);
 - the policy steps from the first of those planning states to the takeover go to ``rollouts`` as
   ``pre_intervention`` (unlabelled bridge trajectories: the ``pre_intervention_chunks`` x
-  execute_steps steps before it).
+  execute_steps steps before it, and at least the last chunk's even when no planning state is
+  relabelled: the chunk that went wrong is never trained on as the robot's own good steps).
 
 Every other step goes to ``rollouts`` as ``robot`` (``robot_failure`` when the episode failed).
 """
@@ -44,7 +45,8 @@ class HGDagger(DaggerMode):
             steps = tuple(range(takeover.start, takeover.end))
             owner.update(dict.fromkeys(steps, INTERVENTION))
             before = self._planning_states_before(traj, takeover.start, previous_end, pre_intervention_chunks)
-            first = before[0] if before else max(previous_end, takeover.start - pre_intervention_chunks * traj.execute_steps)
+            span = max(1, pre_intervention_chunks) * traj.execute_steps
+            first = before[0] if before else max(previous_end, takeover.start - span)
             owner.update({step: PRE_INTERVENTION for step in range(first, takeover.start) if step not in owner})
             previous_end = takeover.end
             if takeover.skipped or not steps:

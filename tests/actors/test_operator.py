@@ -92,7 +92,7 @@ def test_a_takeover_labels_every_step_and_ends_when_its_subgoal_is_done(env, exp
         assert t in traj.frames
     for t in list(steps)[:-1]:
         np.testing.assert_array_equal(traj.labels[t][1:], traj.labels[t + 1][:-1])
-    segments = HGDagger().segments(traj, DaggerSection())
+    segments = HGDagger().segments(traj, DaggerSection(pre_intervention_chunks=1))
     relabelled = [s for s in segments if s.cls == PRE_INTERVENTION_RELABEL]
     assert relabelled[0].steps == (0,), "the first divergent plan, the decision that went wrong"
     assert [s.steps[0] for s in segments if s.cls == INTERVENTION][0] == 8

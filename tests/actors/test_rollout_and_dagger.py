@@ -189,7 +189,8 @@ def test_hg_dagger_segments_label_where_the_decision_was_made():
     takeover = (16, 28, "subgoal")
     traj = synthetic(takeovers=[takeover], plans=[(0, "policy"), (8, "policy"), (16, "policy"), (28, "policy")],
                      labelled=[0, 8, 16, *range(16, 28), 28])
-    segments = HGDagger().segments(traj, DaggerSection())
+    relabel = DaggerSection(pre_intervention_chunks=1)
+    segments = HGDagger().segments(traj, relabel)
     parts = [(s.table, s.cls, s.steps[0], s.steps[-1] + 1, s.labelled) for s in segments]
     assert parts == [
         ("corrections", INTERVENTION, 16, 28, True),
@@ -201,8 +202,12 @@ def test_hg_dagger_segments_label_where_the_decision_was_made():
     two = HGDagger().segments(traj, DaggerSection(pre_intervention_chunks=2))
     assert [s.steps for s in two if s.cls == PRE_INTERVENTION_RELABEL] == [(0, 8)], "non-consecutive planning states"
     traj.success = False
-    failed = HGDagger().segments(traj, DaggerSection())
+    failed = HGDagger().segments(traj, relabel)
     assert [s.cls for s in failed if s.table == "rollouts"] == [PRE_INTERVENTION, ROBOT_FAILURE, ROBOT_FAILURE]
+    default = HGDagger().segments(traj, DaggerSection())
+    assert not [s for s in default if s.cls == PRE_INTERVENTION_RELABEL], "no planning state relabelled by default"
+    assert [(s.cls, s.steps[0], s.steps[-1] + 1) for s in default if s.table == "rollouts"][0] == \
+        (PRE_INTERVENTION, 8, 16), "the chunk that went wrong is still kept apart from the robot's own steps"
 
 
 def test_an_operator_without_labels_gives_its_executed_steps():
@@ -239,7 +244,7 @@ def test_labelled_and_unlabelled_episodes_of_segments():
 
 def test_expert_effort_counts_distinct_label_rows():
     traj = synthetic(takeovers=[(16, 20, "subgoal")], plans=[(0, "policy"), (8, "policy")], labelled=[8, 16, 17, 18, 19])
-    segments = HGDagger().segments(traj, DaggerSection())
+    segments = HGDagger().segments(traj, DaggerSection(pre_intervention_chunks=1))
     assert expert_effort(traj, segments) == (4 + 15) + 16, "a takeover: its steps and its last chunk's tail; a state: H"
     assert expert_effort(traj, [s for s in segments if s.table == "rollouts"]) == 0
     human = synthetic(takeovers=[(16, 20, "released")])
@@ -248,7 +253,7 @@ def test_expert_effort_counts_distinct_label_rows():
 
 def test_driven_takeover_labels_charge_what_the_operator_drove():
     traj = synthetic(takeovers=[(16, 20, "subgoal")], plans=[(0, "policy"), (8, "policy")], labelled=[8, 16, 17, 18, 19])
-    options = DaggerSection(takeover={"labels": "driven"})
+    options = DaggerSection(takeover={"labels": "driven"}, pre_intervention_chunks=1)
     segments = HGDagger().segments(traj, options)
     assert [(s.cls, s.steps, s.labelled) for s in segments if s.table == "corrections"] == [
         (INTERVENTION, (16, 17, 18, 19), False), (PRE_INTERVENTION_RELABEL, (8,), True)]
