@@ -390,9 +390,10 @@ class EnvActor:
         with the newest weights received, called again and again while the learner trains.
 
         An actor whose policy lags more than ``actors.max_policy_lag`` versions behind the newest
-        promoted (every published one unless ``weights.promotion=evaluated``; its weight stream is cut or slow) waits up to ``pause_s`` for newer weights and,
-        if none come, returns ``paused`` without rolling out, and says why in its log and the
-        ``fleetloop_actor_paused`` gauge.
+        promoted (every published one unless ``weights.promotion=evaluated``), because its weight
+        stream is cut or slow, waits up to ``pause_s`` for newer weights and, if none come, returns
+        ``paused`` without rolling out, and says why in its log and the ``fleetloop_actor_paused``
+        gauge.
 
         Returns:
             ``dagger_episodes``' figures, plus ``paused``, ``version`` (the weights used),

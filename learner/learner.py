@@ -340,7 +340,7 @@ class Learner:
         return self.publisher.promote(version) if self.publisher is not None else True
 
     def hold(self, version: int) -> bool:
-        """Keep ``version`` pullable while it is evaluated (``WeightPublisher.hold``; rank 0)."""
+        """Keep ``version`` and every newer one pullable while it is evaluated (``WeightPublisher.hold``; rank 0)."""
         return self.publisher.hold(version) if self.publisher is not None else True
 
     def release(self, version: int) -> None:
