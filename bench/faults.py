@@ -13,6 +13,8 @@ round; async: the first trained version):
     redis_sigstop        the replay server paused for 15 s, longer than every client timeout
     bridge_kill9         kill -9 of one robot bridge (`up` restarts it; the actor reconnects)
     learner_kill9        kill -9 of the learner (Ray restarts it; it resumes from its checkpoint)
+    learner_rank_kill9   with learner.ranks=2: kill -9 of one rank (its LearnerGroup restarts both
+                         from the newest checkpoint and retries the interrupted call)
     weight_service_kill9 kill -9 of the learner while a weights stream is in flight (the
                          WeightService lives in the learner's process); restarted likewise
     evaluator_kill9      kill -9 of the evaluator (Ray restarts it and retries its evaluation)
@@ -22,10 +24,10 @@ Per scenario: recovered (the run finished all its work, sync: every round, async
 step, with no help), recovery_s (fault -> the next finished round, or the next published version
 in async mode), acknowledged (episode ids the actors' audit files hold: written only after Redis
 acknowledged them), stored (how many of those the replay holds; equal = nothing lost), partial
-(stored episodes that do not read back whole), versions_applied, corrupt_applied (an actor ran
-weights whose digest differs from the learner's for that version: the loop checks every round, in
-async mode at the end, and stops), and wall_s with its ratio to the baseline run of the same
-invocation. Logs go to stderr; the last stdout line is one JSON object.
+(stored episodes that do not read back whole), versions_applied, learner_restarted,
+corrupt_applied (an actor ran weights whose digest differs from the learner's for that version:
+the loop checks every round, in async mode at the end, and stops), and wall_s with its ratio to
+the baseline run of the same invocation. Logs go to stderr; the last stdout line is one JSON object.
 
     python bench/faults.py [--quick] [--mode sync|async] [--seed N] [--scenarios a,b,...]
 """
@@ -54,7 +56,9 @@ from fleetloop.replay import EmbeddedValkey, ReplayClient  # noqa: E402
 
 FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
 SCENARIOS = ("none", "actor_kill9", "redis_kill9", "redis_sigstop", "bridge_kill9", "learner_kill9",
-             "weight_service_kill9", "evaluator_kill9", "weights_stream_cut")
+             "learner_rank_kill9", "weight_service_kill9", "evaluator_kill9", "weights_stream_cut")
+SCENARIO_SETTINGS = {"learner_rank_kill9": ["learner.ranks=2", "learner.torch_threads=1"]}
+"""Settings a scenario adds to the loop's; its wall ratio to the baseline (one rank) includes them."""
 STEPS_PER_ROUND = 20
 PAUSE_S = 15.0
 """SIGSTOP length: longer than the replay client's 10 s socket timeout."""
@@ -193,6 +197,8 @@ def inject(name: str, up: subprocess.Popen, run_dir: Path, proxy: CuttingProxy, 
             while proxy.server_bytes - before < 4096 and time.monotonic() < deadline:
                 time.sleep(0.01)
         victim, cmdline = processes(up.pid, "RestartableLearner")[0]
+    elif name == "learner_rank_kill9":
+        victim, cmdline = rng.choice(processes(up.pid, "ray::LearnerRank"))
     elif name == "evaluator_kill9":
         victim, cmdline = processes(up.pid, "ray::EvaluatorRole")[0]
     elif name == "weights_stream_cut":
@@ -238,8 +244,8 @@ def run_scenario(name: str, settings: list[str], weights_port: int, workdir: Pat
                  rounds: int, mode: str = "sync") -> dict:
     run_dir = workdir / name
     proxy = CuttingProxy(weights_port)
-    settings = [*settings, *mode_settings(mode, rounds), f"weights.port={weights_port}",
-                f"weights.advertise_address=127.0.0.1:{proxy.port}"]
+    settings = [*settings, *SCENARIO_SETTINGS.get(name, []), *mode_settings(mode, rounds),
+                f"weights.port={weights_port}", f"weights.advertise_address=127.0.0.1:{proxy.port}"]
     started = time.monotonic()
     up = start_up(run_dir, settings)
     fault_at, action, exits, recovery_s = None, "none", [], None
@@ -283,6 +289,7 @@ def run_scenario(name: str, settings: list[str], weights_port: int, workdir: Pat
         "stored_unacknowledged": len(stored - acknowledged),
         "partial": partial,
         "versions_applied": summary.get("weight_versions_applied_by_actor"),
+        "learner_restarted": summary.get("learner_restarted"),
         "corrupt_applied": log_text.count("stopping rather than roll out a corrupt policy"),
         "streams_cut": proxy.cuts,
         "exit_codes": exits,

@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the policy from the replay with DeepSpeed and serve each new version over the gRPC "
                     "WeightService, publishing every learner.publish_every steps and checkpointing every "
                     "learner.checkpoint_every steps. One process is one rank; --ranks N runs N data-parallel ranks "
-                    "as Ray Train workers; under the deepspeed launcher (`deepspeed --module fleetloop.cli learner "
-                    "...`) each launched process is one rank. Rank 0 serves the WeightService and /metrics. "
+                    "as Ray Train workers, all restarted from the newest checkpoint when one dies (at most "
+                    "learner.max_restarts times); under the deepspeed launcher (`deepspeed --module "
+                    "fleetloop.cli learner ...`) each launched process is one rank. Rank 0 serves the WeightService and /metrics. "
                     "SIGTERM or Ctrl-C stops at the next publish boundary after a final checkpoint. The replay is "
                     "--redis-url, replay.url, or (one process only) the run directory's embedded server; "
                     "`pretrain` must hold data.")
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "and weight version carry on")
     learner.add_argument("--ranks", type=int, default=None, metavar="N",
                          help="data-parallel ranks to start as Ray Train workers (default: learner.ranks, 1: this "
-                              "process)")
+                              "process); a rank that dies restarts them all from the newest checkpoint")
     learner.add_argument("--summary-json", metavar="PATH", type=Path, help="also write the final status here")
 
     evaluate = commands.add_parser(
@@ -264,9 +265,9 @@ def _cmd_learner(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     with contextlib.ExitStack() as stack:
         url = _replay_url(args, cfg, stack, "learner", allow_embedded=world == 1)
         if ranks > 1:
-            from fleetloop.learner.ray_train import run_with_ray_train
+            from fleetloop.learner.role import run_learner_group
 
-            status = run_with_ray_train(cfg, str(run.root), url, ranks=ranks, steps=steps, resume=args.resume)
+            status = run_learner_group(cfg, str(run.root), url, ranks=ranks, steps=steps, resume=args.resume)
         else:
             status = run_learner(cfg, str(run.root), url, steps=steps, resume=args.resume)
     if rank == 0:
@@ -275,6 +276,8 @@ def _cmd_learner(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
         if args.summary_json:
             args.summary_json.write_text(text)
         resumed = "" if status["resumed_from_step"] is None else f" (resumed at step {status['resumed_from_step']})"
+        if status.get("restarts"):
+            resumed += f" after {status['restarts']} restart(s) of its ranks (see logs/)"
         print(f"learner stopped at step {status['step']}{resumed}: weights version {status['version']}, "
               f"{status['world_size']} rank(s), last loss {status['loss']:.4f}", file=sys.stderr)
     return 0

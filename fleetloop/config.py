@@ -222,16 +222,18 @@ class LearnerSection(_Section):
     tune_projector: bool = Field(True, description="Train backbone.linear and the embodiment-specific encoders/decoder.")
     tune_diffusion_model: bool = Field(True, description="Train the DiT of System 1.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    max_restarts: int = Field(3, ge=0, description="`fleetloop up`: times a crashed learner is restarted (Ray's "
-                                                  "actor restart for one rank; every rank, by the LearnerGroup, "
-                                                  "when one of several dies); it resumes from its newest checkpoint "
+    max_restarts: int = Field(3, ge=0, description="`fleetloop up` (and `fleetloop learner --ranks N`): times a "
+                                                  "crashed learner is restarted (Ray's actor restart for one rank; "
+                                                  "every rank, by the LearnerGroup, when one of several dies); it "
+                                                  "resumes from its newest checkpoint "
                                                   "(the fleet keeps collecting meanwhile) and retries the "
                                                   "interrupted call; 0: a crash ends the run (`fleetloop up "
                                                   "--resume` continues it).")
     ranks: int = Field(1, ge=1, description="Data-parallel DeepSpeed ranks of the learner (`fleetloop up` and "
-                                            "`fleetloop learner`): more than 1 runs them as Ray Train workers, "
-                                            "each with one CPU, learner.num_gpus and learner.ray_resources; rank "
-                                            "0 serves the weights and /metrics.")
+                                            "`fleetloop learner`): more than 1 runs them as a LearnerGroup of "
+                                            "Ray Train workers (restarted together when one dies), each with one "
+                                            "CPU, learner.num_gpus and learner.ray_resources; rank 0 serves the "
+                                            "weights and /metrics.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives each learner rank; 0 trains on the CPU (DeepSpeed with DS_ACCELERATOR=cpu and gloo).")
     ray_resources: RayResources = Field(default_factory=dict, description="Custom Ray resources each learner rank needs, e.g. {fleetloop_learner: 1} to place it on the nodes that advertise them (a KubeRay worker group's rayStartParams.resources).")
 

@@ -37,7 +37,7 @@ from fleetloop.plots import plot_evaluations, plot_learning_curves
 from fleetloop.promotion import PromotionGate
 from fleetloop.ray_calls import LaunchError, ray_call
 from fleetloop.replay import EmbeddedValkey, ReplayClient, ReplayCollector
-from fleetloop.rundir import LOG_DIR_ENV, RunDir, log_to_file
+from fleetloop.rundir import RunDir, log_to_file, ray_runtime_env
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +143,6 @@ def check_learner_fits(cfg: FleetloopConfig, resources: dict[str, float]) -> Non
                           "or what each rank asks for, or give the cluster more")
 
 
-def _pin_learner_ports(cfg: FleetloopConfig) -> FleetloopConfig:
-    """``cfg`` with the learner's "any free port" (0) settings replaced by free ports chosen now, so
-    a learner Ray restarts comes back where the actors, the evaluator and Prometheus dial it."""
-    pinned = {}
-    for section, field in (("weights", "port"), ("metrics", "learner_port")):
-        if getattr(getattr(cfg, section), field) == 0:
-            with socket.socket() as sock:
-                sock.bind((getattr(cfg, section).host, 0))
-                pinned[section] = getattr(cfg, section).model_copy(update={field: sock.getsockname()[1]})
-    return cfg.model_copy(update=pinned)
-
-
 def _starts_twin_bridges(cfg: FleetloopConfig) -> bool:
     """Whether `up` serves each actor's robot itself: a mujoco-twin bridge per actor."""
     return cfg.actors.robot == "bridge" and not cfg.actors.bridge_targets
@@ -226,16 +214,6 @@ class TwinBridgeProcess:
                 self.proc.wait()
 
 
-def _runtime_env(cfg: FleetloopConfig, run: RunDir) -> dict[str, Any]:
-    env_vars = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1",
-                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
-                "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    if not cfg.learner.num_gpus:  # the driver's own devices say nothing of the learner's node
-        env_vars["DS_ACCELERATOR"] = "cpu"
-    env_vars[LOG_DIR_ENV] = str(run.logs)
-    return {"env_vars": env_vars, "worker_process_setup_hook": "fleetloop.rundir.setup_worker_logging"}
-
-
 class Loop:
     """Owns every process of a local run; ``close()`` leaves none of them running."""
 
@@ -285,7 +263,8 @@ class Loop:
             for i in range(n):  # run_up wrote the run's config before the loop started
                 bridges.append(TwinBridgeProcess(i, self.cfg, self.run.config_file, self.run.logs))
                 self._stack.callback(bridges[-1].stop)
-        options = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env(self.cfg, self.run))
+        options = dict(log_to_driver=False, logging_level=logging.WARNING,
+                       runtime_env=ray_runtime_env(self.run.logs, cpu_only=not self.cfg.learner.num_gpus))
         if self.cfg.run.ray_address == "local":
             options.update(num_cpus=n + self.cfg.learner.ranks + 1, include_dashboard=False,
                            object_store_memory=256 << 20)
@@ -326,11 +305,11 @@ class Loop:
         Either is restarted after a crash, at the same address, from its newest checkpoint."""
         import ray
 
-        from fleetloop.learner.group import start_learner_group
+        from fleetloop.learner.group import pin_learner_ports, start_learner_group
         from fleetloop.learner.learner import RestartableLearner
 
         lcfg, run_dir = self.cfg.learner, str(self.run.root)
-        cfg = _pin_learner_ports(self.cfg) if self.cfg.run.ray_address == "local" else self.cfg
+        cfg = pin_learner_ports(self.cfg) if self.cfg.run.ray_address == "local" else self.cfg
         if lcfg.ranks == 1:
             remote = ray.remote(num_cpus=1, num_gpus=lcfg.num_gpus, resources=dict(lcfg.ray_resources),
                                 max_restarts=lcfg.max_restarts, max_task_retries=lcfg.max_restarts)

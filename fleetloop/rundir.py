@@ -75,6 +75,19 @@ def log_to_file(log_dir: str | os.PathLike, name: str) -> None:
 LOG_DIR_ENV = "FLEETLOOP_LOG_DIR"
 
 
+def ray_runtime_env(log_dir: str | os.PathLike, cpu_only: bool) -> dict:
+    """The Ray runtime env of a run's workers: one thread each, quiet, logging to
+    ``log_dir/workers.log`` (``setup_worker_logging``); ``cpu_only``: DeepSpeed on the CPU (the
+    driver's own devices say nothing of a learner's node)."""
+    env_vars = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1",
+                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+                "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning",
+                LOG_DIR_ENV: str(log_dir)}
+    if cpu_only:
+        env_vars["DS_ACCELERATOR"] = "cpu"
+    return {"env_vars": env_vars, "worker_process_setup_hook": "fleetloop.rundir.setup_worker_logging"}
+
+
 def setup_worker_logging() -> None:
     """Ray worker set-up hook: log to ``$FLEETLOOP_LOG_DIR/workers.log`` when it is set."""
     log_dir = os.environ.get(LOG_DIR_ENV)

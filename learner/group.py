@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,28 +35,36 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 30.0
 
 
-class LearnerRank(Learner):
-    """One rank of a LearnerGroup: a Learner built by ``build()``, once the process group exists."""
+def learner_rank_class() -> type:
+    """LearnerRank: one rank of a LearnerGroup, a Learner built by ``build()`` once the process group
+    exists. It is Ray Train's worker class itself (not wrapped in one), so its process is
+    ``ray::LearnerRank`` in an operator's ``ps``. Made on demand: Ray Train is imported only where
+    a group starts (the group's own actor), never in the loop's driver."""
+    from ray.train._internal.worker_group import RayTrainWorker
 
-    def __init__(self, *args, **kwargs):  # noqa: D107 - the Learner's own arguments, kept for build()
-        self._build_args = (args, kwargs)
-        self._built = False
+    class LearnerRank(Learner, RayTrainWorker):
+        def __init__(self, *args, **kwargs):  # noqa: D107 - the Learner's own arguments, kept for build()
+            self._build_args = (args, kwargs)
+            self._built = False
 
-    def build(self) -> dict[str, Any]:
-        """Build this rank's Learner in the group Ray Train formed; returns its status."""
-        os.environ.update(RANK=str(torch.distributed.get_rank()), WORLD_SIZE=str(torch.distributed.get_world_size()),
-                          LOCAL_RANK="0")  # each rank sees only its own GPU
-        args, kwargs = self._build_args
-        Learner.__init__(self, *args, **kwargs)
-        self._built = True
-        return self.status()
+        def build(self) -> dict[str, Any]:
+            """Build this rank's Learner in the group Ray Train formed; returns its status."""
+            os.environ.update(RANK=str(torch.distributed.get_rank()),
+                              WORLD_SIZE=str(torch.distributed.get_world_size()),
+                              LOCAL_RANK="0")  # each rank sees only its own GPU
+            args, kwargs = self._build_args
+            Learner.__init__(self, *args, **kwargs)
+            self._built = True
+            return self.status()
 
-    def pid(self) -> int:
-        return os.getpid()
+        def pid(self) -> int:
+            return os.getpid()
 
-    def close(self) -> None:
-        if self._built:
-            super().close()
+        def close(self) -> None:
+            if self._built:
+                super().close()
+
+    return LearnerRank
 
 
 class LearnerGroup:
@@ -80,7 +89,8 @@ class LearnerGroup:
         resources = {"CPU": 1, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}), **dict(lcfg.ray_resources)}
         self._executor = BackendExecutor(backend_config=_torch_config(bool(lcfg.num_gpus)), num_workers=self.ranks,
                                          resources_per_worker=resources, max_retries=0)
-        self._executor.start(train_cls=LearnerRank, train_cls_args=(self.cfg, self.run_dir, self.redis_url),
+        self._executor.start(train_cls=learner_rank_class(),
+                             train_cls_args=(self.cfg, self.run_dir, self.redis_url),
                              train_cls_kwargs={"resume": resume})
         self.workers = [worker.actor for worker in self._executor.worker_group.workers]
         self._on_ranks("build")
@@ -115,10 +125,11 @@ class LearnerGroup:
                 self._start(resume=has_checkpoint(Path(self.run_dir) / "checkpoints"))
 
     def status(self) -> dict[str, Any]:
-        """Rank 0's status, with ``restarted`` (the ranks were restarted after a crash) and ``rank_pids``."""
+        """Rank 0's status, with ``restarted`` (the ranks were restarted after a crash), ``restarts``
+        (how often) and ``rank_pids``."""
         import ray
 
-        return {**self._call("status"), "restarted": self.restarts > 0,
+        return {**self._call("status"), "restarted": self.restarts > 0, "restarts": self.restarts,
                 "rank_pids": ray.get([worker.pid.remote() for worker in self.workers])}
 
     def train(self, *args, **kwargs) -> dict[str, Any]:
@@ -157,6 +168,19 @@ class LearnerGroup:
         except (ray.exceptions.RayError, TimeoutError) as exc:  # a dead or stuck rank: its actor ends below
             log.warning("closing the learner ranks: %s", str(exc).splitlines()[0])
         self._executor.shutdown(graceful_termination=False)
+
+
+def pin_learner_ports(cfg: "FleetloopConfig") -> "FleetloopConfig":
+    """``cfg`` with the learner's "any free port" (0) settings replaced by free ports chosen now, so
+    a learner restarted after a crash (by Ray, or by its group) comes back where the actors, the
+    evaluator and Prometheus dial it."""
+    pinned = {}
+    for section, field in (("weights", "port"), ("metrics", "learner_port")):
+        if getattr(getattr(cfg, section), field) == 0:
+            with socket.socket() as sock:
+                sock.bind((getattr(cfg, section).host, 0))
+                pinned[section] = getattr(cfg, section).model_copy(update={field: sock.getsockname()[1]})
+    return cfg.model_copy(update=pinned)
 
 
 def start_learner_group(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, resume: bool, ranks: int):

@@ -1,5 +1,8 @@
-"""The learner's data-parallel ranks as Ray Train workers: TorchTrainer, DeepSpeed in each worker.
+"""Any function run on N Ray Train workers (TorchTrainer), one DeepSpeed rank in each.
 
+The learner's ranks themselves run in a LearnerGroup (group.py), in `fleetloop up` and in
+`fleetloop learner --ranks N`; this runs code of one's own on every rank instead: the 2-rank
+throughput figure of bench/learner.py and the test that 2 ranks of b train like 1 rank of 2b.
 Ray Train creates the torch.distributed group (gloo on CPU, NCCL with CUDA) and sets
 RANK/WORLD_SIZE/MASTER_* in every worker; ``init_distributed`` then finds the group ready and
 DeepSpeed joins it. Joins the Ray cluster at RAY_ADDRESS (a KubeRay cluster) or starts a local one.
@@ -9,14 +12,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
-from fleetloop.learner.role import LearnerRoleError, run_learner
-
-if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+from fleetloop.learner.role import LearnerRoleError
 
 
 def fit_ray_trainer(worker: Callable[[dict], Any], config: dict, *, ranks: int, run_dir: str) -> Any:
@@ -53,16 +53,3 @@ def fit_ray_trainer(worker: Callable[[dict], Any], config: dict, *, ranks: int, 
     finally:
         if own_cluster:
             ray.shutdown()
-
-
-def _learner_rank(config: dict) -> dict[str, Any]:
-    return run_learner(config["cfg"], config["run_dir"], config["redis_url"], steps=config["steps"],
-                       resume=config["resume"])
-
-
-def run_with_ray_train(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, ranks: int, steps: int,
-                       resume: bool) -> dict[str, Any]:
-    """``run_learner`` on ``ranks`` Ray Train workers; returns rank 0's final status."""
-    config = {"cfg": cfg, "run_dir": str(Path(run_dir).resolve()), "redis_url": redis_url, "steps": steps,
-              "resume": resume}
-    return fit_ray_trainer(_learner_rank, config, ranks=ranks, run_dir=run_dir)

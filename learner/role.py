@@ -1,25 +1,35 @@
-"""`fleetloop learner`: the learner as a long-running role, one process per data-parallel rank.
+"""`fleetloop learner`: the learner as a long-running role.
 
-One process trains alone; under the ``deepspeed`` launcher every process is one rank (the
-launcher sets RANK/WORLD_SIZE/MASTER_*); under Ray Train each TorchTrainer worker runs
-``run_learner`` (see ``ray_train.py``). Every rank drives its Learner with the loop's own
-``TrainingDriver`` (driver.py): a fresh start fits the normalisation and saves a step-0
-checkpoint (or it resumes), publishes, then trains in chunks that end on publish boundaries
-until ``steps`` (0 = until stopped). SIGTERM or Ctrl-C ends it at the next chunk boundary on
-every rank together, after a final checkpoint and publish, so a pre-empted pod loses no steps.
+Three ways to run its ranks, one way to drive them (the loop's own ``TrainingDriver``,
+driver.py: a fresh start fits the normalisation and saves a step-0 checkpoint, or it resumes;
+it publishes, then trains in chunks that end on publish boundaries until ``steps``, 0 = until
+stopped):
+
+- one process, one rank (``run_learner``);
+- under the ``deepspeed`` launcher, every process is one rank (the launcher sets
+  RANK/WORLD_SIZE/MASTER_*) and drives its own Learner; every driver call is collective;
+- ``--ranks N`` (``run_learner_group``): the ``LearnerGroup`` `fleetloop up` runs (group.py), N
+  ranks on Ray Train workers driven from this process. When a rank dies the group restarts every
+  rank from the newest checkpoint and the interrupted call goes on, at most
+  ``learner.max_restarts`` times, with no operator's ``--resume``.
+
+SIGTERM or Ctrl-C ends it at the next chunk boundary on every rank together, after a final
+checkpoint and publish, so a pre-empted pod loses no steps.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from tqdm import tqdm
 
-from fleetloop.learner.driver import TrainingDriver
+from fleetloop.learner.driver import RemoteLearner, TrainingDriver
 from fleetloop.learner.learner import Learner
 
 if TYPE_CHECKING:
@@ -29,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class LearnerRoleError(RuntimeError):
-    """The learner role cannot start; the message says what to do."""
+    """The learner role cannot start or go on; the message says what to do."""
 
 
 def _stop_on_signals() -> threading.Event:
@@ -41,10 +51,31 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _drive(learner: Any, cfg: "FleetloopConfig", steps: int, *, fresh: bool, should_stop: Callable[[], bool],
+           show_progress: bool) -> dict[str, Any]:
+    """Start, train to ``steps`` (0 = until ``should_stop``) and finish ``learner`` with the
+    TrainingDriver; returns the last chunk's loss and whether it stopped early."""
+    driver = TrainingDriver(learner, cfg.learner)
+    fitted = driver.start(fresh=fresh)
+    if fitted:
+        log.info("normalisation fitted for %s", fitted)
+    learner.publish()
+    with tqdm(total=steps or None, initial=learner.status()["step"], desc="learner", unit="step",
+              disable=not show_progress) as bar:
+        def advance(result: dict[str, Any]) -> None:
+            bar.update(result["step"] - bar.n)
+            bar.set_postfix(loss=f"{result['loss']:.4f}", version=result["version"])
+
+        trained = driver.train_to(steps or sys.maxsize, on_chunk=advance, should_stop=should_stop)
+    if trained["stopped"]:
+        log.info("stop requested at step %d", trained["step"])
+    driver.finish()
+    return {"loss": trained["loss"], "stopped": trained["stopped"]}
+
+
 def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: int, resume: bool,
                 stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run this rank of the learner until ``steps`` optimizer steps (0 = until stopped), driven by
-    the ``TrainingDriver`` every rank runs alike (each call is collective).
+    """Run this process's rank until ``steps`` optimizer steps (0 = until stopped).
 
     Returns:
         The learner's status (step, version, resumed_from_step, ...) and the last chunk's loss.
@@ -52,22 +83,52 @@ def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: 
     stop = stop or _stop_on_signals()
     learner = Learner(cfg, run_dir, redis_url, resume=resume)
     try:
-        driver = TrainingDriver(learner, cfg.learner)
-        fitted = driver.start(fresh=learner.resumed_from is None)
-        if fitted:
-            log.info("normalisation fitted for %s", fitted)
-        learner.publish()
-        with tqdm(total=steps or None, initial=learner.step, desc="learner", unit="step",
-                  disable=learner.rank != 0) as bar:
-            def advance(result: dict[str, Any]) -> None:
-                bar.update(result["step"] - bar.n)
-                bar.set_postfix(loss=f"{result['loss']:.4f}", version=result["version"])
-
-            trained = driver.train_to(steps or sys.maxsize, on_chunk=advance,
-                                      should_stop=lambda: learner.any_rank(stop.is_set()))
-        if trained["stopped"]:
-            log.info("stop requested at step %d", learner.step)
-        driver.finish()
-        return {**learner.status(), "loss": trained["loss"], "stopped": trained["stopped"]}
+        result = _drive(learner, cfg, steps, fresh=learner.resumed_from is None,
+                        should_stop=lambda: learner.any_rank(stop.is_set()), show_progress=learner.rank == 0)
+        return {**learner.status(), **result}
     finally:
         learner.close()
+
+
+def run_learner_group(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, ranks: int, steps: int,
+                      resume: bool) -> dict[str, Any]:
+    """``ranks`` ranks as a LearnerGroup on the Ray cluster at RAY_ADDRESS (a KubeRay cluster) or on
+    a local one started here, driven from this process until ``steps`` (0 = until stopped).
+
+    Returns:
+        Rank 0's final status with ``restarted`` and the last chunk's loss.
+
+    Raises:
+        LaunchError: a rank failed for good (an error in the learner, or more deaths than
+            ``learner.max_restarts``); the message names the call and carries the rank's error.
+    """
+    import ray
+
+    from fleetloop.learner.group import pin_learner_ports, start_learner_group
+    from fleetloop.ray_calls import ray_call
+    from fleetloop.rundir import ray_runtime_env
+
+    address = os.environ.get("RAY_ADDRESS")
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(address=address or "local", num_cpus=None if address else max(ranks, os.cpu_count() or 1),
+             include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env=ray_runtime_env(Path(run_dir) / "logs", cpu_only=not cfg.learner.num_gpus))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaces it with a plain sys.exit
+    stop = _stop_on_signals()
+    group = None
+    try:
+        # pinned ports: a restarted rank 0 serves weights and metrics where its clients dial it
+        group = start_learner_group(cfg if address else pin_learner_ports(cfg), run_dir, redis_url,
+                                    resume=resume, ranks=ranks)
+        learner = RemoteLearner(group, ray_call)
+        result = _drive(learner, cfg, steps, fresh=learner.status()["resumed_from_step"] is None,
+                        should_stop=stop.is_set, show_progress=True)
+        return {**learner.status(), **result}
+    finally:
+        if group is not None:
+            try:
+                ray.get(group.shutdown.remote())
+            except ray.exceptions.RayError as exc:
+                log.warning("shutting the learner ranks down: %s", str(exc).splitlines()[0])
+        ray.shutdown()

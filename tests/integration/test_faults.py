@@ -22,7 +22,8 @@ def faults():
 
 
 @pytest.mark.parametrize("scenario, mode", [("redis_kill9", "sync"), ("bridge_kill9", "sync"),
-                                            ("weights_stream_cut", "sync"), ("learner_kill9", "async")])
+                                            ("weights_stream_cut", "sync"), ("learner_kill9", "async"),
+                                            ("learner_rank_kill9", "async")])
 def test_the_loop_recovers_and_loses_nothing(faults, scenario, mode, tmp_path):
     settings = ["learner.steps_per_round=10", "learner.publish_every=5", "learner.checkpoint_every=10", "actors.robot=bridge",
                 "actors.dagger.mode=hg-dagger", "replay.appendfsync=always", "actors.replay_retry_s=120",
@@ -33,5 +34,7 @@ def test_the_loop_recovers_and_loses_nothing(faults, scenario, mode, tmp_path):
     assert result["recovered"], result
     assert result["acknowledged"] > 0 and result["stored"] == result["acknowledged"], result
     assert result["partial"] == 0 and result["corrupt_applied"] == 0, result
+    if scenario.startswith("learner_"):
+        assert result["learner_restarted"], "the learner finished without a restart: the fault hit nothing"
     if scenario == "weights_stream_cut":
         assert result["streams_cut"] >= 1, "the proxy cut no weight stream: the scenario tested nothing"

@@ -1,4 +1,5 @@
-"""`fleetloop learner` as a process: kill -9 mid-run, then --resume carries on."""
+"""`fleetloop learner` as a process: kill -9 mid-run, then --resume carries on; its Ray Train ranks
+restart by themselves."""
 
 import json
 import os
@@ -115,17 +116,60 @@ def test_deepspeed_launcher_runs_two_ranks(valkey, demos, tmp_path):
     assert (run_dir / "logs/learner-rank1.log").exists()
 
 
-def test_ray_train_ranks_under_zero_3_export_one_consolidated_policy(valkey, demos, tmp_path):
+def _rank_processes(root: int) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.Process(root).children(recursive=True):
+        try:
+            if "ray::LearnerRank" in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _checkpoint_step(ckpt: Path) -> int:
+    """The newest DeepSpeed checkpoint's step; -1 before the first (or while ``latest`` is rewritten)."""
+    try:
+        return int((ckpt / "deepspeed/latest").read_text().strip().split("-")[1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return -1
+
+
+def test_ray_train_ranks_restart_by_themselves_and_export_one_consolidated_policy(valkey, demos, tmp_path):
+    """--ranks 2 under ZeRO-3: kill -9 of one rank mid-run; the group restarts both from the newest
+    checkpoint with no --resume, trains on, and SIGTERM ends it with one consolidated policy file."""
     from fleetloop.system import DualSystemPolicy, load_policy, model_preset
 
-    run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [FLEETLOOP, "learner", *SETTINGS, "--set", "learner.zero_stage=3", "--set", "learner.checkpoint_every=6",
-         "--redis-url", valkey.url, "--run-dir", str(run_dir), "--ranks", "2", "--steps", "6"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
-    status = _fresh_status(run_dir, result)
-    assert (status["world_size"], status["step"]) == (2, 6)
-    policy = load_policy(run_dir / "checkpoints/policy-step-0000006.safetensors")
+    run_dir, ckpt = tmp_path / "run", tmp_path / "run/checkpoints"
+    proc = subprocess.Popen(
+        [FLEETLOOP, "learner", *SETTINGS, "--set", "learner.zero_stage=3", "--set", "learner.max_restarts=1",
+         "--set", "weights.port=0", "--set", "metrics.learner_port=0",
+         "--redis-url", valkey.url, "--run-dir", str(run_dir), "--ranks", "2", "--steps", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        start_new_session=True)
+    try:
+        _wait_for(lambda: _checkpoint_step(ckpt) >= 10, 300, "the step-10 checkpoint", proc)
+        killed = _rank_processes(proc.pid)
+        assert len(killed) == 2, f"expected 2 rank processes, found {killed}"
+        killed[1].kill()
+        _wait_for(lambda: _checkpoint_step(ckpt) >= 20, 300, "a checkpoint after the restart", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:  # with the Ray cluster it started
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    status = json.loads((run_dir / "learner_status.json").read_text())
+    assert (status["world_size"], status["restarts"]) == (2, 1)
+    assert status["resumed_from_step"] >= 10 and status["resumed_from_step"] % 10 == 0, status
+    assert status["step"] >= 20 and status["optimizer_steps"] == status["step"]
+    assert not {p.pid for p in killed} & set(status["rank_pids"]), "both ranks were replaced"
+    assert "restart(s) of its ranks" in stderr
+    assert "a learner rank died" in (run_dir / "logs/workers.log").read_text()
+    policy = load_policy(ckpt / f"policy-step-{status['step']:07d}.safetensors")
     expected = DualSystemPolicy(model_preset("tiny")).state_dict()
     exported = policy.state_dict()
     assert {k: tuple(v.shape) for k, v in exported.items()} == {k: tuple(v.shape) for k, v in expected.items()}
