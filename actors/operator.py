@@ -102,20 +102,23 @@ class SimulatedOperator:
         """The expert's H-step chunk from the live state (also the label of this state)."""
         return self.expert.action_chunk(self.agent, self.horizon)
 
-    def proposal(self, policy_chunk: np.ndarray, execute_steps: int | None = None) -> Proposal:
+    def proposal(self, policy_chunk: np.ndarray, execute_steps: int | None = None, done: bool = False) -> Proposal:
         """The policy's chunk against the expert's from the live state, over the ``execute_steps``
         (default: the operator's) that would run; traces simulated on demand."""
         steps = min(execute_steps or self.execute_steps, len(policy_chunk))
         return Proposal(np.asarray(policy_chunk, np.float32), self.reference(), steps,
                         policy_trace_fn=lambda: self.expert.trace(self.agent, policy_chunk[:steps]),
-                        expert_trace_fn=lambda: self.expert.expert_trace(self.agent, steps))
+                        expert_trace_fn=lambda: self.expert.expert_trace(self.agent, steps), done=done)
 
     def judge(self, policy_chunk: np.ndarray, execute_steps: int | None = None) -> Verdict:
         """The gate's verdict on the policy's plan about to run (counts towards patience). A robot
-        whose part of the task is done is not judged: nothing is left to go wrong but moving away."""
+        whose part of the task is done is judged only by a gate that ``judges_done`` (what is left
+        to go wrong is knocking the object while moving away)."""
         if self.expert.subgoal(self.agent) == DONE:
-            self.gate.reset()
-            return Verdict({}, divergent=False, fire=False)
+            if not self.gate.judges_done:
+                self.gate.reset()
+                return Verdict({}, divergent=False, fire=False)
+            return self.gate.judge(self.proposal(policy_chunk, execute_steps, done=True))
         return self.gate.judge(self.proposal(policy_chunk, execute_steps))
 
     def take_over(self, step: int, reason: str) -> Takeover:
@@ -137,9 +140,11 @@ class SimulatedOperator:
             return "cap"
         if ran == 0 or ran % self.execute_steps:
             return None
-        if "subgoal" in self.hand_back and self.expert.subgoal(self.agent) != takeover.subgoal:
+        subgoal = self.expert.subgoal(self.agent)
+        if "subgoal" in self.hand_back and subgoal != takeover.subgoal:
             return "subgoal"
-        if "agreement" in self.hand_back and fresh_plan is not None and self.gate.agrees(self.proposal(fresh_plan())):
+        if "agreement" in self.hand_back and fresh_plan is not None and \
+                self.gate.agrees(self.proposal(fresh_plan(), done=subgoal == DONE)):
             return "agreement"
         return None
 

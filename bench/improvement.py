@@ -118,7 +118,9 @@ def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_st
 def gate_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.gate == "joint":
         return {"kind": "joint", "default_threshold": args.joint_threshold, "patience": args.patience}
-    return {"kind": "task_space", "effector_m": args.effector_m, "patience": args.patience}
+    options = {"kind": "task_space", "effector_m": args.effector_m, "patience": args.patience}
+    extra = {"judge_done": args.judge_done, "at_once": args.at_once}
+    return {**options, **{key: value for key, value in extra.items() if value}}  # unset: as in earlier reports
 
 
 class Arm:
@@ -444,6 +446,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="every arm refits the normalisation on its mixture's tables before each round")
     parser.add_argument("--gate", choices=("task_space", "joint"), default="task_space")
     parser.add_argument("--effector-m", type=float, default=0.07, help="task_space gate: effector path gap (m)")
+    parser.add_argument("--judge-done", action="store_true",
+                        help="task_space gate: judge a robot whose part is done by where its plan leaves the object")
+    parser.add_argument("--at-once", type=lambda text: text.split(",") if text else [], default=[],
+                        help="task_space gate: comma-separated gaps (effector, grasp, object, late) that fire on the "
+                             "first divergent plan")
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
     parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")

@@ -6,8 +6,8 @@ Words used here:
 - *gap*: how far apart the two chunks take the robot, per quantity (``effector`` metres,
   ``grasp`` 0/1, ``<joint group>`` radians);
 - *divergent*: some gap exceeds its threshold;
-- *fire*: ``patience`` consecutive divergent plans: the operator takes over now, before the
-  policy's chunk runs;
+- *fire*: ``patience`` consecutive divergent plans (or one, for a gap the gate fires on at
+  once): the operator takes over now, before the policy's chunk runs;
 - *agrees*: a fresh plan during a takeover is not divergent, so control may return.
 
 A gate is one object per robot and episode (``reset`` between episodes). The actor's simulated
@@ -46,6 +46,8 @@ class Proposal:
     policy_trace_fn: Callable[[], TaskTrace] | None = None
     """Simulates the executed part of the policy's chunk (needed by task-space gates)."""
     expert_trace_fn: Callable[[], TaskTrace] | None = None
+    done: bool = False
+    """The robot's part of the task is done (only gates that ``judge_done`` see such proposals)."""
     _traces: dict[str, TaskTrace] = field(default_factory=dict)
 
     def policy_trace(self) -> TaskTrace:
@@ -93,6 +95,12 @@ class Gate(abc.ABC):
     def patience(self) -> int:
         return self.options.patience
 
+    @property
+    def judges_done(self) -> bool:
+        """Whether this gate judges robots whose part of the task is done (``Proposal.done``);
+        otherwise the operator does not judge them."""
+        return False
+
     def reset(self) -> None:
         """Forget divergence (a new episode, or control just came back)."""
         self._divergent = 0
@@ -102,7 +110,7 @@ class Gate(abc.ABC):
         gaps = self.gaps(proposal)
         divergent = self.exceeds(gaps)
         self._divergent = self._divergent + 1 if divergent else 0
-        fire = self._divergent >= self.patience
+        fire = self._divergent >= self.patience or (divergent and self.at_once(gaps))
         if fire:
             self._divergent = 0
         return Verdict(gaps, divergent, fire)
@@ -118,3 +126,7 @@ class Gate(abc.ABC):
     @abc.abstractmethod
     def exceeds(self, gaps: dict[str, float]) -> bool:
         """Whether any gap is over its threshold."""
+
+    def at_once(self, gaps: dict[str, float]) -> bool:
+        """Whether a divergent plan fires without waiting for ``patience`` (a gap that is no spike)."""
+        return False

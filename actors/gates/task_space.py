@@ -13,9 +13,20 @@ where the expert's would. Gaps over the executed part of the chunks (the first
   picked), the distance (m) between where the two chunks leave it: an object released while the
   hand still moves slides off its target, one the hand knocks rolls away. (While the expert
   carries it, the effector gap already says where it goes.)
+- ``slip``: where the robot loses the object, as the horizontal distance (m) between where the two
+  chunks leave it: when the policy's chunk lets go of the object the robot holds (dropped in
+  transport or released off target; let go a few steps early above the spot, it falls there and
+  the gap stays small), and for a robot whose part is done (with ``judge_done``, the only gap
+  judged: a hand moving away can knock the placed object off its target).
+  Dropping, misplacing and knocking the object were most of the failures of D's improved policy,
+  and each happens within one chunk.
 
-Divergent when ``effector > effector_m``, ``object > object_m``, or (with ``grasp``) the grasp
-differs. A single spike (the hand passing the object at grasp time) is absorbed by ``patience`` >= 2.
+``at_once`` names the gaps that fire on the first divergent plan: a slip is over within one
+chunk, so waiting for ``patience`` means taking over once it is too late.
+
+Divergent when ``effector > effector_m``, ``object > object_m``, ``slip > object_m``, or
+(with ``grasp``) the grasp differs. A single spike (the hand passing the object at grasp time) is
+absorbed by ``patience`` >= 2.
 """
 
 from __future__ import annotations
@@ -36,24 +47,53 @@ class TaskSpaceOptions(GateOptions):
     object_m: float = Field(0.04, gt=0, description="Largest distance (m) between where the two chunks leave the "
                                                    "named object, when the expert's leaves it free.")
     patience: int = Field(2, ge=1, description="Consecutive divergent plans (chunks) that make the operator take over.")
+    judge_done: bool = Field(False, description="Judge a robot whose part of the task is done by where its plan "
+                                                 "leaves the object (the slip gap alone), instead of not at all.")
+    at_once: list[Literal["effector", "grasp", "object", "slip"]] = Field(
+        default_factory=list, description="Gaps that make the operator take over on the first divergent plan, "
+                                           "without waiting for patience (a drop or a knocked object is over "
+                                           "within one chunk).")
 
 
 class TaskSpaceGate(Gate):
     kind = "task_space"
     Options = TaskSpaceOptions
 
+    @property
+    def judges_done(self) -> bool:
+        return self.options.judge_done
+
     def gaps(self, proposal: Proposal) -> dict[str, float]:
         policy, expert = proposal.policy_trace(), proposal.expert_trace()
         steps = min(len(policy), len(expert))
+        if proposal.done:  # only where the object ends up counts: the hand is free to move away
+            if policy.object is None or expert.object is None:
+                return {}
+            return {"slip": _table_distance(policy.object[steps - 1], expert.object[steps - 1])}
         gaps = {"effector": float(np.linalg.norm(policy.effector[:steps] - expert.effector[:steps], axis=1).max())}
         if policy.grasp is not None and expert.grasp is not None:
             gaps["grasp"] = float(policy.grasp[steps - 1] != expert.grasp[steps - 1])
         if policy.object is not None and expert.object is not None:
             free = expert.grasp is None or not expert.grasp[steps - 1]
             gaps["object"] = float(np.linalg.norm(policy.object[steps - 1] - expert.object[steps - 1])) if free else 0.0
+            if policy.grasp is not None and policy.grasp[0] and not policy.grasp[steps - 1]:  # the policy lets go
+                gaps["slip"] = _table_distance(policy.object[steps - 1], expert.object[steps - 1])
         return gaps
 
     def exceeds(self, gaps: dict[str, float]) -> bool:
+        return any(self._over(name, gaps) for name in gaps)
+
+    def at_once(self, gaps: dict[str, float]) -> bool:
+        return any(self._over(name, gaps) for name in self.options.at_once if name in gaps)
+
+    def _over(self, name: str, gaps: dict[str, float]) -> bool:
         options = self.options
-        return (gaps["effector"] > options.effector_m or gaps.get("object", 0.0) > options.object_m
-                or (options.grasp and gaps.get("grasp", 0.0) > 0.5))
+        limits = {"effector": options.effector_m, "object": options.object_m, "slip": options.object_m,
+                  "grasp": 0.5 if options.grasp else float("inf")}
+        return gaps[name] > limits[name]
+
+
+def _table_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Horizontal distance (m) between two object positions: where on the table each would end up
+    (an object let go a few steps early falls onto the spot the expert's hand was lowering it to)."""
+    return float(np.linalg.norm(np.asarray(a)[:2] - np.asarray(b)[:2]))

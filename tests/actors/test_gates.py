@@ -59,6 +59,50 @@ def test_where_a_released_object_ends_up_counts_only_once_the_expert_lets_go():
     assert not gate.judge(traces(still, expert_holds=False)).divergent
 
 
+def held(steps: int = 8, until: int = 8, object_at: float = 0.0) -> TaskTrace:
+    """Holding the object from the first step until step ``until``, then the object at ``object_at`` in y."""
+    trace = path(0.0, steps)
+    return TaskTrace(trace.effector, np.arange(steps) < until, np.tile([0.2, object_at, 0.0], (steps, 1)))
+
+
+def test_a_plan_that_lets_go_of_the_object_slips_when_it_drops_or_misplaces_it():
+    gate = TaskSpaceGate(TaskSpaceOptions(object_m=0.04))
+    dropped = gate.gaps(proposal(held(until=3, object_at=0.1), held()))
+    assert dropped["slip"] == pytest.approx(0.1) and gate.exceeds(dropped), "dropped beside the expert's hand"
+    early = gate.gaps(proposal(held(until=3), held()))
+    assert early["slip"] == 0.0 and early["grasp"] == 1.0, "let go early above the spot: no slip, a grasp gap"
+    misplaced = gate.gaps(proposal(held(until=5, object_at=0.06), held(until=5)))
+    assert misplaced["slip"] == pytest.approx(0.06) and gate.exceeds(misplaced)
+    placed = gate.gaps(proposal(held(until=5, object_at=0.01), held(until=6)))
+    assert placed["slip"] == pytest.approx(0.01) and not gate.exceeds(placed)
+    assert "slip" not in gate.gaps(proposal(held(), held())), "still holding: the effector gap speaks"
+    assert "slip" not in gate.gaps(proposal(path(0.0, grasp_at=3), path(0.0))), "not holding as the plan starts"
+
+
+def test_gaps_named_at_once_fire_without_waiting_for_patience():
+    dropped = proposal(held(until=3, object_at=0.1), held())
+    patient = TaskSpaceGate(TaskSpaceOptions(patience=2))
+    assert patient.judge(dropped).divergent and not patient.judge(proposal(path(0.0), path(0.0))).fire
+    hasty = TaskSpaceGate(TaskSpaceOptions(patience=2, at_once=["slip"]))
+    assert hasty.judge(dropped).fire
+    assert not hasty.judge(proposal(path(0.12), path(0.0))).fire, "an effector gap still waits for patience"
+
+
+def test_a_done_robot_is_judged_by_where_the_object_ends_only_when_asked():
+    def moved(offset_m: float) -> TaskTrace:
+        trace = path(0.3)
+        return TaskTrace(trace.effector, np.zeros(8, bool), np.tile([0.0, offset_m, 0.0], (8, 1)))
+    chunk = np.zeros((16, 13), np.float32)
+    knocked = Proposal(chunk, chunk, 8, policy_trace_fn=lambda: moved(0.1), expert_trace_fn=lambda: moved(0.0),
+                       done=True)
+    retreat = Proposal(chunk, chunk, 8, policy_trace_fn=lambda: moved(0.0), expert_trace_fn=lambda: moved(0.0),
+                       done=True)
+    gate = TaskSpaceGate(TaskSpaceOptions(judge_done=True))
+    assert gate.judges_done and gate.gaps(knocked) == {"slip": pytest.approx(0.1)}
+    assert gate.exceeds(gate.gaps(knocked)) and not gate.exceeds(gate.gaps(retreat)), "the hand's path is free"
+    assert not TaskSpaceGate(TaskSpaceOptions()).judges_done
+
+
 def test_a_grasp_mismatch_is_divergent_unless_grasps_are_ignored():
     closes_early = proposal(path(0.0, grasp_at=2), path(0.0))
     assert TaskSpaceGate(TaskSpaceOptions(patience=1)).judge(closes_early).fire
