@@ -208,6 +208,7 @@ class EnvActor:
             self.episode_count += 1
         self.scene.reset(seed)  # the same episode seed, the same noise
         plans = self.scene.plans()
+        judged = self.mode.judges_plans(self.cfg.actors.dagger)
         before_plan = self._before_plan if use_policy and self.cfg.actors.weights_refresh == "chunk" else None
         try:
             if self.bridge is not None and use_policy:  # the bridge's operator gates; evaluations it watches
@@ -218,7 +219,7 @@ class EnvActor:
                                      horizon=self.scene.horizon,
                                      execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every,
                                      rng=self.rng, seed=seed, mode=self.mode if training else None, beta=beta,
-                                     operators=self.operators if (training or watch) else None, watch=watch,
+                                     operators=self.operators if watch or (training and judged) else None, watch=watch,
                                      probe_recovery=probe_recovery, before_plan=before_plan)
         except (PolicyOutputError, EpisodeDiscarded, ExpertUnavailable) as exc:
             log.warning("%s: episode (seed %d) discarded: %s", self.actor_id, seed, exc)

@@ -5,7 +5,8 @@ Each plans an action chunk every ``execute_steps`` steps, from a frame rendered 
 
 - a demonstration (no policy): the expert drives every chunk;
 - an ungated DAgger mode (``dagger``): the expert drives a chunk with probability ``beta``, else the
-  policy; the expert's chunk from every planning state is recorded as that state's label;
+  policy; the expert's chunk from every planning state is recorded as that state's label, and an
+  operator, when given, judges each plan of the policy without taking over (``Plan.verdict``);
 - a gated mode (``hg-dagger``): the policy drives; at each planning step its chunk is judged by
   the robot's operator (actors/operator.py), which records its own chunk as the label, and takes
   over when the gate fires. While the operator drives, every step gets a frame and the expert's
@@ -104,7 +105,7 @@ def run_episodes(env, expert, plans: Mapping[str, PlanFn] | None, *, horizon: in
         seed: the episode's environment seed.
         mode: the DAgger mode; None: no corrections (a demonstration or an evaluation).
         beta: ungated modes: probability that the expert drives a chunk.
-        operators: gated modes and ``watch``: the operator of each agent.
+        operators: gated modes, ``watch`` and modes that judge plans: the operator of each agent.
         watch: the operators judge every plan but never take over (an evaluation).
         probe_recovery: with ``watch``, record at the first plan the gate fires on whether the
             expert could still finish from there.
@@ -209,8 +210,10 @@ class _Driver:
             label = self._expert_chunk(step)
             if label is not None and self.mode.expert_drives(self.rng, self.beta):
                 self._start_chunk(label, step, "expert")
-            else:
-                self._start_chunk(self._policy_chunk(state, step), step, "policy")
+            else:  # an operator, when given, judges the plan without taking over
+                chunk = self._policy_chunk(state, step)
+                verdict = self._judge(chunk, step) if self.operator is not None and label is not None else None
+                self._start_chunk(chunk, step, "policy", verdict)
         else:
             chunk = self._policy_chunk(state, step)
             verdict = self._judge(chunk, step) if self.operator is not None else None

@@ -102,6 +102,7 @@ def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_st
         f"actors.dagger.takeover.hand_back={json.dumps(args.hand_back)}",
         f"actors.dagger.pre_intervention_chunks={args.pre_intervention_chunks}",
         f"actors.dagger.beta_start={args.beta_start}", f"actors.dagger.beta_decay={args.beta_decay}",
+        f"actors.dagger.relabel={args.relabel}",
         f"learner.batch_size={args.batch_size}", f"learner.lr={args.lr}", f"run.seed={args.seed}",
         "run.rounds=1", f"learner.steps_per_round={total_steps}", f"learner.publish_every={total_steps}",
         f"learner.warmup_steps={min(50, max(1, total_steps // 10))}", "learner.checkpoint_every=0",
@@ -411,6 +412,9 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "hand_back": args.hand_back,
         "takeover_labels": args.takeover_labels,
         "pre_intervention_chunks": args.pre_intervention_chunks,
+        "beta_start": args.beta_start,
+        "beta_decay": args.beta_decay,
+        "relabel": args.relabel,
         "correction_share": args.correction_share[0] if len(args.correction_share) == 1 else args.correction_share,
         "robot_share": args.robot_share,
         "expert_ratio": args.expert_ratio,
@@ -449,7 +453,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--judge-done", action="store_true",
                         help="task_space gate: judge a robot whose part is done by where its plan leaves the object")
     parser.add_argument("--at-once", type=lambda text: text.split(",") if text else [], default=[],
-                        help="task_space gate: comma-separated gaps (effector, grasp, object, late) that fire on the "
+                        help="task_space gate: comma-separated gaps (effector, grasp, object, slip) that fire on the "
                              "first divergent plan")
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
@@ -468,6 +472,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "a whole chunk); 0, the default, after the pooled runs of docs/improvement.md")
     parser.add_argument("--beta-start", type=float, default=0.5, help="--mode dagger: beta of round 0")
     parser.add_argument("--beta-decay", type=float, default=0.5, help="--mode dagger: beta's decay per round")
+    parser.add_argument("--relabel", choices=("every", "divergent"), default="every",
+                        help="--mode dagger: the planning states the expert labels: every one, or those it drove "
+                             "and those whose policy plan the gate judges divergent")
     parser.add_argument("--correction-share", type=share_list, default=None,
                         help="share of D's batches drawn from corrections: one value, or one per round, the last "
                              f"repeated in later rounds (default {','.join(map(str, DEFAULT_SHARES))}: the first "

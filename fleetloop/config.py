@@ -373,6 +373,11 @@ class DaggerSection(_Section):
                     "and grasp, effector_m, grasp, patience in chunks) or joint (thresholds per joint group, "
                     "default_threshold, patience). Replaced whole by a later config layer.")
     takeover: TakeoverSection = Field(default_factory=TakeoverSection)
+    relabel: Literal["every", "divergent"] = Field(
+        "every", description="dagger: the planning states the expert labels: every one (Ross et al.), or only "
+                             "those the expert drove and those whose policy plan the gate (actors.dagger.gate) "
+                             "judges divergent: the expert watches every plan, as in hg-dagger, and spends its "
+                             "labels where the policy goes wrong.")
     pre_intervention_chunks: int = Field(0, ge=0, description="hg-dagger: the policy's planning states before a "
                                                               "takeover relabelled with the expert's chunk "
                                                               "(pre_intervention_relabel). 0 by default: each costs "

@@ -80,6 +80,11 @@ class DaggerMode(abc.ABC):
     gated: ClassVar[bool]
     """An operator watches the policy through a gate and may take over (needs a policy)."""
 
+    def judges_plans(self, options: "DaggerSection") -> bool:
+        """Whether an operator judges the policy's plans in this mode's episodes (``options``:
+        actors.dagger); a gated mode always does."""
+        return self.gated
+
     def expert_drives(self, rng: np.random.Generator, beta: float) -> bool:
         """Whether the expert drives the next chunk of an ungated rollout."""
         return False

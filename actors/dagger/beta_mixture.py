@@ -4,6 +4,11 @@ Each chunk is driven by the expert with probability beta (beta_i = beta_0 * deca
 else by the policy. At every planning state, whoever drives, the expert's H-step chunk from that
 state is recorded; those planning states go to ``corrections`` as ``relabel``, each labelled with
 its chunk. The executed trajectory goes to ``rollouts`` as ``robot``.
+
+With ``actors.dagger.relabel: divergent`` an operator judges every plan the policy drives through
+the gate (actors/gates), as in hg-dagger but never taking over, and only the planning states the
+expert drove or whose policy plan was divergent are relabelled: the expert's labels go where the
+policy is wrong, not to states it already handles.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ class BetaMixtureDagger(DaggerMode):
     name = "dagger"
     gated = False
 
+    def judges_plans(self, options) -> bool:
+        return options.relabel == "divergent"
+
     def expert_drives(self, rng: np.random.Generator, beta: float) -> bool:
         return bool(rng.random() < beta)
 
@@ -26,7 +34,9 @@ class BetaMixtureDagger(DaggerMode):
         return beta_start * beta_decay**round_index
 
     def segments(self, traj, options) -> list[Segment]:
-        planned = tuple(sorted(step for step in traj.labels if step in traj.frames))
+        wanted = {plan.step for plan in traj.plans if options.relabel == "every" or plan.driver == "expert"
+                  or (plan.verdict is not None and plan.verdict.divergent)}
+        planned = tuple(sorted(step for step in traj.labels if step in traj.frames and step in wanted))
         parts = [Segment.whole("rollouts", robot_class(traj.success), len(traj.states))]
         if planned:
             parts.append(Segment("corrections", RELABEL, planned, labelled=True))

@@ -80,6 +80,27 @@ def test_beta_mixture_labels_every_planning_state_with_the_experts_chunk(env):
         "the policy's own steps of a failed episode are kept apart"
 
 
+def test_divergent_relabel_spends_the_experts_labels_where_the_policy_goes_wrong(env):
+    expert, calls = ReachExpert(env), []
+
+    def late_starter(image, state, instruction):  # stands still for a chunk, then plans as the expert
+        calls.append(1)
+        return hold_still(image, state, instruction) if len(calls) == 1 else expert.action_chunk(AGENT, 16)
+
+    traj = episode(env, late_starter, mode=BetaMixtureDagger(), op=operator(env))
+    assert [p.verdict.divergent for p in traj.plans] == [True, False, False], "judged, every plan"
+    assert not traj.takeovers and not any(traj.intervened), "judging never takes over"
+    mode = BetaMixtureDagger()
+    assert mode.judges_plans(DaggerSection(relabel="divergent")) and not mode.judges_plans(DaggerSection())
+    divergent = mode.segments(traj, DaggerSection(relabel="divergent"))
+    assert [(s.cls, s.steps) for s in divergent if s.table == "corrections"] == [(RELABEL, (0,))]
+    every = mode.segments(traj, DaggerSection(relabel="every"))
+    assert [(s.cls, s.steps) for s in every if s.table == "corrections"] == [(RELABEL, (0, 8, 16))]
+    driven = episode(env, hold_still, mode=mode, beta=1.0, op=operator(env))
+    assert [s.steps for s in mode.segments(driven, DaggerSection(relabel="divergent"))
+            if s.table == "corrections"] == [(0, 8, 16)], "chunks the expert drove stay labelled"
+
+
 def test_beta_one_lets_the_expert_drive_every_chunk(env):
     traj = episode(env, hold_still, mode=BetaMixtureDagger(), beta=1.0)
     assert all(traj.intervened) and traj.success
