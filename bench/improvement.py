@@ -121,7 +121,7 @@ def gate_options(args: argparse.Namespace) -> dict[str, Any]:
         return {"kind": "joint", "default_threshold": args.joint_threshold, "patience": args.patience}
     options = {"kind": "task_space", "effector_m": args.effector_m, "patience": args.patience}
     extra = {"judge_done": args.judge_done, "at_once": args.at_once}
-    return {**options, **{key: value for key, value in extra.items() if value}}  # unset: as in earlier reports
+    return {**options, **{key: value for key, value in extra.items() if value}}  # off: as in reports before 2026-12-07
 
 
 class Arm:
@@ -450,11 +450,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="every arm refits the normalisation on its mixture's tables before each round")
     parser.add_argument("--gate", choices=("task_space", "joint"), default="task_space")
     parser.add_argument("--effector-m", type=float, default=0.07, help="task_space gate: effector path gap (m)")
-    parser.add_argument("--judge-done", action="store_true",
+    parser.add_argument("--judge-done", action=argparse.BooleanOptionalAction, default=True,
                         help="task_space gate: judge a robot whose part is done by where its plan leaves the object")
-    parser.add_argument("--at-once", type=lambda text: text.split(",") if text else [], default=[],
+    parser.add_argument("--at-once", type=lambda text: text.split(",") if text else [], default=["slip"],
                         help="task_space gate: comma-separated gaps (effector, grasp, object, slip) that fire on the "
-                             "first divergent plan")
+                             "first divergent plan (default slip; '' for none)")
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
     parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")

@@ -369,9 +369,10 @@ class DaggerSection(_Section):
     beta_decay: float = Field(0.5, ge=0, le=1, description="dagger: beta of round r = beta_start * beta_decay**r.")
     gate: _gate_options() = Field(
         default_factory=lambda: _gate_options_default(),
-        description="hg-dagger: how the operator judges each plan (actors/gates): kind task_space (effector path "
-                    "and grasp, effector_m, grasp, patience in chunks) or joint (thresholds per joint group, "
-                    "default_threshold, patience). Replaced whole by a later config layer.")
+        description="hg-dagger (and dagger with relabel: divergent): how the operator judges each plan "
+                    "(actors/gates): kind task_space (effector path, grasp, object and slip gaps: effector_m, "
+                    "grasp, object_m, patience in chunks, judge_done, at_once) or joint (thresholds per joint "
+                    "group, default_threshold, patience). Replaced whole by a later config layer.")
     takeover: TakeoverSection = Field(default_factory=TakeoverSection)
     relabel: Literal["every", "divergent"] = Field(
         "every", description="dagger: the planning states the expert labels: every one (Ross et al.), or only "

@@ -47,12 +47,12 @@ class TaskSpaceOptions(GateOptions):
     object_m: float = Field(0.04, gt=0, description="Largest distance (m) between where the two chunks leave the "
                                                    "named object, when the expert's leaves it free.")
     patience: int = Field(2, ge=1, description="Consecutive divergent plans (chunks) that make the operator take over.")
-    judge_done: bool = Field(False, description="Judge a robot whose part of the task is done by where its plan "
-                                                 "leaves the object (the slip gap alone), instead of not at all.")
+    judge_done: bool = Field(True, description="Judge a robot whose part of the task is done by where its plan "
+                                                "leaves the object (the slip gap alone); false: not at all.")
     at_once: list[Literal["effector", "grasp", "object", "slip"]] = Field(
-        default_factory=list, description="Gaps that make the operator take over on the first divergent plan, "
-                                           "without waiting for patience (a drop or a knocked object is over "
-                                           "within one chunk).")
+        default_factory=lambda: ["slip"], description="Gaps that make the operator take over on the first divergent "
+                                                      "plan, without waiting for patience (a drop or a knocked "
+                                                      "object is over within one chunk).")
 
 
 class TaskSpaceGate(Gate):

@@ -81,9 +81,9 @@ def test_a_plan_that_lets_go_of_the_object_slips_when_it_drops_or_misplaces_it()
 
 def test_gaps_named_at_once_fire_without_waiting_for_patience():
     dropped = proposal(held(until=3, object_at=0.1), held())
-    patient = TaskSpaceGate(TaskSpaceOptions(patience=2))
+    patient = TaskSpaceGate(TaskSpaceOptions(patience=2, at_once=[]))
     assert patient.judge(dropped).divergent and not patient.judge(proposal(path(0.0), path(0.0))).fire
-    hasty = TaskSpaceGate(TaskSpaceOptions(patience=2, at_once=["slip"]))
+    hasty = TaskSpaceGate(TaskSpaceOptions(patience=2))
     assert hasty.judge(dropped).fire
     assert not hasty.judge(proposal(path(0.12), path(0.0))).fire, "an effector gap still waits for patience"
 
@@ -100,7 +100,8 @@ def test_a_done_robot_is_judged_by_where_the_object_ends_only_when_asked():
     gate = TaskSpaceGate(TaskSpaceOptions(judge_done=True))
     assert gate.judges_done and gate.gaps(knocked) == {"slip": pytest.approx(0.1)}
     assert gate.exceeds(gate.gaps(knocked)) and not gate.exceeds(gate.gaps(retreat)), "the hand's path is free"
-    assert not TaskSpaceGate(TaskSpaceOptions()).judges_done
+    assert not TaskSpaceGate(TaskSpaceOptions(judge_done=False)).judges_done
+    assert TaskSpaceOptions() == TaskSpaceOptions(judge_done=True, at_once=["slip"]), "the default since 2026-12-07"
 
 
 def test_a_grasp_mismatch_is_divergent_unless_grasps_are_ignored():
