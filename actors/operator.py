@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -106,9 +107,13 @@ class SimulatedOperator:
         """The policy's chunk against the expert's from the live state, over the ``execute_steps``
         (default: the operator's) that would run; traces simulated on demand."""
         steps = min(execute_steps or self.execute_steps, len(policy_chunk))
-        return Proposal(np.asarray(policy_chunk, np.float32), self.reference(), steps,
-                        policy_trace_fn=lambda: self.expert.trace(self.agent, policy_chunk[:steps]),
-                        expert_trace_fn=lambda: self.expert.expert_trace(self.agent, steps), done=done)
+        policy, expert, settle = np.asarray(policy_chunk, np.float32), self.reference(), self.gate.settle_steps
+        if settle:  # both robots hold their last executed target while the object comes to rest
+            expert_trace_fn = partial(self.expert.trace, self.agent, _held(expert[:steps], settle))
+        else:
+            expert_trace_fn = partial(self.expert.expert_trace, self.agent, steps)
+        return Proposal(policy, expert, steps, done=done, settle_steps=settle, expert_trace_fn=expert_trace_fn,
+                        policy_trace_fn=partial(self.expert.trace, self.agent, _held(policy[:steps], settle)))
 
     def judge(self, policy_chunk: np.ndarray, execute_steps: int | None = None) -> Verdict:
         """The gate's verdict on the policy's plan about to run (counts towards patience). A robot
@@ -163,3 +168,8 @@ def make_operator(dcfg: "DaggerSection", expert: Any, agent: str, *, horizon: in
     return SimulatedOperator(expert, agent, make_gate(dcfg.gate, action_groups), horizon=horizon,
                              execute_steps=execute_steps, max_takeover_steps=dcfg.takeover.max_steps,
                              hand_back=tuple(dcfg.takeover.hand_back))
+
+
+def _held(actions: np.ndarray, steps: int) -> np.ndarray:
+    """``actions`` followed by its last row ``steps`` more times (the robot holding its target)."""
+    return np.concatenate([actions, np.repeat(actions[-1:], steps, axis=0)]) if steps else actions

@@ -120,7 +120,7 @@ def gate_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.gate == "joint":
         return {"kind": "joint", "default_threshold": args.joint_threshold, "patience": args.patience}
     options = {"kind": "task_space", "effector_m": args.effector_m, "patience": args.patience}
-    extra = {"judge_done": args.judge_done, "at_once": args.at_once}
+    extra = {"judge_done": args.judge_done, "at_once": args.at_once, "settle_steps": args.settle_steps}
     return {**options, **{key: value for key, value in extra.items() if value}}  # off: as in reports before 2026-12-07
 
 
@@ -170,6 +170,10 @@ class Arm:
             return 0.0
         return round(self.actor.dagger_episodes(round_index, [PROBE_SEED_BASE + i for i in range(episodes)],
                                                 write=False)["intervention_rate"], 4)
+
+    def keep_policy(self, args: argparse.Namespace) -> dict[str, str]:
+        """With ``--keep``: the arm's final policy file (``{"policy": path}``, for bench/gate_watch.py)."""
+        return {"policy": self.learner.save_checkpoint()} if args.keep else {}
 
     def episodes(self) -> dict[str, int]:
         """Episodes per table of the arm's replay (what it could train on, and its evaluations)."""
@@ -240,7 +244,7 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
             logger.info("D round %d: %d/%d, probe intervention rate %.3f", r, record["successes"],
                         args.eval_episodes, record["intervention_rate"])
             rounds.append(record)
-        return {"rounds": rounds, "expert_label_rows": label_rows, "episodes": arm.episodes()}
+        return {"rounds": rounds, "expert_label_rows": label_rows, "episodes": arm.episodes(), **arm.keep_policy(args)}
     finally:
         arm.close()
 
@@ -270,7 +274,8 @@ def run_equal_steps(args: argparse.Namespace, root: Path, policy: str) -> dict[s
         arm.actor.collect_demos(args.demos, [DEMO_SEED_BASE + i for i in range(args.demos)])
         for _ in range(args.rounds):
             trained = arm.train(args.round_steps, refit=args.refit_normalization)
-        return {**trained, **arm.evaluate(args.eval_episodes), "expert_steps": 0, "episodes": arm.episodes()}
+        return {**trained, **arm.evaluate(args.eval_episodes), "expert_steps": 0, "episodes": arm.episodes(),
+                **arm.keep_policy(args)}
     finally:
         arm.close()
 
@@ -294,7 +299,7 @@ def run_equal_expert(args: argparse.Namespace, root: Path, policy: str, from_d) 
                               "dagger_expert_steps": budget["expert_label_rows"]})
             trained = arm.train(args.round_steps, refit=args.refit_normalization)
         return {**trained, **arm.evaluate(args.eval_episodes), "expert_steps": demo_steps, "per_round": per_round,
-                "episodes": arm.episodes()}
+                "episodes": arm.episodes(), **arm.keep_policy(args)}
     finally:
         arm.close()
 
@@ -393,6 +398,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "gate_recall": gate_recall(base["gate"])["recall"],
         "gate_flags": gate_recall(base["gate"]),
         "gate_flags_final": gate_recall(final["gate"]),
+        **({"final_policies": {name: arm["policy"] for name, arm in arms.items()}} if args.keep else {}),
         "bc_curve": bc["curve"],
         "bc_seconds": bc["seconds"],
         "state_includes_object_pose": not args.images_only,
@@ -455,6 +461,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--at-once", type=lambda text: text.split(",") if text else [], default=["slip"],
                         help="task_space gate: comma-separated gaps (effector, grasp, object, slip) that fire on the "
                              "first divergent plan (default slip; '' for none)")
+    parser.add_argument("--settle-steps", type=int, default=0,
+                        help="task_space gate: steps simulated after each chunk, the robot holding still, before "
+                             "the object and slip gaps are judged (0: as the chunk ends)")
     parser.add_argument("--joint-threshold", type=float, default=0.3, help="joint gate: threshold (rad)")
     parser.add_argument("--patience", type=int, default=2, help="divergent plans (chunks) before a takeover")
     parser.add_argument("--takeover-cap", type=int, default=64, help="longest takeover (steps)")
@@ -502,6 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--hand-back names {', '.join(unknown)}; choose from {', '.join(HAND_BACK_REASONS)} "
                      "(comma-separated)")
+    if not 0 <= args.settle_steps <= 64:
+        parser.error(f"--settle-steps {args.settle_steps} must be within 0..64 (0: judge as the chunk ends)")
     if args.expert_ratio <= 0:
         parser.error(f"--expert-ratio {args.expert_ratio} must be > 0 (1: C2 gets exactly D's expert steps)")
     if len(args.correction_share) > args.rounds:

@@ -9,6 +9,8 @@ Words used here:
 - *fire*: ``patience`` consecutive divergent plans (or one, for a gap the gate fires on at
   once): the operator takes over now, before the policy's chunk runs;
 - *agrees*: a fresh plan during a takeover is not divergent, so control may return.
+- *settle*: steps simulated after a chunk's executed part with the robot holding its last target,
+  so that an object let go on a target's edge has slid off (or come to rest) when it is judged.
 
 A gate is one object per robot and episode (``reset`` between episodes). The actor's simulated
 operator (actors/operator.py) and the robot bridge's MuJoCo twin both build theirs with
@@ -48,6 +50,8 @@ class Proposal:
     expert_trace_fn: Callable[[], TaskTrace] | None = None
     done: bool = False
     """The robot's part of the task is done (only gates that ``judge_done`` see such proposals)."""
+    settle_steps: int = 0
+    """Rows after the executed ones in each trace: the robot holding its last target (see *settle*)."""
     _traces: dict[str, TaskTrace] = field(default_factory=dict)
 
     def policy_trace(self) -> TaskTrace:
@@ -60,7 +64,7 @@ class Proposal:
         if who not in self._traces:
             if make is None:
                 raise ValueError(f"this gate needs the {who}'s task-space trace, but the proposal has none")
-            self._traces[who] = make().head(self.execute_steps)
+            self._traces[who] = make().head(self.execute_steps + self.settle_steps)
         return self._traces[who]
 
 
@@ -94,6 +98,11 @@ class Gate(abc.ABC):
     @property
     def patience(self) -> int:
         return self.options.patience
+
+    @property
+    def settle_steps(self) -> int:
+        """Steps the traces this gate judges run on after the executed part (see *settle*)."""
+        return 0
 
     @property
     def judges_done(self) -> bool:

@@ -21,6 +21,11 @@ where the expert's would. Gaps over the executed part of the chunks (the first
   Dropping, misplacing and knocking the object were most of the failures of D's improved policy,
   and each happens within one chunk.
 
+With ``settle_steps`` the object and slip gaps compare where the object rests once both robots
+have held their last targets that many steps more: a release just beside the target's edge
+leaves the object within ``object_m`` of the expert's spot when the chunk ends, and off the
+target a few steps later.
+
 ``at_once`` names the gaps that fire on the first divergent plan: a slip is over within one
 chunk, so waiting for ``patience`` means taking over once it is too late.
 
@@ -53,6 +58,11 @@ class TaskSpaceOptions(GateOptions):
         default_factory=lambda: ["slip"], description="Gaps that make the operator take over on the first divergent "
                                                       "plan, without waiting for patience (a drop or a knocked "
                                                       "object is over within one chunk).")
+    settle_steps: int = Field(0, ge=0, le=64, description="Steps simulated after each chunk's executed part with the "
+                                                         "robot holding its last target; the object and slip gaps "
+                                                         "compare where the object rests then (an object let go on "
+                                                         "a target's edge slides off after the chunk). 0: at the "
+                                                         "chunk's last executed step.")
 
 
 class TaskSpaceGate(Gate):
@@ -63,21 +73,26 @@ class TaskSpaceGate(Gate):
     def judges_done(self) -> bool:
         return self.options.judge_done
 
+    @property
+    def settle_steps(self) -> int:
+        return self.options.settle_steps
+
     def gaps(self, proposal: Proposal) -> dict[str, float]:
         policy, expert = proposal.policy_trace(), proposal.expert_trace()
-        steps = min(len(policy), len(expert))
+        rows = min(len(policy), len(expert))
+        ran, end = min(proposal.execute_steps, rows), rows - 1  # executed rows; where objects are judged
         if proposal.done:  # only where the object ends up counts: the hand is free to move away
             if policy.object is None or expert.object is None:
                 return {}
-            return {"slip": _table_distance(policy.object[steps - 1], expert.object[steps - 1])}
-        gaps = {"effector": float(np.linalg.norm(policy.effector[:steps] - expert.effector[:steps], axis=1).max())}
+            return {"slip": _table_distance(policy.object[end], expert.object[end])}
+        gaps = {"effector": float(np.linalg.norm(policy.effector[:ran] - expert.effector[:ran], axis=1).max())}
         if policy.grasp is not None and expert.grasp is not None:
-            gaps["grasp"] = float(policy.grasp[steps - 1] != expert.grasp[steps - 1])
+            gaps["grasp"] = float(policy.grasp[ran - 1] != expert.grasp[ran - 1])
         if policy.object is not None and expert.object is not None:
-            free = expert.grasp is None or not expert.grasp[steps - 1]
-            gaps["object"] = float(np.linalg.norm(policy.object[steps - 1] - expert.object[steps - 1])) if free else 0.0
-            if policy.grasp is not None and policy.grasp[0] and not policy.grasp[steps - 1]:  # the policy lets go
-                gaps["slip"] = _table_distance(policy.object[steps - 1], expert.object[steps - 1])
+            free = expert.grasp is None or not expert.grasp[ran - 1]
+            gaps["object"] = float(np.linalg.norm(policy.object[end] - expert.object[end])) if free else 0.0
+            if policy.grasp is not None and policy.grasp[0] and not policy.grasp[ran - 1]:  # the policy lets go
+                gaps["slip"] = _table_distance(policy.object[end], expert.object[end])
         return gaps
 
     def exceeds(self, gaps: dict[str, float]) -> bool:

@@ -79,6 +79,34 @@ def test_a_plan_that_lets_go_of_the_object_slips_when_it_drops_or_misplaces_it()
     assert "slip" not in gate.gaps(proposal(path(0.0, grasp_at=3), path(0.0))), "not holding as the plan starts"
 
 
+def test_settled_rows_say_where_the_object_rests_and_the_executed_rows_the_rest():
+    """With settle_steps the traces run on past the executed steps (the robots holding still): an
+    object let go 3 cm from the expert's spot that then slides off the target's edge slips; the
+    effector and grasp gaps still look at the executed steps only."""
+    def released(slides_m: float, hand_m: float = 0.0) -> TaskTrace:
+        trace = held(steps=12, until=6, object_at=0.03 if slides_m else 0.0)
+        obj = trace.object.copy()
+        obj[8:, 1] += slides_m  # after the chunk: the object slides on while the hands hold still
+        effector = trace.effector.copy()
+        effector[8:, 1] += hand_m
+        return TaskTrace(effector, trace.grasp, obj)
+
+    def settled(policy: TaskTrace, expert: TaskTrace, settle: int) -> Proposal:
+        chunk = np.zeros((16, 13), np.float32)
+        return Proposal(chunk, chunk, 8, policy_trace_fn=lambda: policy, expert_trace_fn=lambda: expert,
+                        settle_steps=settle)
+
+    gate = TaskSpaceGate(TaskSpaceOptions(settle_steps=4))
+    assert gate.settle_steps == 4 and TaskSpaceGate(TaskSpaceOptions()).settle_steps == 0
+    off_edge = gate.gaps(settled(released(slides_m=0.05), released(0.0), settle=4))
+    assert off_edge["slip"] == pytest.approx(0.08) and gate.judge(settled(released(0.05), released(0.0), 4)).fire
+    at_chunk_end = gate.gaps(proposal(released(slides_m=0.05), released(0.0)))
+    assert at_chunk_end["slip"] == pytest.approx(0.03) and not gate.exceeds(at_chunk_end), \
+        "judged as the chunk ends, the release beside the edge looks placed"
+    still = gate.gaps(settled(released(0.0, hand_m=0.5), released(0.0), settle=4))
+    assert still["effector"] == 0.0 and still["grasp"] == 0.0, "settled rows never count for the hand"
+
+
 def test_gaps_named_at_once_fire_without_waiting_for_patience():
     dropped = proposal(held(until=3, object_at=0.1), held())
     patient = TaskSpaceGate(TaskSpaceOptions(patience=2, at_once=[]))
@@ -153,3 +181,6 @@ def test_the_config_validates_gates_against_the_registry():
         load_config("default", ["actors.dagger.gate.thresholds={right_arm: 0.2}"])
     with pytest.raises(ConfigError, match="actors.dagger.gate.task_space.effector_m"):
         load_config("default", ["actors.dagger.gate.effector_m=-1"])
+    with pytest.raises(ConfigError, match="actors.dagger.gate.task_space.settle_steps"):
+        load_config("default", ["actors.dagger.gate.settle_steps=-2"])
+    assert load_config("default", ["actors.dagger.gate.settle_steps=8"]).actors.dagger.gate.settle_steps == 8

@@ -80,6 +80,24 @@ def test_a_wrong_arm_path_fires_the_task_space_gate_but_not_a_joint_gate(env, ex
     assert not task.success and not task.takeovers, "watching never takes over"
 
 
+def test_settled_traces_run_the_executed_steps_then_hold_still(env, expert):
+    """With settle_steps both chunks are simulated past their executed steps with the robot holding
+    its last target: the executed rows are the expert's own simulation, the palm comes to rest."""
+    env.reset(seed=11)
+    op = operator(expert, TaskSpaceOptions(settle_steps=6))
+    chunk = expert.action_chunk(AGENT, 16)
+    proposal = op.proposal(chunk)
+    policy, reference = proposal.policy_trace(), proposal.expert_trace()
+    assert len(policy) == len(reference) == 8 + 6 and proposal.settle_steps == 6
+    np.testing.assert_array_equal(reference.effector[:8], expert.expert_trace(AGENT, 8).effector)
+    np.testing.assert_array_equal(policy.effector, reference.effector), "the expert's chunk as the policy's"
+    moves = np.linalg.norm(np.diff(reference.effector[7:], axis=0), axis=1)
+    assert moves[-1] < 1e-3 < np.linalg.norm(reference.effector[7] - reference.effector[0]), \
+        "the palm travels over the executed steps and stops while it holds"
+    assert op.gate.gaps(proposal) == {"effector": 0.0, "grasp": 0.0, "object": 0.0}
+    assert len(operator(expert, TaskSpaceOptions()).proposal(chunk).policy_trace()) == 8, "no settling by default"
+
+
 def test_a_takeover_labels_every_step_and_ends_when_its_subgoal_is_done(env, expert):
     op = operator(expert, TaskSpaceOptions(effector_m=0.07, patience=2), hand_back=("subgoal",))
     traj = episode(env, expert, beside(expert), op, mode=HGDagger())

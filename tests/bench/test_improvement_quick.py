@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.bench.conftest import BENCH_DIR, run_bench
 
@@ -80,6 +81,13 @@ def test_quick_run_reports_every_arm_and_round(tmp_path):
     assert len(alone["outcomes"]) == episodes and alone["successes"] == sum(alone["outcomes"])
     assert alone["episodes"]["corrections"] > 0 and alone["episodes"]["pretrain"] == result["n_demos"]
 
+    finals = result["final_policies"]
+    assert set(finals) == {"dagger", "equal_steps", "equal_expert"} and all(Path(f).is_file() for f in finals.values())
+    watched = run_bench("gate_watch.py", "--quick", "--policy", finals["dagger"], "--settle-steps", "4", timeout=300)
+    assert watched["gate"]["settle_steps"] == 4 and watched["eval_episodes"] == episodes
+    assert watched["outcomes"] == outcomes["dagger"], "D's kept final policy; watching changes no outcome"
+    assert watched["gate_flags"]["failures"] + watched["gate_flags"]["successes"] == episodes
+
 
 def test_an_expert_ratio_that_is_not_positive_is_refused_by_flag_name():
     done = subprocess.run([sys.executable, str(BENCH), "--expert-ratio", "0"], capture_output=True, text=True,
@@ -106,6 +114,16 @@ def test_an_unknown_hand_back_reason_is_refused_by_flag_name():
                           text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""
     assert "--hand-back names bored; choose from subgoal, agreement" in done.stderr
+
+
+def test_gate_watch_refuses_a_missing_policy_and_a_negative_settle_by_flag_name(tmp_path):
+    missing = subprocess.run([sys.executable, str(BENCH_DIR / "gate_watch.py"), "--policy", str(tmp_path / "p")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stdout == "" and f"--policy {tmp_path / 'p'}: no such file" in missing.stderr
+    (tmp_path / "p").write_bytes(b"")
+    settle = subprocess.run([sys.executable, str(BENCH_DIR / "gate_watch.py"), "--policy", str(tmp_path / "p"),
+                             "--settle-steps", "-1"], capture_output=True, text=True, timeout=60)
+    assert settle.returncode == 2 and settle.stdout == "" and "--settle-steps -1 must be within 0..64" in settle.stderr
 
 
 def test_first_round_refuses_an_unknown_class_by_flag_name(tmp_path):
