@@ -128,7 +128,7 @@ class EnvActor:
         self.layout = embodiment_layout(self.embodiment)
         self.mode = make_mode(acfg.dagger.mode)
         self.actor_id = f"actor-{actor_index}"
-        self.scene = ScenePolicy(cfg, self.env, on_plan=INFERENCE_SECONDS.labels(self.actor_id).observe)
+        self.scene = ScenePolicy(cfg.model, self.env, on_plan=INFERENCE_SECONDS.labels(self.actor_id).observe)
         horizon = self.scene.horizon
         groups = dict(self.layout.action) if self.layout is not None else None
         self.operators = {agent: make_operator(acfg.dagger, self.expert, agent, horizon=horizon,

@@ -71,7 +71,7 @@ class Evaluator:
         self.cfg = cfg
         torch.set_num_threads(cfg.actors.torch_threads)
         self.env = make_env(cfg.actors.env, **env_options(cfg))
-        self.scene = ScenePolicy(cfg, self.env)
+        self.scene = ScenePolicy(cfg.model, self.env)
 
     def load_file(self, path: str | Path) -> None:
         """Run the weights of the policy file ``path``.

@@ -27,24 +27,24 @@ from fleetloop.system import DualSystemPolicy, Policy, Processor, embodiment_id,
 from fleetloop.system.checkpoint import tensors_digest
 
 if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+    from fleetloop.config import ModelSection
 
 
 class ScenePolicy:
-    """The model of ``cfg.model.preset`` driving every robot of ``env``.
+    """The model of ``model.preset`` driving every robot of ``env``.
 
     Args:
-        cfg: the run configuration (model preset, tokenizer, inference steps, System 2 cadence).
+        model: the run's ``model`` section (preset, tokenizer, inference steps, System 2 cadence).
         env: the scene (its robots, embodiment and action dim).
         on_plan: called with the seconds each chunk took to plan (a metric).
     """
 
-    def __init__(self, cfg: "FleetloopConfig", env, on_plan: Callable[[float], None] | None = None):
-        self.model_cfg = model_preset(cfg.model.preset)
+    def __init__(self, model: "ModelSection", env, on_plan: Callable[[float], None] | None = None):
+        self.model_cfg = model_preset(model.preset)
         self.model = DualSystemPolicy(self.model_cfg).eval()
-        processor = Processor(self.model_cfg, tokenizer_dir=cfg.model.tokenizer_dir)
-        self.policies = {agent: Policy(self.model, processor, num_inference_steps=cfg.model.num_inference_steps,
-                                       system2_every=cfg.model.system2_every)
+        processor = Processor(self.model_cfg, tokenizer_dir=model.tokenizer_dir)
+        self.policies = {agent: Policy(self.model, processor, num_inference_steps=model.num_inference_steps,
+                                       system2_every=model.system2_every)
                          for agent in env.possible_agents}
         self.embodiment_id = embodiment_id(env.embodiment)
         self.layout = embodiment_layout(env.embodiment)
