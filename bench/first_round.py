@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import improvement as imp
@@ -66,14 +62,10 @@ def first_round(args: argparse.Namespace, root: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = first_round(args, Path(tmp))
+    result, wall = imp.run_in_scratch(first_round, args)
     print(json.dumps({"benchmark": "first_round", "bc_policy": str(args.bc_policy), "mixture": args.mixture,
                       "overrides": args.overrides, "lr": args.lr, "round_steps": args.round_steps,
-                      **result, "wall_seconds": round(time.time() - start, 1)}))
-
+                      **result, "wall_seconds": wall}))
 
 if __name__ == "__main__":
     main()

@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import improvement as imp
@@ -53,15 +49,10 @@ def watch(args: argparse.Namespace, root: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = watch(args, Path(tmp))
+    result, wall = imp.run_in_scratch(watch, args)
     print(json.dumps({"benchmark": "gate_watch", "policy": str(args.policy), "gate": imp.gate_options(args),
-                      "eval_episodes": args.eval_episodes, "eval_seeds": [imp.EVAL_SEED_BASE,
-                                                                          imp.EVAL_SEED_BASE + args.eval_episodes - 1],
-                      **result, "wall_seconds": round(time.time() - start, 1)}))
-
+                      "eval_episodes": args.eval_episodes, "eval_seeds": imp.eval_seed_range(args), **result,
+                      "wall_seconds": wall}))
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -426,10 +427,25 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "expert_ratio": args.expert_ratio,
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
-        "eval_seeds": [EVAL_SEED_BASE, EVAL_SEED_BASE + args.eval_episodes - 1],
+        "eval_seeds": eval_seed_range(args),
         "per_round": per_round,
         "wall_seconds": round(wall, 1),
     }
+
+
+def eval_seed_range(args: argparse.Namespace) -> list[int]:
+    """The first and last evaluation seed (every arm, round and re-watched policy runs these)."""
+    return [EVAL_SEED_BASE, EVAL_SEED_BASE + args.eval_episodes - 1]
+
+
+def run_in_scratch(run: Callable[[argparse.Namespace, Path], dict], args: argparse.Namespace) -> tuple[dict, float]:
+    """For the scripts that reuse this bench's parts: logs to stderr, ``run(args, folder)`` in a
+    temporary folder; (its result, wall seconds)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args, Path(tmp))
+    return result, round(time.time() - start, 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
