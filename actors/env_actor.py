@@ -53,7 +53,7 @@ from fleetloop.actors.scene_policy import ScenePolicy
 from fleetloop.system import embodiment_layout
 
 if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+    from fleetloop.actors.settings import ActorSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class EnvActor:
 
     Args:
         actor_index: position in the fleet; names the actor and offsets its seeds and port.
-        cfg: the validated run configuration.
+        settings: the configuration sections it reads (``ActorSettings.of(cfg)``).
         redis_url: the replay server.
         weights_target: ``host:port`` of the learner's WeightService.
         audit_dir: folder of the actors' audit files (kept across restarts).
@@ -117,18 +117,18 @@ class EnvActor:
         BridgeUnavailable: no bridge answered within ``bridge.reconnect_timeout_s``.
     """
 
-    def __init__(self, actor_index: int, cfg: "FleetloopConfig", redis_url: str, weights_target: str,
+    def __init__(self, actor_index: int, settings: ActorSettings, redis_url: str, weights_target: str,
                  audit_dir: str, bridge_target: str | None = None):
-        self.cfg = cfg
-        acfg = cfg.actors
+        self.settings = settings
+        acfg = settings.actors
         torch.set_num_threads(acfg.torch_threads)
-        self.env = make_env(acfg.env, **env_options(cfg))
+        self.env = make_env(acfg.env, **env_options(acfg, settings.model))
         self.expert = make_expert(acfg.env, self.env)
         self.embodiment = self.env.embodiment
         self.layout = embodiment_layout(self.embodiment)
         self.mode = make_mode(acfg.dagger.mode)
         self.actor_id = f"actor-{actor_index}"
-        self.scene = ScenePolicy(cfg.model, self.env, on_plan=INFERENCE_SECONDS.labels(self.actor_id).observe)
+        self.scene = ScenePolicy(settings.model, self.env, on_plan=INFERENCE_SECONDS.labels(self.actor_id).observe)
         horizon = self.scene.horizon
         groups = dict(self.layout.action) if self.layout is not None else None
         self.operators = {agent: make_operator(acfg.dagger, self.expert, agent, horizon=horizon,
@@ -136,11 +136,11 @@ class EnvActor:
                           for agent in self.env.possible_agents}
         self.actor_index = actor_index
         self.bridge = None if acfg.robot == "sim" else BridgeConnection(
-            RobotClient.from_config(cfg.bridge, bridge_target), self.actor_id, self.embodiment,
-            acfg.execute_steps, cfg.bridge.reconnect_timeout_s)
-        self.replay = ReplayClient(redis_url, **cfg.replay.client_options())
-        self.rng = np.random.default_rng([cfg.run.seed, actor_index])
-        self.seed_base = cfg.actor_seed_base(actor_index)  # episode i resets its env from seed_base + i
+            RobotClient.from_config(settings.bridge, bridge_target), self.actor_id, self.embodiment,
+            acfg.execute_steps, settings.bridge.reconnect_timeout_s)
+        self.replay = ReplayClient(redis_url, **settings.replay.client_options())
+        self.rng = np.random.default_rng([settings.seed, actor_index])
+        self.seed_base = settings.seed_bases[actor_index]  # episode i resets its env from seed_base + i
         self.audit_path = Path(audit_dir) / f"{self.actor_id}.jsonl"
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.replay, self.actor_id, self.audit_path, acfg.replay_retry_s,
@@ -154,10 +154,11 @@ class EnvActor:
         last reported."""
         self.paused = False
         """``collect`` held back: the policy lags more than actors.max_policy_lag versions."""
-        port = cfg.metrics.actor_base_port and cfg.metrics.actor_base_port + actor_index * cfg.metrics.actor_port_stride
-        self._metrics_server, _ = prom.start_http_server(port, addr=cfg.metrics.host)
+        metrics = settings.metrics
+        port = metrics.actor_base_port and metrics.actor_base_port + actor_index * metrics.actor_port_stride
+        self._metrics_server, _ = prom.start_http_server(port, addr=metrics.host)
         self.metrics_port = self._metrics_server.server_port
-        tls, token = cfg.weights.credentials()
+        tls, token = settings.weights.credentials()
         self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self.scene.receive, tls=tls,
                                            token=token, promoted_only=True)  # the fleet runs promoted versions
         self.subscriber.start()
@@ -208,8 +209,8 @@ class EnvActor:
             self.episode_count += 1
         self.scene.reset(seed)  # the same episode seed, the same noise
         plans = self.scene.plans()
-        judged = self.mode.judges_plans(self.cfg.actors.dagger)
-        before_plan = self._before_plan if use_policy and self.cfg.actors.weights_refresh == "chunk" else None
+        judged = self.mode.judges_plans(self.settings.actors.dagger)
+        before_plan = self._before_plan if use_policy and self.settings.actors.weights_refresh == "chunk" else None
         try:
             if self.bridge is not None and use_policy:  # the bridge's operator gates; evaluations it watches
                 trajs = {self.bridge.robot_id: self.bridge.episode(next(iter(plans.values())), seed=seed,
@@ -217,7 +218,7 @@ class EnvActor:
             else:
                 trajs = run_episodes(self.env, self.expert, plans if use_policy else None,
                                      horizon=self.scene.horizon,
-                                     execute_steps=self.cfg.actors.execute_steps, frame_every=frame_every,
+                                     execute_steps=self.settings.actors.execute_steps, frame_every=frame_every,
                                      rng=self.rng, seed=seed, mode=self.mode if training else None, beta=beta,
                                      operators=self.operators if watch or (training and judged) else None, watch=watch,
                                      probe_recovery=probe_recovery, before_plan=before_plan)
@@ -262,7 +263,7 @@ class EnvActor:
         when given (else the actor's next seeds); returns how many succeeded."""
         successes = 0
         for i in range(count):
-            trajs, _ = self._episode(use_policy=False, frame_every=self.cfg.actors.demo_frame_every,
+            trajs, _ = self._episode(use_policy=False, frame_every=self.settings.actors.demo_frame_every,
                                      seed=None if seeds is None else seeds[i])
             if trajs is None:  # the expert could not plan it: discarded
                 continue
@@ -286,15 +287,18 @@ class EnvActor:
             steps, intervention_rate, expert_label_rows (the expert effort of what was written:
             ``expert_effort``), takeovers (count, lengths, endings, subgoals), skipped (takeovers not trained
             on: capped, or the expert could no longer plan), unflagged_failures (failed episodes in which
-            nobody took over: failures the gate did not see).
+            nobody took over: failures the gate did not see), failures_after_takeover (failed episodes
+            in which someone did, counted by how their last takeover ended: handed back too early on
+            ``agreement``, or still driving at ``cap`` / ``episode_end``).
         """
-        dcfg = self.cfg.actors.dagger
+        dcfg = self.settings.actors.dagger
         beta = self.mode.beta(dcfg.beta_start, dcfg.beta_decay, round_index)
         totals = {"episodes": 0, "successes": 0, "discarded": 0, "expert_steps": 0, "steps": 0,
                   "expert_label_rows": 0, "written": 0, "unflagged_failures": 0}
         takeovers: list[Takeover] = []
+        failed_after: Counter[str] = Counter()
         for seed in seeds:
-            trajs, version = self._episode(use_policy=True, frame_every=self.cfg.actors.execute_steps, seed=seed,
+            trajs, version = self._episode(use_policy=True, frame_every=self.settings.actors.execute_steps, seed=seed,
                                            beta=beta, training=True)
             totals["episodes"] += 1
             if trajs is None:
@@ -310,7 +314,10 @@ class EnvActor:
                     totals["expert_label_rows"] += expert_effort(traj, written)
             success = all(traj.success for traj in trajs.values())
             totals["successes"] += success
-            totals["unflagged_failures"] += not success and not any(traj.takeovers for traj in trajs.values())
+            episode_takeovers = [t for traj in trajs.values() for t in traj.takeovers]
+            if not success and episode_takeovers:
+                failed_after[max(episode_takeovers, key=lambda t: t.start).ended_by] += 1
+            totals["unflagged_failures"] += not success and not episode_takeovers
         skipped = sum(t.skipped for t in takeovers)
         for ending, count in Counter(t.ended_by for t in takeovers if t.skipped).items():
             SKIPPED_SEGMENTS.labels(self.actor_id, "takeover_cap" if ending == "cap" else ending).inc(count)
@@ -324,7 +331,8 @@ class EnvActor:
         return {**totals, "mode": dcfg.mode, "beta": beta, "intervention_rate": rate, "skipped": skipped,
                 "takeovers": len(takeovers), "takeover_steps": [t.length for t in takeovers],
                 "takeover_endings": dict(Counter(t.ended_by for t in takeovers)),
-                "takeover_subgoals": dict(Counter(t.subgoal for t in takeovers))}
+                "takeover_subgoals": dict(Counter(t.subgoal for t in takeovers)),
+                "failures_after_takeover": dict(failed_after)}
 
     def evaluate(self, seeds: list[int | None], watch: bool = False, probe_recovery: bool = False) -> dict[str, Any]:
         """Policy-only episodes on ``seeds``, written to ``evaluations``; ``watch``: the operators judge
@@ -337,7 +345,7 @@ class EnvActor:
         """
         results: dict[str, Any] = {"episodes": len(seeds), "successes": [], "discarded": 0, "gate": []}
         for seed in seeds:
-            trajs, version = self._episode(use_policy=True, frame_every=self.cfg.actors.execute_steps, seed=seed,
+            trajs, version = self._episode(use_policy=True, frame_every=self.settings.actors.execute_steps, seed=seed,
                                            watch=watch, probe_recovery=probe_recovery)
             if trajs is None:
                 results["discarded"] += 1
@@ -345,7 +353,7 @@ class EnvActor:
                 continue
             for traj in trajs.values():
                 # An operator may take over an evaluation on a robot too: its steps are corrections.
-                segments = self.mode.segments(traj, self.cfg.actors.dagger) \
+                segments = self.mode.segments(traj, self.settings.actors.dagger) \
                     if traj.takeovers else [Segment.whole(EVALUATIONS, robot_class(traj.success), len(traj.states))]
                 for segment in segments:
                     self._write(traj, segment if segment.table == "corrections" else replace(segment, table=EVALUATIONS),
@@ -370,7 +378,7 @@ class EnvActor:
         if not self.wait_for_version(min_version, timeout_s):
             raise TimeoutError(f"{self.actor_id}: weights version {min_version} not applied within {timeout_s:.0f} s")
         start = time.perf_counter()
-        acfg = self.cfg.actors
+        acfg = self.settings.actors
         n_dagger, n_eval = acfg.dagger_episodes_per_round, acfg.eval_episodes_per_round
         dagger = self.dagger_episodes(round_index, [self._fixed_seed(acfg.dagger_seed_base, n_dagger, i)
                                                     for i in range(n_dagger)])
@@ -402,7 +410,7 @@ class EnvActor:
         """
         start = time.perf_counter()
         self._refresh_weights()
-        newest, limit = self.subscriber.latest_announced, self.cfg.actors.max_policy_lag
+        newest, limit = self.subscriber.latest_announced, self.settings.actors.max_policy_lag
         if self.version == 0 or newest - self.version > limit:  # no learned weights yet, or too old
             self.wait_for_version(max(1, newest - limit), pause_s)
         if self.version == 0:
@@ -419,8 +427,7 @@ class EnvActor:
                     "busy_s": 0.0}
         self.paused = False
         PAUSED.labels(self.actor_id).set(0)
-        lcfg = self.cfg.learner
-        round_index = self.version * lcfg.publish_every // lcfg.steps_per_round  # beta decays per steps_per_round
+        round_index = self.settings.round_of(self.version)
         result = self.dagger_episodes(round_index, [None] * episodes)
         lags, self.episode_lags = self.episode_lags, []
         return {**result, "paused": False, "version": self.version, "episode_lags": lags,
@@ -429,7 +436,7 @@ class EnvActor:
     def _write_trajectory(self, traj: Trajectory, version: int) -> list[Segment]:
         """Write a DAgger trajectory by its mode's segments; the segments written."""
         written = []
-        for segment in self.mode.segments(traj, self.cfg.actors.dagger):
+        for segment in self.mode.segments(traj, self.settings.actors.dagger):
             if self._write(traj, segment, version) is not None:
                 written.append(segment)
         return written
@@ -438,7 +445,7 @@ class EnvActor:
         return {"actor": self.actor_id, "embodiment": self.embodiment, "versions_applied": list(self.versions_applied),
                 "restarted": _restarted_by_ray(),
                 "written": read_audit(self.audit_path),
-                "metrics": f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics"}
+                "metrics": f"http://{self.settings.metrics.host}:{self.metrics_port}/metrics"}
 
     def close(self) -> None:
         self.subscriber.stop()

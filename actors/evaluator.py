@@ -32,7 +32,7 @@ from fleetloop.stats import wilson
 from fleetloop.system.checkpoint import load_policy
 
 if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+    from fleetloop.actors.settings import EvaluatorSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,14 @@ class Evaluation:
 
 
 class Evaluator:
-    """Runs evaluations of ``cfg.model.preset`` policies on ``cfg.actors.env``."""
+    """Runs evaluations of ``model.preset`` policies on ``actors.env`` (``settings``:
+    ``EvaluatorSettings.of(cfg)``)."""
 
-    def __init__(self, cfg: "FleetloopConfig"):
-        self.cfg = cfg
-        torch.set_num_threads(cfg.actors.torch_threads)
-        self.env = make_env(cfg.actors.env, **env_options(cfg))
-        self.scene = ScenePolicy(cfg.model, self.env)
+    def __init__(self, settings: EvaluatorSettings):
+        self.settings = settings
+        torch.set_num_threads(settings.actors.torch_threads)
+        self.env = make_env(settings.actors.env, **env_options(settings.actors, settings.model))
+        self.scene = ScenePolicy(settings.model, self.env)
 
     def load_file(self, path: str | Path) -> None:
         """Run the weights of the policy file ``path``.
@@ -83,22 +84,22 @@ class Evaluator:
         model = load_policy(path)
         if model.config != self.scene.model_cfg:
             raise EvaluationError(f"{path} holds a model of another architecture than model.preset "
-                                  f"{self.cfg.model.preset!r}: pass the config it was trained with (--config)")
+                                  f"{self.settings.model.preset!r}: pass the config it was trained with (--config)")
         self.scene.load(model.state_dict(), version=0)
 
     def evaluate(self, policy: str, step: int | None = None, episodes: int | None = None,
                  on_episode: Callable[[bool], None] | None = None) -> Evaluation:
         """Evaluate the loaded weights, named ``policy`` in the result, on ``episodes`` seeds
         (default ``evaluator.episodes``); ``on_episode`` is called with each outcome (progress)."""
-        ecfg = self.cfg.evaluator
+        ecfg = self.settings.evaluator
         start, outcomes, discarded = time.perf_counter(), [], 0
         for i in range(episodes or ecfg.episodes):
             seed = ecfg.seed_base + i
             self.scene.reset(seed)
             try:
                 trajs = run_episodes(self.env, None, self.scene.plans(), horizon=self.scene.horizon,
-                                     execute_steps=self.cfg.actors.execute_steps,
-                                     frame_every=self.cfg.actors.execute_steps, rng=None, seed=seed)
+                                     execute_steps=self.settings.actors.execute_steps,
+                                     frame_every=self.settings.actors.execute_steps, rng=None, seed=seed)
                 outcomes.append(all(traj.success for traj in trajs.values()))
             except PolicyOutputError as exc:
                 log.warning("evaluation of %s: episode (seed %d) discarded, counted as a failure: %s", policy, seed, exc)
@@ -106,7 +107,7 @@ class Evaluator:
                 outcomes.append(False)
             if on_episode is not None:
                 on_episode(outcomes[-1])
-        return Evaluation(policy=policy, step=step, env=self.cfg.actors.env, seed_base=ecfg.seed_base,
+        return Evaluation(policy=policy, step=step, env=self.settings.actors.env, seed_base=ecfg.seed_base,
                           outcomes=outcomes, discarded=discarded, seconds=round(time.perf_counter() - start, 1))
 
     def close(self) -> None:
@@ -125,15 +126,16 @@ class EvaluatorRole:
     """The loop's evaluator: evaluates the weight versions it is asked for (``evaluate_version``).
 
     Args:
-        cfg: the run configuration (its ``evaluator`` section sets episodes and seeds).
+        settings: ``EvaluatorSettings.of(cfg)`` (its ``evaluator`` section sets episodes and seeds).
         weights_target: ``host:port`` of the learner's WeightService.
     """
 
-    def __init__(self, cfg: "FleetloopConfig", weights_target: str):
-        self.evaluator = Evaluator(cfg)
-        self._metrics_server, _ = prom.start_http_server(cfg.metrics.evaluator_port, addr=cfg.metrics.host)
-        self.metrics = f"http://{cfg.metrics.host}:{self._metrics_server.server_port}/metrics"
-        tls, token = cfg.weights.credentials()
+    def __init__(self, settings: EvaluatorSettings, weights_target: str):
+        self.evaluator = Evaluator(settings)
+        metrics = settings.metrics
+        self._metrics_server, _ = prom.start_http_server(metrics.evaluator_port, addr=metrics.host)
+        self.metrics = f"http://{metrics.host}:{self._metrics_server.server_port}/metrics"
+        tls, token = settings.weights.credentials()
         self.subscriber = WeightSubscriber(weights_target, "evaluator", on_version=self.evaluator.scene.receive,
                                            tls=tls, token=token)
         self.subscriber.start()

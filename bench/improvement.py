@@ -130,14 +130,17 @@ class Arm:
 
     def __init__(self, cfg, root: Path):
         from fleetloop.actors.env_actor import EnvActor
+        from fleetloop.actors.settings import ActorSettings
         from fleetloop.learner.learner import Learner
+        from fleetloop.learner.settings import LearnerSettings
         from fleetloop.replay import EmbeddedValkey
 
         self.cfg = cfg
         self.server = EmbeddedValkey(root / "replay")
         self.server.start()
-        self.learner = Learner(cfg, str(root / "learner"), self.server.url)
-        self.actor = EnvActor(0, cfg, self.server.url, self.learner.endpoints()["weights"], str(root / "audit"))
+        self.learner = Learner(LearnerSettings.of(cfg), str(root / "learner"), self.server.url)
+        self.actor = EnvActor(0, ActorSettings.of(cfg), self.server.url, self.learner.endpoints()["weights"],
+                              str(root / "audit"))
         self.embodiment = self.actor.embodiment
 
     def train(self, steps: int, refit: bool = False) -> dict[str, Any]:
@@ -233,7 +236,7 @@ def run_dagger(args: argparse.Namespace, root: Path, policy: str, to_c2) -> dict
                 to_c2.put({"round": r, "expert_label_rows": label_rows})
                 record.update({key: collected[key] for key in ("expert_label_rows", "takeovers", "takeover_endings",
                                                                "takeover_subgoals", "skipped", "written",
-                                                               "unflagged_failures")})
+                                                               "unflagged_failures", "failures_after_takeover")})
                 record["dagger_successes"] = collected["successes"]
                 record["dagger_intervention_rate"] = round(collected["intervention_rate"], 4)
                 lengths = collected["takeover_steps"]

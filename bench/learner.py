@@ -68,8 +68,9 @@ def fill_replay(url: str, episodes: int) -> None:
 def measure_rank(cfg: FleetloopConfig, run_dir: str, url: str, steps: int, rounds: int) -> dict:
     """Steps/s of this rank's Learner in both modes (rank 0's figures are the ones reported)."""
     from fleetloop.learner.learner import Learner
+    from fleetloop.learner.settings import LearnerSettings
 
-    learner = Learner(cfg, run_dir, url)
+    learner = Learner(LearnerSettings.of(cfg), run_dir, url)
     try:
         learner.fit_mixture_normalization()
         learner.train(3)  # warm-up: first steps allocate and fill the prefetch queue

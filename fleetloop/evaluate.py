@@ -88,9 +88,10 @@ def run_eval(cfg: "FleetloopConfig", files: list[Path], out_dir: Path, episodes:
         EvaluationError: a file holds a model of another architecture than ``model.preset``.
     """
     from fleetloop.actors.evaluator import Evaluator
+    from fleetloop.actors.settings import EvaluatorSettings
     from fleetloop.plots import plot_evaluations
 
-    evaluator = Evaluator(cfg)
+    evaluator = Evaluator(EvaluatorSettings.of(cfg))
     results = []
     try:
         for path in files:

@@ -237,6 +237,7 @@ class Loop:
 
         from fleetloop.actors.env_actor import EnvActor
         from fleetloop.actors.evaluator import EvaluatorRole
+        from fleetloop.actors.settings import ActorSettings, EvaluatorSettings
 
         preflight(self.cfg)
         self.valkey = None
@@ -290,14 +291,15 @@ class Loop:
         if self.valkey is not None:
             checks["replay"] = self.valkey.restart_if_dead
         self._stack.callback(Supervisor(checks).stop)
-        self.actors = [actor_cls.remote(i, self.cfg, self.redis_url, self.endpoints["weights"], str(self.run.audit),
+        settings = ActorSettings.of(self.cfg)
+        self.actors = [actor_cls.remote(i, settings, self.redis_url, self.endpoints["weights"], str(self.run.audit),
                                         self.bridge_targets[i] if self.bridge_targets else None)
                        for i in range(n)]
         self.actor_status = ray_call([a.status.remote() for a in self.actors], "starting the actors")
         if self.cfg.evaluator.enabled:
             evaluator_cls = ray.remote(num_cpus=1, resources=dict(self.cfg.evaluator.ray_resources),
                                        max_restarts=restarts, max_task_retries=restarts)(EvaluatorRole)
-            self.evaluator = evaluator_cls.remote(self.cfg, self.endpoints["weights"])
+            self.evaluator = evaluator_cls.remote(EvaluatorSettings.of(self.cfg), self.endpoints["weights"])
             self.evaluator_status = ray_call(self.evaluator.status.remote(), "starting the evaluator")
 
     def _start_learner(self) -> dict[str, Any]:
@@ -305,17 +307,19 @@ class Loop:
         Either is restarted after a crash, at the same address, from its newest checkpoint."""
         import ray
 
-        from fleetloop.learner.group import pin_learner_ports, start_learner_group
+        from fleetloop.learner.group import start_learner_group
         from fleetloop.learner.learner import RestartableLearner
+        from fleetloop.learner.settings import LearnerSettings
 
-        lcfg, run_dir = self.cfg.learner, str(self.run.root)
-        cfg = pin_learner_ports(self.cfg) if self.cfg.run.ray_address == "local" else self.cfg
+        lcfg, run_dir, settings = self.cfg.learner, str(self.run.root), LearnerSettings.of(self.cfg)
+        if self.cfg.run.ray_address == "local":
+            settings = settings.with_pinned_ports()
         if lcfg.ranks == 1:
             remote = ray.remote(num_cpus=1, num_gpus=lcfg.num_gpus, resources=dict(lcfg.ray_resources),
                                 max_restarts=lcfg.max_restarts, max_task_retries=lcfg.max_restarts)
-            self.learner = remote(RestartableLearner).remote(cfg, run_dir, self.redis_url, resume=self.resume)
+            self.learner = remote(RestartableLearner).remote(settings, run_dir, self.redis_url, resume=self.resume)
             return ray_call(self.learner.status.remote(), "starting the learner")
-        self.learner = start_learner_group(cfg, run_dir, self.redis_url, resume=self.resume, ranks=lcfg.ranks)
+        self.learner = start_learner_group(settings, run_dir, self.redis_url, resume=self.resume, ranks=lcfg.ranks)
         self._stack.callback(self._stop_learner_group)
         return ray_call(self.learner.status.remote(), f"starting the learner's {lcfg.ranks} ranks")
 

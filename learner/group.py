@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ import torch
 from fleetloop.learner.learner import Learner, has_checkpoint
 
 if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+    from fleetloop.learner.settings import LearnerSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +70,26 @@ class LearnerGroup:
     """``ranks`` Learner ranks on Ray Train workers; run it as a Ray actor (``start_learner_group``).
 
     Args:
-        cfg: the run configuration (``learner.num_gpus`` and ``learner.ray_resources`` per rank,
-            ``learner.max_restarts``); pin the weights and metrics ports for restarts to keep them.
+        settings: the ranks' configuration (``learner.num_gpus`` and ``learner.ray_resources`` per
+            rank, ``learner.max_restarts``); pin its ports (``with_pinned_ports``) for restarts to keep them.
         run_dir, redis_url, resume: as for ``Learner``.
         ranks: data-parallel ranks (``learner.ranks``).
     """
 
-    def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, resume: bool, ranks: int):
-        self.cfg, self.run_dir, self.redis_url, self.ranks = cfg, run_dir, redis_url, ranks
+    def __init__(self, settings: LearnerSettings, run_dir: str, redis_url: str, *, resume: bool, ranks: int):
+        self.settings, self.run_dir, self.redis_url, self.ranks = settings, run_dir, redis_url, ranks
         self.restarts = 0
         self._start(resume)
 
     def _start(self, resume: bool) -> None:
         from ray.train._internal.backend_executor import BackendExecutor
 
-        lcfg = self.cfg.learner
+        lcfg = self.settings.learner
         resources = {"CPU": 1, **({"GPU": lcfg.num_gpus} if lcfg.num_gpus else {}), **dict(lcfg.ray_resources)}
         self._executor = BackendExecutor(backend_config=_torch_config(bool(lcfg.num_gpus)), num_workers=self.ranks,
                                          resources_per_worker=resources, max_retries=0)
         self._executor.start(train_cls=learner_rank_class(),
-                             train_cls_args=(self.cfg, self.run_dir, self.redis_url),
+                             train_cls_args=(self.settings, self.run_dir, self.redis_url),
                              train_cls_kwargs={"resume": resume})
         self.workers = [worker.actor for worker in self._executor.worker_group.workers]
         self._on_ranks("build")
@@ -115,12 +114,12 @@ class LearnerGroup:
             try:
                 return self._on_ranks(method, *args, **kwargs)
             except ray.exceptions.RayActorError as exc:
-                if self.restarts >= self.cfg.learner.max_restarts:
+                if self.restarts >= self.settings.learner.max_restarts:
                     raise
                 self.restarts += 1
                 log.warning("a learner rank died during %s (%s): restarting the %d ranks from the newest checkpoint "
                             "(restart %d of learner.max_restarts=%d)", method, str(exc).splitlines()[0], self.ranks,
-                            self.restarts, self.cfg.learner.max_restarts)
+                            self.restarts, self.settings.learner.max_restarts)
                 self._executor.shutdown(graceful_termination=False)
                 self._start(resume=has_checkpoint(Path(self.run_dir) / "checkpoints"))
 
@@ -170,25 +169,12 @@ class LearnerGroup:
         self._executor.shutdown(graceful_termination=False)
 
 
-def pin_learner_ports(cfg: "FleetloopConfig") -> "FleetloopConfig":
-    """``cfg`` with the learner's "any free port" (0) settings replaced by free ports chosen now, so
-    a learner restarted after a crash (by Ray, or by its group) comes back where the actors, the
-    evaluator and Prometheus dial it."""
-    pinned = {}
-    for section, field in (("weights", "port"), ("metrics", "learner_port")):
-        if getattr(getattr(cfg, section), field) == 0:
-            with socket.socket() as sock:
-                sock.bind((getattr(cfg, section).host, 0))
-                pinned[section] = getattr(cfg, section).model_copy(update={field: sock.getsockname()[1]})
-    return cfg.model_copy(update=pinned)
-
-
-def start_learner_group(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, resume: bool, ranks: int):
+def start_learner_group(settings: LearnerSettings, run_dir: str, redis_url: str, *, resume: bool, ranks: int):
     """The LearnerGroup as a Ray actor (no CPU of its own: its ranks hold them); call
     ``shutdown`` on it before the cluster ends."""
     import ray
 
-    return ray.remote(num_cpus=0)(LearnerGroup).remote(cfg, run_dir, redis_url, resume=resume, ranks=ranks)
+    return ray.remote(num_cpus=0)(LearnerGroup).remote(settings, run_dir, redis_url, resume=resume, ranks=ranks)
 
 
 def _torch_config(gpus: bool):

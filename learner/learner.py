@@ -35,7 +35,7 @@ from fleetloop.system.checkpoint import load_policy, save_tensors, tensors_diges
 from fleetloop.system.normalization import collapse_narrow_ranges, varies_across_episodes
 
 if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+    from fleetloop.learner.settings import LearnerSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +78,21 @@ class Learner:
     """Trains the dual-system policy from the replay and publishes versioned weights.
 
     Args:
-        cfg: the validated run configuration.
+        settings: the configuration sections it reads (``LearnerSettings.of(cfg)``).
         run_dir: the run directory (checkpoints go to ``run_dir/checkpoints``).
         redis_url: the replay server.
         resume: continue from the newest checkpoint in ``run_dir/checkpoints``: step,
             optimizer and schedule, data-sampler state, and weight version (never going back).
     """
 
-    def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str, resume: bool = False):
-        self.cfg = cfg
-        lcfg = self.cfg.learner
+    def __init__(self, settings: LearnerSettings, run_dir: str, redis_url: str, resume: bool = False):
+        self.settings = settings
+        lcfg = settings.learner
         torch.set_num_threads(lcfg.torch_threads)
-        torch.manual_seed(self.cfg.run.seed)
+        torch.manual_seed(settings.seed)
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.model_cfg = model_preset(self.cfg.model.preset)
+        self.model_cfg = model_preset(self.settings.model.preset)
         ds_config = deepspeed_config(lcfg.batch_size, lcfg.grad_clip, lcfg.zero_stage, lcfg.grad_accum_steps)
         model = build_model(lambda: DualSystemPolicy(self.model_cfg), ds_config)
         if lcfg.init_from and not resume:
@@ -101,15 +101,15 @@ class Learner:
         model.set_trainable(tune_llm=lcfg.tune_llm, tune_visual=lcfg.tune_visual, tune_projector=lcfg.tune_projector,
                             tune_diffusion_model=lcfg.tune_diffusion_model)
         model.set_gradient_checkpointing(lcfg.gradient_checkpointing)
-        self.processor = Processor(self.model_cfg, tokenizer_dir=self.cfg.model.tokenizer_dir)
+        self.processor = Processor(self.model_cfg, tokenizer_dir=self.settings.model.tokenizer_dir)
         self.engine = build_engine(model, ds_config, lr=lcfg.lr, weight_decay=lcfg.weight_decay,
                                    warmup_steps=lcfg.warmup_steps,
-                                   total_steps=lcfg.lr_restart_every or cfg.total_learner_steps,
+                                   total_steps=lcfg.lr_restart_every or settings.total_steps,
                                    min_lr_ratio=lcfg.min_lr_ratio, restart_every=lcfg.lr_restart_every)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        self.replay = ReplayClient(redis_url, **self.cfg.replay.client_options())
-        self.sampler = WindowSampler(self.replay, dict(self.cfg.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
-                                     seed=[self.cfg.run.seed, self.rank], refresh_s=self.cfg.replay.refresh_s,
+        self.replay = ReplayClient(redis_url, **self.settings.replay.client_options())
+        self.sampler = WindowSampler(self.replay, dict(self.settings.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
+                                     seed=[settings.seed, self.rank], refresh_s=self.settings.replay.refresh_s,
                                      rate_limit_timeout_s=LIMITER_POLL_S)
         self.prefetch: Prefetcher | None = None
         self.step = 0
@@ -132,13 +132,13 @@ class Learner:
         self.publisher: WeightPublisher | None = None
         self._metrics_server = None
         if self.rank == 0:
-            tls, token = self.cfg.weights.credentials()
-            self.publisher = WeightPublisher(host=self.cfg.weights.host, port=self.cfg.weights.port,
-                                             chunk_bytes=self.cfg.weights.chunk_bytes,
-                                             keep_versions=self.cfg.weights.keep_versions, tls=tls, token=token,
-                                             auto_promote=self.cfg.weights.promotion == "every")
+            tls, token = self.settings.weights.credentials()
+            self.publisher = WeightPublisher(host=self.settings.weights.host, port=self.settings.weights.port,
+                                             chunk_bytes=self.settings.weights.chunk_bytes,
+                                             keep_versions=self.settings.weights.keep_versions, tls=tls, token=token,
+                                             auto_promote=self.settings.weights.promotion == "every")
             self.weights_port = self.publisher.start()
-            self._metrics_server, _ = prom.start_http_server(self.cfg.metrics.learner_port, addr=self.cfg.metrics.host)
+            self._metrics_server, _ = prom.start_http_server(self.settings.metrics.learner_port, addr=self.settings.metrics.host)
             self.metrics_port = self._metrics_server.server_port
             VERSION.set(self.version)
 
@@ -151,8 +151,8 @@ class Learner:
         if self.rank != 0:
             return {}
         return {
-            "weights": self.cfg.weights.advertise_address or address(self.cfg.weights.host, self.weights_port),
-            "metrics": f"http://{self.cfg.metrics.host}:{self.metrics_port}/metrics",
+            "weights": self.settings.weights.advertise_address or address(self.settings.weights.host, self.weights_port),
+            "metrics": f"http://{self.settings.metrics.host}:{self.metrics_port}/metrics",
         }
 
     def status(self) -> dict[str, Any]:
@@ -178,7 +178,7 @@ class Learner:
                 continue
         if stats is None:
             raise EmptyReplayError(f"no episode of embodiment {embodiment!r} in tables {tables}")
-        bounds, min_range = {}, self.cfg.learner.min_stat_range
+        bounds, min_range = {}, self.settings.learner.min_stat_range
         for kind in ("state", "action"):
             keep = varies_across_episodes(stats[f"{kind}_mean_min"], stats[f"{kind}_mean_max"],
                                           stats[f"{kind}_within_max"], min_range)
@@ -224,16 +224,16 @@ class Learner:
         and their flow-matching draws follow that number, so 2 ranks x b see exactly what
         1 rank x 2b sees.
         """
-        windows = self.sampler.sample(self.cfg.learner.batch_size)
-        weights = self.cfg.learner.class_weights
+        windows = self.sampler.sample(self.settings.learner.batch_size)
+        weights = self.settings.learner.class_weights
         for window in windows:
             window["embodiment_id"] = embodiment_id(window["embodiment"])
             window["weight"] = weights.get(window["source"], 1.0)
-            if self.cfg.learner.loss_on_padded_actions:
+            if self.settings.learner.loss_on_padded_actions:
                 del window["action_is_pad"]
         batch = self.processor.collate(windows)
         first = (self._micro_batches * self.world_size + self.rank) * len(windows)
-        batch.update(flow_draws(self.model_cfg.action_head, range(first, first + len(windows)), self.cfg.run.seed))
+        batch.update(flow_draws(self.model_cfg.action_head, range(first, first + len(windows)), self.settings.seed))
         self._micro_batches += 1
         return batch, windows, self._current_data_state()
 
@@ -244,7 +244,7 @@ class Learner:
         between steps: a learner paced by the rate limiters comes back to its driver); returns the
         mean loss (over all ranks) and where the learner stands."""
         if self.prefetch is None:
-            self.prefetch = Prefetcher(self._next_item, self.cfg.learner.prefetch_batches)
+            self.prefetch = Prefetcher(self._next_item, self.settings.learner.prefetch_batches)
         self.engine.train()
         losses = []
         called = time.perf_counter()
@@ -253,7 +253,7 @@ class Learner:
                 break
             # One optimizer step: grad_accum_steps micro-batches; DeepSpeed steps at the boundary.
             step_start, waited, micro_losses, windows = time.perf_counter(), 0.0, [], []
-            for _ in range(self.cfg.learner.grad_accum_steps):
+            for _ in range(self.settings.learner.grad_accum_steps):
                 wait_start = time.perf_counter()
                 batch, micro_windows, self._data_state = self.prefetch.next()
                 wait = time.perf_counter() - wait_start
@@ -287,9 +287,9 @@ class Learner:
             online = [self.version - w["policy_version"] for w in windows if w["table"] != "pretrain"]
             if online:
                 SAMPLE_LAG.set(float(np.mean(online)))
-            if self.step % self.cfg.learner.publish_every == 0:
+            if self.step % self.settings.learner.publish_every == 0:
                 self.publish()
-            if self.cfg.learner.checkpoint_every and self.step % self.cfg.learner.checkpoint_every == 0:
+            if self.settings.learner.checkpoint_every and self.step % self.settings.learner.checkpoint_every == 0:
                 self.save_checkpoint()
         return {"step": self.step, "loss": float(np.mean(losses)) if losses else float("nan"),
                 "losses": [float(x) for x in losses], "version": self.version}
@@ -311,7 +311,7 @@ class Learner:
 
     def _full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Every tensor of the model on rank 0 (None elsewhere); ZeRO-3 gathers the shards (collective)."""
-        if self.cfg.learner.zero_stage == 3:
+        if self.settings.learner.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()
             return state if self.rank == 0 else None
         return self.model.state_dict() if self.rank == 0 else None
@@ -382,7 +382,7 @@ class Learner:
 
     def _prune_checkpoints(self) -> None:
         tags = sorted(p.name for p in (self.checkpoint_dir / "deepspeed").glob("step-*") if p.is_dir())
-        for tag in tags[: -self.cfg.learner.keep_checkpoints]:
+        for tag in tags[: -self.settings.learner.keep_checkpoints]:
             shutil.rmtree(self.checkpoint_dir / "deepspeed" / tag, ignore_errors=True)
             (self.checkpoint_dir / f"policy-{tag}.safetensors").unlink(missing_ok=True)
 
@@ -434,7 +434,7 @@ class RestartableLearner(Learner):
     resumes from the newest checkpoint in the run directory instead of starting over, so its step,
     optimizer, data-sampler state and weight version carry on (versions never go back)."""
 
-    def __init__(self, cfg: "FleetloopConfig", run_dir: str, redis_url: str, resume: bool = False):
+    def __init__(self, settings: LearnerSettings, run_dir: str, redis_url: str, resume: bool = False):
         import ray
 
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -442,7 +442,7 @@ class RestartableLearner(Learner):
         if self.restarted:
             log.warning("the learner was restarted after a crash: %s", "resuming from its newest checkpoint"
                         if saved else "no checkpoint yet, starting afresh")
-        super().__init__(cfg, run_dir, redis_url, resume=resume or (self.restarted and saved))
+        super().__init__(settings, run_dir, redis_url, resume=resume or (self.restarted and saved))
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "restarted": self.restarted}

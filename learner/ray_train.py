@@ -32,13 +32,11 @@ def fit_ray_trainer(worker: Callable[[dict], Any], config: dict, *, ranks: int, 
     cuda = torch.cuda.is_available()
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        env_vars = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-        if not cuda:
-            env_vars["DS_ACCELERATOR"] = "cpu"
+        from fleetloop.rundir import ray_runtime_env
+
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address or "local", num_cpus=None if address else max(ranks, os.cpu_count() or 1),
-                 include_dashboard=False, runtime_env={"env_vars": env_vars})
+                 include_dashboard=False, runtime_env=ray_runtime_env(Path(run_dir) / "logs", cpu_only=not cuda))
     try:
         trainer = TorchTrainer(
             worker, train_loop_config=config,

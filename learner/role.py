@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from fleetloop.learner.driver import RemoteLearner, TrainingDriver
 from fleetloop.learner.learner import Learner
+from fleetloop.learner.settings import LearnerSettings
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -81,7 +82,7 @@ def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: 
         The learner's status (step, version, resumed_from_step, ...) and the last chunk's loss.
     """
     stop = stop or _stop_on_signals()
-    learner = Learner(cfg, run_dir, redis_url, resume=resume)
+    learner = Learner(LearnerSettings.of(cfg), run_dir, redis_url, resume=resume)
     try:
         result = _drive(learner, cfg, steps, fresh=learner.resumed_from is None,
                         should_stop=lambda: learner.any_rank(stop.is_set()), show_progress=learner.rank == 0)
@@ -104,7 +105,7 @@ def run_learner_group(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, r
     """
     import ray
 
-    from fleetloop.learner.group import pin_learner_ports, start_learner_group
+    from fleetloop.learner.group import start_learner_group
     from fleetloop.ray_calls import ray_call
     from fleetloop.rundir import ray_runtime_env
 
@@ -119,7 +120,8 @@ def run_learner_group(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, r
     group = None
     try:
         # pinned ports: a restarted rank 0 serves weights and metrics where its clients dial it
-        group = start_learner_group(cfg if address else pin_learner_ports(cfg), run_dir, redis_url,
+        settings = LearnerSettings.of(cfg)
+        group = start_learner_group(settings if address else settings.with_pinned_ports(), run_dir, redis_url,
                                     resume=resume, ranks=ranks)
         learner = RemoteLearner(group, ray_call)
         result = _drive(learner, cfg, steps, fresh=learner.status()["resumed_from_step"] is None,

@@ -49,7 +49,7 @@ from fleetloop.actors.operator import SimulatedOperator
 from fleetloop.system.embodiment import embodiment_layout
 
 if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+    from fleetloop.config import ActorsSection, BridgeSection, ModelSection
 
 BACKEND_NAME = "mujoco-twin"
 OPERATOR_ID = "sim-expert"
@@ -141,18 +141,19 @@ class MujocoTwinBackend(RobotBackend):
         self._gl_thread = ThreadPoolExecutor(1, thread_name_prefix="twin-render")
 
     @classmethod
-    def from_config(cls, cfg: FleetloopConfig, env_name: str | None = None) -> MujocoTwinBackend:
+    def from_sections(cls, bridge: BridgeSection, actors: ActorsSection, model: ModelSection,
+                      env_name: str | None = None) -> MujocoTwinBackend:
         """The twin of a run's robot: ``env_name`` (default ``bridge.env``) built as the actors build
         their own env (``actors.max_steps``, ``shuffle_layout``, ``state_includes_object_pose``, the
         camera size of ``model.preset``), its operator as the actors' (``actors.dagger.gate`` and
         ``takeover.max_steps``, chunks of ``actors.execute_steps``), paced when ``bridge.realtime``."""
         from fleetloop.system import model_preset  # torch: import on use
 
-        dcfg = cfg.actors.dagger
-        return cls(env_name or cfg.bridge.env, realtime=cfg.bridge.realtime, gate=dcfg.gate,
-                   horizon=model_preset(cfg.model.preset).action_head.action_horizon,
-                   operator_horizon=cfg.actors.execute_steps, max_takeover_steps=dcfg.takeover.max_steps,
-                   hand_back=tuple(dcfg.takeover.hand_back), **env_options(cfg))
+        dcfg = actors.dagger
+        return cls(env_name or bridge.env, realtime=bridge.realtime, gate=dcfg.gate,
+                   horizon=model_preset(model.preset).action_head.action_horizon,
+                   operator_horizon=actors.execute_steps, max_takeover_steps=dcfg.takeover.max_steps,
+                   hand_back=tuple(dcfg.takeover.hand_back), **env_options(actors, model))
 
     # ---- RobotBackend ------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from fleetloop.actors.envs.pick_place import GR1PickPlaceEnv
 from fleetloop.actors.envs.reach import COLOURS, ReachEnv
 
 if TYPE_CHECKING:
-    from fleetloop.config import FleetloopConfig
+    from fleetloop.config import ActorsSection, ModelSection
 
 ENVS: dict[str, type[ParallelEnv]] = {"reach": ReachEnv, "gr1_pick_place": GR1PickPlaceEnv, "gr1_handover": GR1HandoverEnv}
 EXPERTS: dict[str, type] = {"reach": ReachExpert, "gr1_pick_place": GR1PickPlaceExpert, "gr1_handover": GR1HandoverExpert}
@@ -42,13 +42,12 @@ def make_env(name: str, **kwargs: Any) -> ParallelEnv:
     return ENVS[name](**kwargs)
 
 
-def env_options(cfg: "FleetloopConfig") -> dict[str, Any]:
+def env_options(acfg: "ActorsSection", model: "ModelSection") -> dict[str, Any]:
     """Constructor kwargs of a run's env as its actors and twin bridges build it: ``actors.max_steps``,
     ``shuffle_layout``, ``state_includes_object_pose`` and the camera size of ``model.preset``."""
     from fleetloop.system import model_preset  # torch: import on use
 
-    acfg = cfg.actors
-    options = {"image_size": model_preset(cfg.model.preset).vision.image_size, "max_steps": acfg.max_steps,
+    options = {"image_size": model_preset(model.preset).vision.image_size, "max_steps": acfg.max_steps,
                "shuffle_layout": acfg.shuffle_layout}
     if acfg.state_includes_object_pose:
         options["state_includes_object_pose"] = True

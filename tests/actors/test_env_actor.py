@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fleetloop.actors.env_actor import EnvActor
+from fleetloop.actors.settings import ActorSettings
 from fleetloop.config import load_config
 from fleetloop.system import DualSystemPolicy, embodiment_id, model_preset
 from tests.actors.conftest import SMALL, out_of_reach, policy_weights
@@ -15,7 +16,7 @@ from tests.actors.conftest import SMALL, out_of_reach, policy_weights
 
 @pytest.fixture
 def actor(valkey, publisher, tmp_path):
-    actor = EnvActor(0, load_config("smoke", SMALL), valkey.url, publisher[1], str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, publisher[1], str(tmp_path / "audit"))
     yield actor
     actor.close()
 
@@ -64,7 +65,7 @@ def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publishe
     actor.collect_demos(2)
     first_seeds = actor.episode_count
     actor.close()
-    restarted = EnvActor(0, load_config("smoke", SMALL), valkey.url, target, str(tmp_path / "audit"))
+    restarted = EnvActor(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, target, str(tmp_path / "audit"))
     try:
         assert restarted.episode_count == first_seeds == 2, "seeds continue after the episodes written before"
         with pytest.raises(TimeoutError, match="weights version 1 not applied"):
@@ -96,7 +97,7 @@ def test_hg_dagger_round_writes_labelled_takeovers_and_the_decisions_before_them
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER, "actors.dagger.takeover.max_steps=8",
                                 "actors.dagger.takeover.hand_back=[]"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(0))  # an untrained policy: the operator has to step in
         result = actor.run_round(0, min_version=1, timeout_s=30)
@@ -117,7 +118,7 @@ def test_failures_nobody_took_over_are_counted_as_unflagged(valkey, publisher, t
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, *HG_DAGGER, "actors.dagger_episodes_per_round=3",
                                 f"actors.dagger.gate={{kind: joint, default_threshold: {threshold}, patience: 1}}"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(0))  # untrained: it fails unless the operator steps in
         assert actor.wait_for_version(1, timeout_s=30)
@@ -125,17 +126,20 @@ def test_failures_nobody_took_over_are_counted_as_unflagged(valkey, publisher, t
     finally:
         actor.close()
     failures = result["episodes"] - result["successes"]
+    after_takeover = result["failures_after_takeover"]
     if threshold > 1:  # a gate that never fires: every failure went unseen
         assert result["takeovers"] == 0 and failures > 0 and result["unflagged_failures"] == failures
+        assert after_takeover == {}
     else:  # it fires at the first plan of every episode: none went unseen
         assert result["takeovers"] >= 3 and result["unflagged_failures"] == 0
+        assert sum(after_takeover.values()) == failures and set(after_takeover) <= set(result["takeover_endings"])
 
 
 def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, client, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER, "actors.dagger.pre_intervention_chunks=1",
                                 "actors.dagger.gate={kind: joint, default_threshold: 0.05, patience: 2}"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(0))
         result = actor.run_round(0, min_version=1, timeout_s=30)
@@ -164,7 +168,7 @@ def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, clien
 def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher, client, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.env=gr1_pick_place", "actors.max_steps=24"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         actor.collect_demos(1)
         model = DualSystemPolicy(model_preset("tiny"))
@@ -204,7 +208,7 @@ def test_fixed_evaluation_seeds_replay_the_same_episodes_every_round(valkey, pub
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.dagger_episodes_per_round=0", "actors.eval_episodes_per_round=2",
                                 "actors.eval_seed_base=5000"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(3))
         actor.run_round(0, min_version=1, timeout_s=30)
@@ -225,7 +229,7 @@ def test_fixed_dagger_seeds_revisit_the_same_scenes_every_round(valkey, publishe
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.dagger_episodes_per_round=2", "actors.eval_episodes_per_round=1",
                                 "actors.dagger_seed_base=7000", "actors.eval_seed_base=5000"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(3))
         for round_index in (0, 1):
@@ -246,7 +250,7 @@ def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, clien
     publisher, target = publisher
     cfg = load_config("smoke", ["actors.env=gr1_handover", "actors.max_steps=16", *HG_DAGGER,
                                 "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         actor.collect_demos(1)
         demos = [client.read_episode(i) for i in client.episode_ids("pretrain")]
@@ -268,7 +272,7 @@ def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, clien
 def test_a_demonstration_the_expert_cannot_plan_is_discarded(valkey, publisher, client, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.env=gr1_pick_place", "actors.max_steps=16"])
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         out_of_reach(actor.env)
         assert actor.collect_demos(2) == 0
@@ -287,7 +291,7 @@ def test_chunk_refresh_swaps_weights_mid_episode_and_every_step_keeps_its_versio
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", "actors.weights_refresh=chunk",
                                 "actors.dagger.mode=hg-dagger"])  # the policy plans every chunk
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     plan = actor.scene._plan
 
     def publish_after_the_first_plan(policy, image, state, instruction):

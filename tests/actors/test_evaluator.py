@@ -8,6 +8,7 @@ import pytest
 from fleetloop.actors.env_actor import EnvActor
 from fleetloop.actors.envs import make_expert
 from fleetloop.actors.evaluator import EvaluationError, Evaluator, EvaluatorRole
+from fleetloop.actors.settings import ActorSettings, EvaluatorSettings
 from fleetloop.config import load_config
 from fleetloop.system import DualSystemPolicy, model_preset
 from fleetloop.system.checkpoint import save_tensors
@@ -36,8 +37,8 @@ def recording(scene, chunks: list):
 def test_the_evaluator_plays_the_env_actors_evaluation_episodes(valkey, publisher, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", EVAL)
-    actor = EnvActor(0, cfg, valkey.url, target, str(tmp_path / "audit"))
-    evaluator = Evaluator(cfg)
+    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    evaluator = Evaluator(EvaluatorSettings.of(cfg))
     actor_chunks, evaluator_chunks = [], []
     try:
         publisher.publish(policy_weights(3))
@@ -57,7 +58,7 @@ def test_the_evaluator_plays_the_env_actors_evaluation_episodes(valkey, publishe
 
 
 def test_evaluations_are_paired_and_count_every_episode(tmp_path):
-    evaluator = Evaluator(load_config("smoke", EVAL))
+    evaluator = Evaluator(EvaluatorSettings.of(load_config("smoke", EVAL)))
     try:
         evaluator.load_file(policy_file(tmp_path, 3))
         first, again = evaluator.evaluate("a", step=3), evaluator.evaluate("a", step=3)
@@ -83,7 +84,7 @@ def test_a_policy_of_another_architecture_is_refused_with_advice(tmp_path):
     save_tensors(DualSystemPolicy(other).state_dict(), other, path)
     junk = tmp_path / "notes.safetensors"
     junk.write_bytes(b"not a checkpoint")
-    evaluator = Evaluator(load_config("smoke", EVAL))
+    evaluator = Evaluator(EvaluatorSettings.of(load_config("smoke", EVAL)))
     try:
         with pytest.raises(EvaluationError, match="another architecture than model.preset 'tiny'.*--config"):
             evaluator.load_file(path)
@@ -96,8 +97,8 @@ def test_a_policy_of_another_architecture_is_refused_with_advice(tmp_path):
 def test_the_loops_evaluator_scores_the_version_it_was_asked_for(publisher, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", EVAL)
-    role = EvaluatorRole(cfg, target)
-    standalone = Evaluator(cfg)
+    role = EvaluatorRole(EvaluatorSettings.of(cfg), target)
+    standalone = Evaluator(EvaluatorSettings.of(cfg))
     try:
         with pytest.raises(TimeoutError, match="version 1 not received"):
             role.evaluate_version(1, timeout_s=0.5)

@@ -8,6 +8,7 @@ import pytest
 from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
 from fleetloop.learner.group import start_learner_group
+from fleetloop.learner.settings import LearnerSettings
 from tests.integration.test_loop import free_ports
 
 
@@ -30,7 +31,7 @@ def _cfg(*overrides: str):
 def test_two_ranks_train_publish_and_checkpoint_as_one_learner(ray_cluster, valkey, demos, tmp_path):
     import ray
 
-    group = start_learner_group(_cfg("learner.zero_stage=3"), str(tmp_path), valkey.url, resume=False, ranks=2)
+    group = start_learner_group(LearnerSettings.of(_cfg("learner.zero_stage=3")), str(tmp_path), valkey.url, resume=False, ranks=2)
     try:
         status = ray.get(group.status.remote())
         assert (status["rank"], status["world_size"]) == (0, 2) and status["weights"]
@@ -58,7 +59,7 @@ def test_two_ranks_train_publish_and_checkpoint_as_one_learner(ray_cluster, valk
 def test_an_error_on_the_ranks_raises_from_the_group_call(ray_cluster, valkey, demos, tmp_path):
     import ray
 
-    group = start_learner_group(_cfg(), str(tmp_path), valkey.url, resume=False, ranks=2)
+    group = start_learner_group(LearnerSettings.of(_cfg()), str(tmp_path), valkey.url, resume=False, ranks=2)
     try:
         ray.get(group.status.remote())
         with pytest.raises(ray.exceptions.RayTaskError, match="unknown_table"):
@@ -77,7 +78,7 @@ def test_a_killed_rank_restarts_every_rank_from_the_newest_checkpoint_and_the_ca
     ports = free_ports(2)  # pinned, as `fleetloop up` pins them, so that a restarted rank 0 binds them again
     cfg = _cfg("learner.checkpoint_every=2", "learner.max_restarts=1", f"weights.port={ports[0]}",
                f"metrics.learner_port={ports[1]}")
-    group = start_learner_group(cfg, str(tmp_path), valkey.url, resume=False, ranks=2)
+    group = start_learner_group(LearnerSettings.of(cfg), str(tmp_path), valkey.url, resume=False, ranks=2)
     try:
         before = ray.get(group.status.remote())
         ray.get(group.fit_mixture_normalization.remote())

@@ -16,6 +16,7 @@ import pytest
 
 from fleetloop.config import load_config
 from fleetloop.learner.learner import Learner
+from fleetloop.learner.settings import LearnerSettings
 from fleetloop.learner.ray_train import fit_ray_trainer
 from fleetloop.replay import ReplayClient, WindowSampler
 from fleetloop.system import DualSystemPolicy, model_preset, save_policy
@@ -42,7 +43,7 @@ class FixedWindows:
 
 
 def _rank(config: dict) -> dict:
-    learner = Learner(config["cfg"], config["run_dir"], config["redis_url"])
+    learner = Learner(LearnerSettings.of(config["cfg"]), config["run_dir"], config["redis_url"])
     try:
         learner.fit_normalization("pretrain", config["embodiment"])
         learner.sampler = FixedWindows(config["batches"], learner.rank, learner.world_size)
