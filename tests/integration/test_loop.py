@@ -18,6 +18,12 @@ from fleetloop.replay import EmbeddedValkey, ReplayClient
 pytestmark = pytest.mark.integration
 
 FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
+SIGINT_AS_IN_A_TERMINAL = ("env", "--default-signal=INT")
+"""Prefix of a child's command: SIGINT's default action in it, as under a terminal (a test run started
+in the background by a non-interactive shell inherits SIGINT ignored, and Python keeps it ignored).
+Not a ``preexec_fn``: Python code between fork and exec in a process with gRPC's threads (earlier
+tests' clients) can abort the child before it runs (seen once under load: SIGABRT, "epoll_wait
+error: Bad file descriptor", the command never started)."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -112,18 +118,12 @@ def start_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, st
                  "actor-0": f"http://127.0.0.1:{actor_base}/metrics",
                  "actor-1": f"http://127.0.0.1:{actor_base + 1}/metrics"}
     proc = subprocess.Popen(
-        [FLEETLOOP, "up", "--config", "smoke", "--run-dir", str(run_dir),
+        [*SIGINT_AS_IN_A_TERMINAL, FLEETLOOP, "up", "--config", "smoke", "--run-dir", str(run_dir),
          "--set", f"metrics.learner_port={learner_port}", "--set", f"metrics.replay_port={replay_port}",
          "--set", f"metrics.actor_base_port={actor_base}", "--set", f"metrics.evaluator_port={evaluator_port}",
          *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_sigint_as_in_a_terminal)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, endpoints
-
-
-def _sigint_as_in_a_terminal() -> None:
-    """SIGINT's default action in the child, as under a terminal. A test run started in the
-    background by a non-interactive shell inherits SIGINT ignored, and Python keeps it ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_short_loop_every_role_does_its_part(tmp_path):
