@@ -43,6 +43,9 @@ logger = logging.getLogger("bench.learner")
 class InMemoryBatches:
     """Stands in for the Prefetcher: cycles through batches prepared before timing starts."""
 
+    limited_s = 0.0
+    """Seconds waited on the replay's rate limiters: never."""
+
     def __init__(self, items: list):
         self._items = itertools.cycle(items)
 

@@ -34,9 +34,11 @@ def fit_ray_trainer(worker: Callable[[dict], Any], config: dict, *, ranks: int, 
     if own_cluster:
         from fleetloop.rundir import ray_runtime_env
 
+        log_dir = Path(run_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address or "local", num_cpus=None if address else max(ranks, os.cpu_count() or 1),
-                 include_dashboard=False, runtime_env=ray_runtime_env(Path(run_dir) / "logs", cpu_only=not cuda))
+                 include_dashboard=False, runtime_env=ray_runtime_env(log_dir, cpu_only=not cuda))
     try:
         trainer = TorchTrainer(
             worker, train_loop_config=config,
