@@ -450,7 +450,8 @@ def _cmd_robot_bridge(args: argparse.Namespace, cfg: FleetloopConfig) -> int:
     if env not in EXPERTS:
         raise ConfigError(f"--env: no mujoco-twin for env {env!r}; choose from {sorted(EXPERTS)}")
     tls, token = cfg.bridge.credentials()
-    server = RobotBridgeServer(MujocoTwinBackend.from_sections(cfg.bridge, cfg.actors, cfg.model, env), host=args.host or cfg.bridge.host,
+    twin = MujocoTwinBackend.from_sections(cfg.bridge, cfg.actors, cfg.model, env)
+    server = RobotBridgeServer(twin, host=args.host or cfg.bridge.host,
                                port=cfg.bridge.port if args.port is None else args.port,
                                max_message_bytes=cfg.bridge.max_message_bytes, tls=tls, token=token)
     stop = threading.Event()

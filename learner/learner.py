@@ -92,7 +92,7 @@ class Learner:
         torch.manual_seed(settings.seed)
         self.checkpoint_dir = Path(run_dir) / "checkpoints"
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.model_cfg = model_preset(self.settings.model.preset)
+        self.model_cfg = model_preset(settings.model.preset)
         ds_config = deepspeed_config(lcfg.batch_size, lcfg.grad_clip, lcfg.zero_stage, lcfg.grad_accum_steps)
         model = build_model(lambda: DualSystemPolicy(self.model_cfg), ds_config)
         if lcfg.init_from and not resume:
@@ -101,15 +101,17 @@ class Learner:
         model.set_trainable(tune_llm=lcfg.tune_llm, tune_visual=lcfg.tune_visual, tune_projector=lcfg.tune_projector,
                             tune_diffusion_model=lcfg.tune_diffusion_model)
         model.set_gradient_checkpointing(lcfg.gradient_checkpointing)
-        self.processor = Processor(self.model_cfg, tokenizer_dir=self.settings.model.tokenizer_dir)
+        self.processor = Processor(self.model_cfg, tokenizer_dir=settings.model.tokenizer_dir)
         self.engine = build_engine(model, ds_config, lr=lcfg.lr, weight_decay=lcfg.weight_decay,
                                    warmup_steps=lcfg.warmup_steps,
                                    total_steps=lcfg.lr_restart_every or settings.total_steps,
                                    min_lr_ratio=lcfg.min_lr_ratio, restart_every=lcfg.lr_restart_every)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        self.replay = ReplayClient(redis_url, **self.settings.replay.client_options())
-        self.sampler = WindowSampler(self.replay, dict(self.settings.replay.mixture), horizon=self.model_cfg.action_head.action_horizon,
-                                     seed=[settings.seed, self.rank], refresh_s=self.settings.replay.refresh_s,
+        replay = settings.replay
+        self.replay = ReplayClient(redis_url, **replay.client_options())
+        self.sampler = WindowSampler(self.replay, dict(replay.mixture),
+                                     horizon=self.model_cfg.action_head.action_horizon,
+                                     seed=[settings.seed, self.rank], refresh_s=replay.refresh_s,
                                      rate_limit_timeout_s=LIMITER_POLL_S)
         self.prefetch: Prefetcher | None = None
         self.step = 0
@@ -132,13 +134,13 @@ class Learner:
         self.publisher: WeightPublisher | None = None
         self._metrics_server = None
         if self.rank == 0:
-            tls, token = self.settings.weights.credentials()
-            self.publisher = WeightPublisher(host=self.settings.weights.host, port=self.settings.weights.port,
-                                             chunk_bytes=self.settings.weights.chunk_bytes,
-                                             keep_versions=self.settings.weights.keep_versions, tls=tls, token=token,
-                                             auto_promote=self.settings.weights.promotion == "every")
+            weights, metrics = settings.weights, settings.metrics
+            tls, token = weights.credentials()
+            self.publisher = WeightPublisher(host=weights.host, port=weights.port, chunk_bytes=weights.chunk_bytes,
+                                             keep_versions=weights.keep_versions, tls=tls, token=token,
+                                             auto_promote=weights.promotion == "every")
             self.weights_port = self.publisher.start()
-            self._metrics_server, _ = prom.start_http_server(self.settings.metrics.learner_port, addr=self.settings.metrics.host)
+            self._metrics_server, _ = prom.start_http_server(metrics.learner_port, addr=metrics.host)
             self.metrics_port = self._metrics_server.server_port
             VERSION.set(self.version)
 
@@ -151,7 +153,8 @@ class Learner:
         if self.rank != 0:
             return {}
         return {
-            "weights": self.settings.weights.advertise_address or address(self.settings.weights.host, self.weights_port),
+            "weights": (self.settings.weights.advertise_address
+                        or address(self.settings.weights.host, self.weights_port)),
             "metrics": f"http://{self.settings.metrics.host}:{self.metrics_port}/metrics",
         }
 

@@ -16,7 +16,8 @@ from tests.actors.conftest import SMALL, out_of_reach, policy_weights
 
 @pytest.fixture
 def actor(valkey, publisher, tmp_path):
-    actor = EnvActor(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, publisher[1], str(tmp_path / "audit"))
+    actor = EnvActor(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, publisher[1],
+                     str(tmp_path / "audit"))
     yield actor
     actor.close()
 

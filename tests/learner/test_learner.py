@@ -104,7 +104,8 @@ def test_normalisation_treats_dims_that_barely_move_as_constant(valkey, demos, c
     bounds = client.compute_stats("pretrain", demos)
     ranges = bounds["state_max"] - bounds["state_min"]
     cut = float(np.median(ranges))
-    learner = Learner(LearnerSettings.of(load_config("smoke", [f"learner.min_stat_range={cut}"])), str(tmp_path), valkey.url)
+    learner = Learner(LearnerSettings.of(load_config("smoke", [f"learner.min_stat_range={cut}"])), str(tmp_path),
+                      valkey.url)
     try:
         learner.fit_normalization("pretrain", demos)
         slot = embodiment_id(demos)
@@ -147,7 +148,8 @@ def test_a_fresh_learner_starts_from_a_policy_file(learner, valkey, tmp_path):
     for bad, message in ((str(tmp_path / "missing.safetensors"), "is not a file"),
                          (str(tmp_path / "checkpoints" / "published_version.json"), "not a fleetloop.system/1")):
         with pytest.raises(LearnerInitError, match=f"learner.init_from: .*{message}"):
-            Learner(LearnerSettings.of(load_config("smoke", [f"learner.init_from={bad}"])), str(tmp_path / "bad"), valkey.url)
+            Learner(LearnerSettings.of(load_config("smoke", [f"learner.init_from={bad}"])), str(tmp_path / "bad"),
+                    valkey.url)
 
 
 def test_mixture_normalisation_covers_every_table_and_label(valkey, demos, client, make_episode, tmp_path):
@@ -162,7 +164,8 @@ def test_mixture_normalisation_covers_every_table_and_label(valkey, demos, clien
         assert learner.model.action_max[embodiment_id(demos), :2].tolist() == [9.0, 9.0]
     finally:
         learner.close()
-    empty = Learner(LearnerSettings.of(load_config("smoke", ["replay.mixture={rollouts: 1.0}"])), str(tmp_path / "e"), valkey.url)
+    empty = Learner(LearnerSettings.of(load_config("smoke", ["replay.mixture={rollouts: 1.0}"])),
+                    str(tmp_path / "e"), valkey.url)
     try:
         with pytest.raises(EmptyReplayError, match=r"replay tables \['rollouts'\].*ingest a dataset first"):
             empty.fit_mixture_normalization()

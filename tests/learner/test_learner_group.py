@@ -31,7 +31,8 @@ def _cfg(*overrides: str):
 def test_two_ranks_train_publish_and_checkpoint_as_one_learner(ray_cluster, valkey, demos, tmp_path):
     import ray
 
-    group = start_learner_group(LearnerSettings.of(_cfg("learner.zero_stage=3")), str(tmp_path), valkey.url, resume=False, ranks=2)
+    group = start_learner_group(LearnerSettings.of(_cfg("learner.zero_stage=3")), str(tmp_path), valkey.url,
+                                resume=False, ranks=2)
     try:
         status = ray.get(group.status.remote())
         assert (status["rank"], status["world_size"]) == (0, 2) and status["weights"]
