@@ -258,9 +258,12 @@ class EnvActor:
             return None
         return self.outbox.put(segment.table, episode, priority=1.0)
 
-    def collect_demos(self, count: int, seeds: list[int] | None = None) -> int:
+    def collect_demos(self, count: int, seeds: list[int] | None = None, max_steps: int | None = None) -> int:
         """Write ``count`` expert demonstrations (one episode per robot) to ``pretrain``, on ``seeds``
-        when given (else the actor's next seeds); returns how many succeeded."""
+        when given (else the actor's next seeds), each cut to its first ``max_steps`` steps when given
+        (an expert budget that ends mid-episode); returns how many succeeded."""
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps {max_steps} must be >= 1 (None: whole demonstrations)")
         successes = 0
         for i in range(count):
             trajs, _ = self._episode(use_policy=False, frame_every=self.settings.actors.demo_frame_every,
@@ -268,7 +271,8 @@ class EnvActor:
             if trajs is None:  # the expert could not plan it: discarded
                 continue
             for traj in trajs.values():
-                self._write(traj, Segment.whole("pretrain", DEMO, len(traj.states)), version=0)
+                length = min(len(traj.states), max_steps or len(traj.states))
+                self._write(traj, Segment.whole("pretrain", DEMO, length), version=0)
             successes += all(traj.success for traj in trajs.values())
         return successes
 

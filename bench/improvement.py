@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import multiprocessing
 import os
 import sys
@@ -111,10 +110,18 @@ def make_config(args: argparse.Namespace, *, mixture: dict[str, float], total_st
         f"learner.tune_llm={args.images_only}", f"learner.tune_visual={args.images_only}",
         f"replay.mixture={json.dumps(mixture)}", "weights.port=0", "metrics.learner_port=0",
         "metrics.actor_base_port=0",
+        f"learner.distance_weights={json.dumps(distance_weights(args))}",
     ]
     if init_from:
         overrides.append(f"learner.init_from={init_from}")
     return load_config("default", [*overrides, *extra])
+
+
+def distance_weights(args: argparse.Namespace) -> dict[str, Any]:
+    """learner.distance_weights of every arm: ``--distance-weights`` on the correction classes that label
+    takeovers and the planning states before them (only D has them); off at 0."""
+    classes = ["intervention", "pre_intervention_relabel"] if args.distance_weights else []
+    return {"classes": classes, "strength": args.distance_weights}
 
 
 def gate_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -286,8 +293,8 @@ def run_equal_steps(args: argparse.Namespace, root: Path, policy: str) -> dict[s
 
 def run_equal_expert(args: argparse.Namespace, root: Path, policy: str, from_d) -> dict[str, Any]:
     """Arm C2: after each of D's rounds, demonstrations on D's scenes until their expert-driven steps
-    reach D's expert-labelled steps so far (times ``--expert-ratio``); then T steps on every
-    demonstration."""
+    equal D's expert-labelled steps so far (times ``--expert-ratio``; the last demonstration cut to
+    the steps left); then T steps on every demonstration."""
     arm = Arm(make_config(args, mixture={"pretrain": 1.0}, total_steps=args.rounds * args.round_steps,
                           init_from=policy), root)
     try:
@@ -295,11 +302,14 @@ def run_equal_expert(args: argparse.Namespace, root: Path, policy: str, from_d) 
         demo_steps, next_scene, per_round = 0, 0, []
         for _ in range(args.rounds):
             budget = from_d.get(timeout=7200)
-            count = max(0, math.ceil((args.expert_ratio * budget["expert_label_rows"] - demo_steps) / args.max_steps))
-            arm.actor.collect_demos(count, [DAGGER_SEED_BASE + next_scene + i for i in range(count)])
-            next_scene += count
-            demo_steps += count * args.max_steps
-            per_round.append({"round": budget["round"], "demos": count, "expert_steps": demo_steps,
+            owed = max(0, round(args.expert_ratio * budget["expert_label_rows"]) - demo_steps)
+            whole, last = divmod(owed, args.max_steps)
+            arm.actor.collect_demos(whole, [DAGGER_SEED_BASE + next_scene + i for i in range(whole)])
+            if last:  # the rest of the budget: the first steps of one more demonstration
+                arm.actor.collect_demos(1, [DAGGER_SEED_BASE + next_scene + whole], max_steps=last)
+            next_scene += whole + bool(last)
+            demo_steps += owed
+            per_round.append({"round": budget["round"], "demos": whole + bool(last), "expert_steps": demo_steps,
                               "dagger_expert_steps": budget["expert_label_rows"]})
             trained = arm.train(args.round_steps, refit=args.refit_normalization)
         return {**trained, **arm.evaluate(args.eval_episodes), "expert_steps": demo_steps, "per_round": per_round,
@@ -427,7 +437,9 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "relabel": args.relabel,
         "correction_share": args.correction_share[0] if len(args.correction_share) == 1 else args.correction_share,
         "robot_share": args.robot_share,
+        "distance_weights": args.distance_weights,
         "expert_ratio": args.expert_ratio,
+        "c2_last_demo_cut": True,  # C2's effort exact since 2026-12-07's eighth session (before: whole demonstrations)
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
         "eval_seeds": eval_seed_range(args),
@@ -510,6 +522,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--robot-share", type=float, default=0.0,
                         help="share of D's batches drawn from its own rollouts (robot steps of successful episodes "
                              "weigh 1, the rest 0: learner.class_weights); the rest: the demonstrations")
+    parser.add_argument("--distance-weights", type=float, default=0.0,
+                        help="strength of learner.distance_weights on D's takeover labels: windows whose state is "
+                             "nearer the demonstrations' weigh more, within the class's share (0: off)")
     parser.add_argument("--expert-ratio", type=float, default=1.0,
                         help="C2's expert steps as a multiple of D's (2: does D match C2 with half the effort?)")
     parser.add_argument("--max-steps", type=int, default=96, help="control steps per episode")
@@ -532,6 +547,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "(comma-separated)")
     if not 0 <= args.settle_steps <= 64:
         parser.error(f"--settle-steps {args.settle_steps} must be within 0..64 (0: judge as the chunk ends)")
+    if not 0 <= args.distance_weights <= 20:
+        parser.error(f"--distance-weights {args.distance_weights} must be within 0..20 (0: off)")
     if args.expert_ratio <= 0:
         parser.error(f"--expert-ratio {args.expert_ratio} must be > 0 (1: C2 gets exactly D's expert steps)")
     if len(args.correction_share) > args.rounds:

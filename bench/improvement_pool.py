@@ -28,10 +28,11 @@ from fleetloop.stats import mcnemar_exact, wilson
 CONFIG_KEYS = ("mode", "state_includes_object_pose", "n_demos", "bc_steps", "steps_per_round", "rounds",
                "dagger_episodes_per_round", "batch_size", "lr", "lr_restart", "refit_normalization", "gate",
                "takeover_cap", "hand_back", "takeover_labels", "pre_intervention_chunks", "beta_start",
-               "beta_decay", "relabel", "correction_share", "robot_share", "expert_ratio", "max_steps",
-               "execute_steps", "eval_seeds")
+               "beta_decay", "relabel", "correction_share", "robot_share", "distance_weights", "expert_ratio",
+               "c2_last_demo_cut", "max_steps", "execute_steps", "eval_seeds")
 """Parameters that must agree for runs to be replicates of one configuration."""
-LATER_KEYS = {"hand_back": ["subgoal", "agreement"], "beta_start": 0.5, "beta_decay": 0.5, "relabel": "every"}
+LATER_KEYS = {"hand_back": ["subgoal", "agreement"], "beta_start": 0.5, "beta_decay": 0.5, "relabel": "every",
+              "distance_weights": 0.0, "c2_last_demo_cut": False}
 """Parameters the bench reports since a later version, with the value runs before it used."""
 
 

@@ -176,6 +176,47 @@ class ReplaySection(_Section):
         return tables
 
 
+def _check_classes(classes) -> None:
+    """Raise ValueError naming correction classes that actors/dagger does not define."""
+    from fleetloop.actors.dagger import CLASSES  # imported on use
+
+    unknown = sorted(set(classes) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"unknown class(es) {unknown}; classes: {list(CLASSES)}")
+
+
+class DistanceWeightsSection(_Section):
+    """learner.distance_weights: loss weights inside correction classes by how far each window's state
+    lies from the reference tables' states (learner/state_distance.py)."""
+
+    classes: list[str] = Field(default_factory=list, description="Correction classes whose windows are "
+                                                                 "weighted (e.g. [intervention]); empty: off.")
+    reference: list[str] = Field(default_factory=lambda: ["pretrain"], min_length=1,
+                                 description="Tables whose states are the reference (the demonstrations).")
+    strength: float = Field(1.0, ge=0, le=20, description="A window's factor is exp(-strength * d / median d) "
+                                                         "over the batch's weighted windows, renormalised to "
+                                                         "mean 1: 0 weighs them alike, larger favours windows "
+                                                         "near the reference.")
+    max_reference_states: int = Field(20000, ge=1, description="Reference states read (whole episodes, spread "
+                                                              "over the tables).")
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, classes: list[str]) -> list[str]:
+        _check_classes(classes)
+        return classes
+
+    @field_validator("reference")
+    @classmethod
+    def _known_tables(cls, tables: list[str]) -> list[str]:
+        from fleetloop.replay.keys import TABLES  # the replay package: import on use
+
+        unknown = sorted(set(tables) - set(TABLES))
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; tables are {list(TABLES)}")
+        return tables
+
+
 class LearnerSection(_Section):
     steps_per_round: int = Field(250, ge=1, description="Optimizer steps in each round.")
     batch_size: int = Field(32, ge=1, description="Windows per micro-batch (one rank).")
@@ -198,6 +239,9 @@ class LearnerSection(_Section):
                     "Sirius-style, the policy's own pre-takeover actions about 0; sources not listed (e.g. an "
                     "ingested dataset's) weigh 1. Each class's share of the loss is its share of the batch "
                     "(replay.mixture) times its weight.")
+    distance_weights: DistanceWeightsSection = Field(default_factory=DistanceWeightsSection,
+                                                     description="Loss weights inside correction classes by "
+                                                                 "state distance from the demonstrations.")
     init_from: str | None = Field(None, description="A policy .safetensors file (e.g. a learner checkpoint's "
                                                     "policy-step-*.safetensors) whose weights and normalisation a "
                                                     "fresh learner starts from: fine-tuning, not a resume (step 0, a "
@@ -240,11 +284,7 @@ class LearnerSection(_Section):
     @field_validator("class_weights")
     @classmethod
     def _check_class_weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        from fleetloop.actors.dagger import CLASSES  # imported on use
-
-        unknown = sorted(set(weights) - set(CLASSES))
-        if unknown:
-            raise ValueError(f"unknown class(es) {unknown}; classes: {list(CLASSES)}")
+        _check_classes(weights)
         bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w >= 0)}
         if bad:
             raise ValueError(f"weights must be finite and >= 0, got {bad}")

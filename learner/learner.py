@@ -27,6 +27,7 @@ import torch
 from fleetloop.learner.data import Prefetcher
 from fleetloop.learner.engine import build_engine, build_model, deepspeed_config, gathered
 from fleetloop.learner.publisher import WeightPublisher
+from fleetloop.learner.state_distance import StateDistanceWeights
 from fleetloop.protos.security import address
 from fleetloop.replay import EmptyReplayError, ReplayClient, WindowSampler
 from fleetloop.replay.stats import merge_bounds
@@ -113,6 +114,10 @@ class Learner:
                                      horizon=self.model_cfg.action_head.action_horizon,
                                      seed=[settings.seed, self.rank], refresh_s=replay.refresh_s,
                                      rate_limit_timeout_s=LIMITER_POLL_S)
+        distance = lcfg.distance_weights
+        self.distance_weights = (StateDistanceWeights(self.replay, distance.classes, distance.reference,
+                                                      distance.strength, distance.max_reference_states)
+                                 if distance.classes else None)
         self.prefetch: Prefetcher | None = None
         self.step = 0
         self.version = 0
@@ -208,12 +213,15 @@ class Learner:
 
     def set_mixture(self, mixture: dict[str, float]) -> None:
         """Reweight ``replay.mixture``'s tables (``WindowSampler.set_mixture``); batches already
-        prefetched keep the weights they were drawn with.
+        prefetched keep the weights they were drawn with. ``learner.distance_weights`` rereads its
+        reference states (a new round may have added demonstrations).
 
         Raises:
             ValueError: a table outside ``replay.mixture``, or invalid weights.
         """
         self.sampler.set_mixture(mixture)
+        if self.distance_weights:
+            self.distance_weights.refresh()
 
     # ---- data ---------------------------------------------------------------------------
 
@@ -229,9 +237,10 @@ class Learner:
         """
         windows = self.sampler.sample(self.settings.learner.batch_size)
         weights = self.settings.learner.class_weights
-        for window in windows:
+        factors = self.distance_weights.factors(windows) if self.distance_weights else [1.0] * len(windows)
+        for window, factor in zip(windows, factors):
             window["embodiment_id"] = embodiment_id(window["embodiment"])
-            window["weight"] = weights.get(window["source"], 1.0)
+            window["weight"] = weights.get(window["source"], 1.0) * factor
             if self.settings.learner.loss_on_padded_actions:
                 del window["action_is_pad"]
         batch = self.processor.collate(windows)

@@ -61,6 +61,17 @@ def test_rounds_write_versioned_rollouts_and_corrections(actor, publisher, clien
     assert 'fleetloop_actor_policy_lag_versions{actor="actor-0",embodiment="sim_arm",task="reach"} 0.0' in body
 
 
+def test_a_demonstration_cut_to_an_expert_budget_keeps_its_first_steps(actor, client):
+    actor.collect_demos(1, seeds=[5])
+    actor.collect_demos(1, seeds=[5], max_steps=7)
+    whole, cut = sorted((client.read_episode(i) for i in client.episode_ids("pretrain")), key=lambda e: len(e.states))[::-1]
+    assert len(cut.states) == 7 < len(whole.states)
+    np.testing.assert_array_equal(cut.states, whole.states[:7])
+    np.testing.assert_array_equal(cut.actions, whole.actions[:7])
+    with pytest.raises(ValueError, match="max_steps 0 must be >= 1"):
+        actor.collect_demos(1, max_steps=0)
+
+
 def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publisher, valkey, client, tmp_path):
     publisher, target = publisher
     actor.collect_demos(2)
