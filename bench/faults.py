@@ -53,6 +53,7 @@ import psutil
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from fleetloop.replay import EmbeddedValkey, ReplayClient  # noqa: E402
+from fleetloop.ports import free_port  # noqa: E402
 
 FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
 SCENARIOS = ("none", "actor_kill9", "redis_kill9", "redis_sigstop", "bridge_kill9", "learner_kill9",
@@ -67,12 +68,6 @@ RUN_TIMEOUT_S = 900.0
 
 def log(message: str) -> None:
     print(f"[faults] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class CuttingProxy:

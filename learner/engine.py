@@ -6,20 +6,15 @@ import contextlib
 import logging
 import math
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from fleetloop.ports import free_port
+
 log = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _own_extension_cache() -> None:
@@ -45,7 +40,7 @@ def init_distributed() -> None:
     if torch.distributed.is_initialized():
         return
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

@@ -10,9 +10,10 @@ a run's configuration onto it.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from fleetloop.ports import free_port
 
 if TYPE_CHECKING:
     from fleetloop.config import (FleetloopConfig, LearnerSection, MetricsSection, ModelSection, ReplaySection,
@@ -45,13 +46,8 @@ class LearnerSettings:
         back where the actors, the evaluator and Prometheus dial it."""
         weights, metrics = self.weights, self.metrics
         if weights.port == 0:
-            weights = weights.model_copy(update={"port": _free_port(weights.host)})
+            weights = weights.model_copy(update={"port": free_port(weights.host)})
         if metrics.learner_port == 0:
-            metrics = metrics.model_copy(update={"learner_port": _free_port(metrics.host)})
+            metrics = metrics.model_copy(update={"learner_port": free_port(metrics.host)})
         return dataclasses.replace(self, weights=weights, metrics=metrics)
 
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]

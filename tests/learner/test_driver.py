@@ -9,6 +9,7 @@ from fleetloop.learner.settings import LearnerSettings
 from fleetloop.learner.learner import Learner
 from fleetloop.ray_calls import LaunchError, ray_call
 from fleetloop.system import embodiment_id
+from tests.tools import local_ray
 
 
 def _config(*overrides: str):
@@ -78,10 +79,8 @@ def test_init_from_skips_the_fit_but_still_checkpoints_step_0(valkey, demos, tmp
 def ray_local():
     import ray
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
+    with local_ray(1, {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}):
+        yield ray
 
 
 def test_a_remote_learner_is_driven_alike_and_its_errors_name_the_call(ray_local, valkey, demos, tmp_path):

