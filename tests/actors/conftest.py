@@ -1,6 +1,7 @@
 """Fixtures of the actor tests: a real WeightService to follow and weights to publish on it."""
 
 import numpy as np
+import prometheus_client as prom
 import pytest
 import torch
 
@@ -9,6 +10,21 @@ from fleetloop.system import DualSystemPolicy, embodiment_id, model_preset
 
 SMALL = ["actors.max_steps=16", "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1"]
 """A reach actor with short episodes and one DAgger and one evaluation episode per round."""
+
+
+def counted(name: str, **labels: str) -> float:
+    """A counter's value now in this process's registry (0 before its first increment): counters
+    live as long as the process, so a test asserts what it added to them, not their total."""
+    return prom.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def scraped(body: str, name: str, **labels: str) -> float | None:
+    """The value of ``name`` with ``labels`` in Prometheus text ``body`` (None when absent)."""
+    sample = name + "{" + ",".join(f'{key}="{value}"' for key, value in sorted(labels.items())) + "}"
+    for line in body.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def policy_weights(seed: int) -> dict[str, torch.Tensor]:
