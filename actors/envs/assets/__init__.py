@@ -1,0 +1,1 @@
+"""MJCF models of the simulated environments: XML files, no code."""

@@ -1,0 +1,1 @@
+"""The preset configurations fleetloop ships (``--config NAME``): YAML files, no code."""
