@@ -361,7 +361,7 @@ def test_inclusion_check_fails_when_a_pattern_drops_a_needed_file(ignore_pattern
     files = context_candidates()
     broken = ignore_patterns + read_dockerignore("fleetloop/presets")
     dropped = [f for f in required_context_files(files) if is_ignored(broken, f)]
-    assert dropped == ["fleetloop/presets/__init__.py", "fleetloop/presets/default.yaml", "fleetloop/presets/smoke.yaml"]
+    assert dropped == [f"fleetloop/presets/{name}" for name in ("__init__.py", "default.yaml", "smoke.yaml")]
 
 
 # --------------------------------------------------------------------------------------------
