@@ -439,7 +439,7 @@ def report(args: argparse.Namespace, bc: dict[str, Any], arms: dict[str, dict[st
         "robot_share": args.robot_share,
         "distance_weights": args.distance_weights,
         "expert_ratio": args.expert_ratio,
-        "c2_last_demo_cut": True,  # C2's effort exact since 2026-12-07's eighth session (before: whole demonstrations)
+        "c2_last_demo_cut": True,  # C2's effort exact since 2026-12-07's seventh session (before: whole demonstrations)
         "max_steps": args.max_steps,
         "execute_steps": args.execute_steps,
         "eval_seeds": eval_seed_range(args),
