@@ -39,24 +39,25 @@ class ReferenceStates:
         self.mean = states.mean(axis=0)
         self.std = np.maximum(states.std(axis=0), STD_FLOOR)
         self.points = ((states - self.mean) / self.std).astype(np.float32)
+        self._squared_norms = (self.points * self.points).sum(1)
 
     def distance(self, states: np.ndarray) -> np.ndarray:
         """(n,) distance of each of ``states`` (n, S) to its nearest reference state."""
         z = ((np.asarray(states, np.float32) - self.mean) / self.std).astype(np.float32)
-        squared = (z * z).sum(1)[:, None] - 2 * z @ self.points.T + (self.points * self.points).sum(1)[None, :]
+        squared = (z * z).sum(1)[:, None] - 2 * z @ self.points.T + self._squared_norms[None, :]
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0) / z.shape[1])
 
 
 def read_reference_states(replay: ReplayClient, tables: Sequence[str], max_states: int) -> dict[str, ReferenceStates]:
     """Reference states per embodiment from ``tables`` (tables that do not exist are skipped)."""
-    episodes = [(table, episode_id) for table in tables if table in replay.tables()
-                for episode_id in replay.episode_ids(table)]
+    stored = set(replay.tables())
+    episode_ids = [episode_id for table in tables if table in stored for episode_id in replay.episode_ids(table)]
     by_embodiment: dict[str, list[np.ndarray]] = {}
     counted = 0
-    for index in _even_order(len(episodes)):
+    for index in _even_order(len(episode_ids)):
         if counted >= max_states:
             break
-        episode = replay.read_episode(episodes[index][1])
+        episode = replay.read_episode(episode_ids[index])
         by_embodiment.setdefault(episode.embodiment, []).append(episode.states)
         counted += len(episode.states)
     return {embodiment: ReferenceStates(np.concatenate(parts)) for embodiment, parts in by_embodiment.items()}
@@ -103,13 +104,15 @@ class StateDistanceWeights:
         embodiment; inside, ``exp(-strength * d / median d)`` renormalised to mean 1 over them."""
         if self._reference is None:
             self.refresh()
+        reference = self._reference  # refresh may swap it from the driver's thread meanwhile
         factors = [1.0] * len(windows)
-        picked = [i for i, w in enumerate(windows)
-                  if w["source"] in self.classes and w["embodiment"] in self._reference]
+        picked = [i for i, w in enumerate(windows) if w["source"] in self.classes and w["embodiment"] in reference]
         if not picked:
             return factors
-        distances = np.array([self._reference[windows[i]["embodiment"]].distance(windows[i]["state"][None])[0]
-                              for i in picked])
+        distances = np.empty(len(picked))
+        for embodiment in {windows[i]["embodiment"] for i in picked}:  # one distance call per embodiment
+            rows = [k for k, i in enumerate(picked) if windows[i]["embodiment"] == embodiment]
+            distances[rows] = reference[embodiment].distance(np.stack([windows[picked[k]]["state"] for k in rows]))
         scale = float(np.median(distances))
         raw = np.exp(-self.strength * distances / scale) if scale > 0 else np.ones(len(picked))
         for i, value in zip(picked, raw / raw.mean()):

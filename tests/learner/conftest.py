@@ -8,6 +8,9 @@ from fleetloop.actors.dagger.episodes import to_episode
 from fleetloop.actors.envs import make_env
 from fleetloop.actors.envs.expert import ReachExpert
 from fleetloop.actors.rollout import run_episodes
+from fleetloop.config import load_config
+from fleetloop.learner.learner import Learner
+from fleetloop.learner.settings import LearnerSettings
 
 
 @pytest.fixture
@@ -22,3 +25,15 @@ def demos(client):
                                                         embodiment=env.embodiment, policy_version=0, actor_id="test"))
     env.close()
     return env.embodiment
+
+
+def first_batch(redis_url: str, run_dir, overrides: list[str]) -> tuple[dict, list[dict]]:
+    """The first collated batch and its windows of a smoke learner with ``overrides``, after the
+    mixture's normalisation is fitted."""
+    learner = Learner(LearnerSettings.of(load_config("smoke", overrides)), str(run_dir), redis_url)
+    try:
+        learner.fit_mixture_normalization()
+        batch, windows, _ = learner._next_item()
+    finally:
+        learner.close()
+    return batch, windows

@@ -13,6 +13,7 @@ from fleetloop.learner.learner import Learner, LearnerInitError
 from fleetloop.learner.settings import LearnerSettings
 from fleetloop.replay import EmptyReplayError
 from fleetloop.system import DualSystemPolicy, embodiment_id, load_policy
+from tests.learner.conftest import first_batch
 
 
 @pytest.fixture
@@ -123,13 +124,7 @@ def test_class_weights_reach_each_window_of_a_batch(valkey, demos, client, make_
     mixed = make_episode(length=16, state_dim=4, action_dim=2, frame_steps=(0, 8), frame_shape=(64, 64),
                          embodiment=demos, source="pre_intervention")
     client.write_episode("pretrain", mixed)
-    cfg = load_config("smoke", ["learner.batch_size=16", "learner.class_weights={demo: 0.5}"])
-    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), valkey.url)
-    try:
-        learner.fit_mixture_normalization()
-        batch, windows, _ = learner._next_item()
-    finally:
-        learner.close()
+    batch, windows = first_batch(valkey.url, tmp_path, ["learner.batch_size=16", "learner.class_weights={demo: 0.5}"])
     expected = [{"demo": 0.5, "pre_intervention": 0.0}[w["source"]] for w in windows]
     assert batch["sample_weight"].tolist() == expected and 0.0 in expected and 0.5 in expected
 

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from fleetloop.config import ConfigError, load_config
-from fleetloop.learner.learner import Learner
-from fleetloop.learner.settings import LearnerSettings
 from fleetloop.learner.state_distance import ReferenceStates, StateDistanceWeights
+from tests.learner.conftest import first_batch
 
 
 def test_distance_is_to_the_nearest_reference_state_in_standard_units():
@@ -51,14 +50,9 @@ def test_the_learner_multiplies_class_weights_by_distance_factors(valkey, demos,
                        embodiment=demos, source="intervention")
     far.states[:] = 5.0 * np.arange(16, dtype=np.float32)[:, None]  # each step farther from the demonstrations
     client.write_episode("corrections", far)
-    cfg = load_config("smoke", ["learner.batch_size=32", "replay.mixture={pretrain: 0.5, corrections: 0.5}", "learner.class_weights={intervention: 2}",
-                                "learner.distance_weights={classes: [intervention], strength: 3}"])
-    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), valkey.url)
-    try:
-        learner.fit_mixture_normalization()
-        batch, windows, _ = learner._next_item()
-    finally:
-        learner.close()
+    batch, windows = first_batch(valkey.url, tmp_path, [
+        "learner.batch_size=32", "replay.mixture={pretrain: 0.5, corrections: 0.5}",
+        "learner.class_weights={intervention: 2}", "learner.distance_weights={classes: [intervention], strength: 3}"])
     weights = batch["sample_weight"].tolist()
     demo = [w for w, win in zip(weights, windows) if win["source"] == "demo"]
     corrections = [w for w, win in zip(weights, windows) if win["source"] == "intervention"]
