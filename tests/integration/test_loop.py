@@ -36,12 +36,6 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def free_port_run(count: int) -> int:
-    """A port p with p .. p + count - 1 all free now: actor i serves its metrics on base + i, and
-    `fleetloop up` refuses to start when one of them is taken."""
-    return free_port(count=count)
-
-
 def descendants(pid: int) -> set[tuple[int, float]]:
     """(pid, start time) of every process below ``pid`` now: Valkey, Ray's GCS, raylet, workers."""
     try:
@@ -100,7 +94,7 @@ def finish_up(proc: subprocess.Popen, timeout: float = 900) -> tuple[str, set[tu
 
 def start_up(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, str]]:
     learner_port, replay_port, evaluator_port = free_ports(3)
-    actor_base = free_port_run(2)
+    actor_base = free_port(count=2)  # actor i serves its metrics on base + i: both must be free
     endpoints = {"learner": f"http://127.0.0.1:{learner_port}/metrics",
                  "replay": f"http://127.0.0.1:{replay_port}/metrics",
                  "evaluator": f"http://127.0.0.1:{evaluator_port}/metrics",
