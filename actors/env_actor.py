@@ -1,6 +1,7 @@
 """EnvActor: owns one environment, an inference copy of the policy and a weight subscriber.
 
-Run as a Ray actor by the launcher. It seeds ``pretrain`` with expert demonstrations, and in
+Run as a Ray actor by the launcher (``EnvActorRole``, which builds its replay client, weight
+subscriber and robot client from addresses). It seeds ``pretrain`` with expert demonstrations, and in
 every round rolls out the newest applied policy: DAgger episodes (``actors.dagger.mode``) and
 policy-only evaluation episodes (on fixed seeds when ``actors.eval_seed_base`` and
 ``actors.dagger_seed_base`` are set, so rounds are compared on the same episodes). A scene with several robots (gr1_handover) gives
@@ -100,34 +101,46 @@ INFERENCE_SECONDS = prom.Histogram("fleetloop_actor_inference_seconds", "Time to
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 
+def actor_id(actor_index: int) -> str:
+    """The name of the fleet's ``actor_index``-th actor (its metrics label, audit file and subscriber id)."""
+    return f"actor-{actor_index}"
+
+
 class EnvActor:
     """One environment runner of the fleet.
+
+    It receives its network collaborators built (``EnvActorRole`` builds them from addresses for
+    the loop) and owns them from then on: ``close`` closes them.
 
     Args:
         actor_index: position in the fleet; names the actor and offsets its seeds and port.
         settings: the configuration sections it reads (``ActorSettings.of(cfg)``).
-        redis_url: the replay server.
-        weights_target: ``host:port`` of the learner's WeightService.
+        replay: client of the replay it writes episodes to.
+        weights: subscriber to the learner's WeightService, not started: the actor binds its
+            ``on_version`` to the policy and starts it.
         audit_dir: folder of the actors' audit files (kept across restarts).
-        bridge_target: actors.robot=bridge: ``host:port`` of the robot bridge (default: the
-            ``bridge`` section's host and port).
+        robot: actors.robot=bridge: the client of its robot bridge (None in simulation).
 
     Raises:
+        ValueError: a robot client without actors.robot=bridge, or none with it.
         BridgeMismatch: the bridge drives another robot than the model's embodiment.
         BridgeUnavailable: no bridge answered within ``bridge.reconnect_timeout_s``.
     """
 
-    def __init__(self, actor_index: int, settings: ActorSettings, redis_url: str, weights_target: str,
-                 audit_dir: str, bridge_target: str | None = None):
+    def __init__(self, actor_index: int, settings: ActorSettings, replay: ReplayClient, weights: WeightSubscriber,
+                 audit_dir: str, robot: RobotClient | None = None):
         self.settings = settings
         acfg = settings.actors
+        if (robot is None) != (acfg.robot == "sim"):
+            needs = "no robot client" if acfg.robot == "sim" else "a robot client"
+            raise ValueError(f"actors.robot={acfg.robot} needs {needs}, got {robot!r}")
         torch.set_num_threads(acfg.torch_threads)
         self.env = make_env(acfg.env, **env_options(acfg, settings.model))
         self.expert = make_expert(acfg.env, self.env)
         self.embodiment = self.env.embodiment
         self.layout = embodiment_layout(self.embodiment)
         self.mode = make_mode(acfg.dagger.mode)
-        self.actor_id = f"actor-{actor_index}"
+        self.actor_id = actor_id(actor_index)
         self.scene = ScenePolicy(settings.model, self.env, on_plan=INFERENCE_SECONDS.labels(self.actor_id).observe)
         horizon = self.scene.horizon
         groups = dict(self.layout.action) if self.layout is not None else None
@@ -135,10 +148,9 @@ class EnvActor:
                                                execute_steps=acfg.execute_steps, action_groups=groups)
                           for agent in self.env.possible_agents}
         self.actor_index = actor_index
-        self.bridge = None if acfg.robot == "sim" else BridgeConnection(
-            RobotClient.from_config(settings.bridge, bridge_target), self.actor_id, self.embodiment,
-            acfg.execute_steps, settings.bridge.reconnect_timeout_s)
-        self.replay = ReplayClient(redis_url, **settings.replay.client_options())
+        self.bridge = None if robot is None else BridgeConnection(
+            robot, self.actor_id, self.embodiment, acfg.execute_steps, settings.bridge.reconnect_timeout_s)
+        self.replay = replay
         self.rng = np.random.default_rng([settings.seed, actor_index])
         self.seed_base = settings.seed_bases[actor_index]  # episode i resets its env from seed_base + i
         self.audit_path = Path(audit_dir) / f"{self.actor_id}.jsonl"
@@ -158,9 +170,8 @@ class EnvActor:
         port = metrics.actor_base_port and metrics.actor_base_port + actor_index * metrics.actor_port_stride
         self._metrics_server, _ = prom.start_http_server(port, addr=metrics.host)
         self.metrics_port = self._metrics_server.server_port
-        tls, token = settings.weights.credentials()
-        self.subscriber = WeightSubscriber(weights_target, self.actor_id, on_version=self.scene.receive, tls=tls,
-                                           token=token, promoted_only=True)  # the fleet runs promoted versions
+        self.subscriber = weights
+        self.subscriber.on_version = self.scene.receive
         self.subscriber.start()
 
     # -- weights ---------------------------------------------------------------------------
@@ -458,6 +469,28 @@ class EnvActor:
             self.bridge.close()
         self.env.close()
         self.replay.close()
+
+
+class EnvActorRole(EnvActor):
+    """The loop's env actor (a Ray actor): builds its collaborators from addresses, since a Ray
+    actor's arguments must pickle. It follows the versions promoted for the fleet.
+
+    Args:
+        actor_index, settings, audit_dir: as for ``EnvActor``.
+        redis_url: the replay server.
+        weights_target: ``host:port`` of the learner's WeightService.
+        bridge_target: actors.robot=bridge: ``host:port`` of the robot bridge (default: the
+            ``bridge`` section's host and port).
+    """
+
+    def __init__(self, actor_index: int, settings: ActorSettings, redis_url: str, weights_target: str,
+                 audit_dir: str, bridge_target: str | None = None):
+        tls, token = settings.weights.credentials()
+        robot = None if settings.actors.robot == "sim" else RobotClient.from_config(settings.bridge, bridge_target)
+        super().__init__(actor_index, settings, ReplayClient(redis_url, **settings.replay.client_options()),
+                         WeightSubscriber(weights_target, actor_id(actor_index), tls=tls, token=token,
+                                          promoted_only=True),
+                         audit_dir, robot=robot)
 
 
 def _restarted_by_ray() -> bool:

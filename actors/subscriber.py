@@ -52,7 +52,9 @@ class WeightSubscriber:
     Args:
         target: Server address, e.g. ``"127.0.0.1:50051"``.
         subscriber_id: Stable name of this subscriber (e.g. the actor id).
-        on_version: Receives each verified version; runs on the subscriber thread.
+        on_version: Receives each verified version; runs on the subscriber thread. It may be set
+            later (the ``on_version`` attribute), by the component the subscriber is handed to, but
+            before ``start``.
         known_version: Version the caller already has; only newer ones are pulled.
         timeout_s: Deadline of unary calls (ReportApplied).
         pull_timeout_s: Deadline of one whole PullVersion stream.
@@ -69,7 +71,7 @@ class WeightSubscriber:
         self,
         target: str,
         subscriber_id: str,
-        on_version: OnVersion,
+        on_version: OnVersion | None = None,
         known_version: int = 0,
         timeout_s: float = 10.0,
         pull_timeout_s: float = 300.0,
@@ -101,7 +103,7 @@ class WeightSubscriber:
         self.tls = tls
         self._token = token
         self.promoted_only = promoted_only
-        self._on_version = on_version
+        self.on_version = on_version
         self._applied = known_version
         self._announced = known_version
         self._applied_cond = threading.Condition()
@@ -126,10 +128,13 @@ class WeightSubscriber:
         """Connect and start the watch thread.
 
         Raises:
-            RuntimeError: already started.
+            RuntimeError: already started, or nothing receives the versions (``on_version`` unset).
         """
         if self._thread is not None:
             raise RuntimeError("WeightSubscriber already started")
+        if self.on_version is None:
+            raise RuntimeError("WeightSubscriber has no on_version: set it (the component that applies the weights "
+                               "does) before start()")
         self._stop.clear()
         reconnect_ms = int(self.backoff_initial_s * 1000)
         self._channel = open_channel(
@@ -235,7 +240,7 @@ class WeightSubscriber:
             call.cancel()
         self._partial = None
         try:
-            self._on_version(version, dict(tensors))
+            self.on_version(version, dict(tensors))
         except Exception:
             logger.exception("weight subscriber %r: on_version(%d) failed; keeping version %d",
                              self.subscriber_id, version, self._applied)

@@ -1,7 +1,7 @@
 """DAgger improvement: do corrections beat demonstrations at equal compute and equal expert effort?
 
 The loop's own parts: per arm an embedded Valkey replay, the DeepSpeed ``Learner`` (its weights
-reach the actor over the gRPC WeightService) and an ``EnvActor`` rolling out GR-1 pick-and-place
+reach the actor over the gRPC WeightService) and an ``EnvActorRole`` rolling out GR-1 pick-and-place
 in MuJoCo, with the scripted expert as the operator. Protocol (docs/improvement.md):
 
 1. **Shared behaviour cloning.** N expert demonstrations; the learner fits the normalisation and
@@ -136,18 +136,19 @@ class Arm:
     """One replay server, learner and actor following its weights (everything under ``root``)."""
 
     def __init__(self, cfg, root: Path):
-        from fleetloop.actors.env_actor import EnvActor
+        from fleetloop.actors.env_actor import EnvActorRole
         from fleetloop.actors.settings import ActorSettings
         from fleetloop.learner.learner import Learner
         from fleetloop.learner.settings import LearnerSettings
-        from fleetloop.replay import EmbeddedValkey
+        from fleetloop.replay import EmbeddedValkey, ReplayClient
 
         self.cfg = cfg
         self.server = EmbeddedValkey(root / "replay")
         self.server.start()
-        self.learner = Learner(LearnerSettings.of(cfg), str(root / "learner"), self.server.url)
-        self.actor = EnvActor(0, ActorSettings.of(cfg), self.server.url, self.learner.endpoints()["weights"],
-                              str(root / "audit"))
+        self.learner = Learner(LearnerSettings.of(cfg), str(root / "learner"),
+                               ReplayClient(self.server.url, **cfg.replay.client_options()))
+        self.actor = EnvActorRole(0, ActorSettings.of(cfg), self.server.url, self.learner.endpoints()["weights"],
+                                  str(root / "audit"))
         self.embodiment = self.actor.embodiment
 
     def train(self, steps: int, refit: bool = False) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def measure_rank(cfg: FleetloopConfig, run_dir: str, url: str, steps: int, round
     from fleetloop.learner.learner import Learner
     from fleetloop.learner.settings import LearnerSettings
 
-    learner = Learner(LearnerSettings.of(cfg), run_dir, url)
+    learner = Learner(LearnerSettings.of(cfg), run_dir, ReplayClient(url))
     try:
         learner.fit_mixture_normalization()
         learner.train(3)  # warm-up: first steps allocate and fill the prefetch queue

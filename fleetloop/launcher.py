@@ -235,7 +235,7 @@ class Loop:
     def start(self) -> None:
         import ray
 
-        from fleetloop.actors.env_actor import EnvActor
+        from fleetloop.actors.env_actor import EnvActorRole
         from fleetloop.actors.evaluator import EvaluatorRole
         from fleetloop.actors.settings import ActorSettings, EvaluatorSettings
 
@@ -282,7 +282,7 @@ class Loop:
         # A crashed actor is restarted and its interrupted call retried (episodes are written whole).
         restarts = self.cfg.actors.max_restarts
         actor_cls = ray.remote(num_cpus=1, resources=dict(self.cfg.actors.ray_resources), max_restarts=restarts,
-                               max_task_retries=restarts)(EnvActor)
+                               max_task_retries=restarts)(EnvActorRole)
         if self.cfg.actors.robot == "bridge":
             self.bridge_targets = [bridge.wait_ready() for bridge in bridges] or list(self.cfg.actors.bridge_targets)
         for i, target in enumerate(self.bridge_targets):

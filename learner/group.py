@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fleetloop.learner.learner import Learner, has_checkpoint
+from fleetloop.replay import ReplayClient
 
 if TYPE_CHECKING:
     from fleetloop.learner.settings import LearnerSettings
@@ -42,7 +43,7 @@ def learner_rank_class() -> type:
     from ray.train._internal.worker_group import RayTrainWorker
 
     class LearnerRank(Learner, RayTrainWorker):
-        def __init__(self, *args, **kwargs):  # noqa: D107 - the Learner's own arguments, kept for build()
+        def __init__(self, *args, **kwargs):  # noqa: D107 - settings, run_dir, redis_url and resume, kept for build()
             self._build_args = (args, kwargs)
             self._built = False
 
@@ -51,8 +52,9 @@ def learner_rank_class() -> type:
             os.environ.update(RANK=str(torch.distributed.get_rank()),
                               WORLD_SIZE=str(torch.distributed.get_world_size()),
                               LOCAL_RANK="0")  # each rank sees only its own GPU
-            args, kwargs = self._build_args
-            Learner.__init__(self, *args, **kwargs)
+            (settings, run_dir, redis_url), kwargs = self._build_args
+            Learner.__init__(self, settings, run_dir, ReplayClient(redis_url, **settings.replay.client_options()),
+                             **kwargs)
             self._built = True
             return self.status()
 

@@ -81,12 +81,13 @@ class Learner:
     Args:
         settings: the configuration sections it reads (``LearnerSettings.of(cfg)``).
         run_dir: the run directory (checkpoints go to ``run_dir/checkpoints``).
-        redis_url: the replay server.
+        replay: client of the replay it samples from; a built learner owns it (``close`` closes
+            it), a failed build leaves it to the caller. ``RestartableLearner`` builds it from an address.
         resume: continue from the newest checkpoint in ``run_dir/checkpoints``: step,
             optimizer and schedule, data-sampler state, and weight version (never going back).
     """
 
-    def __init__(self, settings: LearnerSettings, run_dir: str, redis_url: str, resume: bool = False):
+    def __init__(self, settings: LearnerSettings, run_dir: str, replay: ReplayClient, resume: bool = False):
         self.settings = settings
         lcfg = settings.learner
         torch.set_num_threads(lcfg.torch_threads)
@@ -108,11 +109,10 @@ class Learner:
                                    total_steps=lcfg.lr_restart_every or settings.total_steps,
                                    min_lr_ratio=lcfg.min_lr_ratio, restart_every=lcfg.lr_restart_every)
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        replay = settings.replay
-        self.replay = ReplayClient(redis_url, **replay.client_options())
-        self.sampler = WindowSampler(self.replay, dict(replay.mixture),
+        self.replay = replay
+        self.sampler = WindowSampler(self.replay, dict(settings.replay.mixture),
                                      horizon=self.model_cfg.action_head.action_horizon,
-                                     seed=[settings.seed, self.rank], refresh_s=replay.refresh_s,
+                                     seed=[settings.seed, self.rank], refresh_s=settings.replay.refresh_s,
                                      rate_limit_timeout_s=LIMITER_POLL_S)
         distance = lcfg.distance_weights
         self.distance_weights = (StateDistanceWeights(self.replay, distance.classes, distance.reference,
@@ -130,11 +130,7 @@ class Learner:
         self._micro_batches = 0
         self.published_digests: dict[int, str] = {}
         if resume:
-            try:
-                self._load_checkpoint()
-            except BaseException:
-                self.replay.close()
-                raise
+            self._load_checkpoint()
         self._data_state = self._current_data_state()
         self.publisher: WeightPublisher | None = None
         self._metrics_server = None
@@ -447,6 +443,7 @@ class RestartableLearner(Learner):
     optimizer, data-sampler state and weight version carry on (versions never go back)."""
 
     def __init__(self, settings: LearnerSettings, run_dir: str, redis_url: str, resume: bool = False):
+        """As ``Learner``, with ``redis_url`` the replay server (a Ray actor's arguments must pickle)."""
         import ray
 
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -454,7 +451,8 @@ class RestartableLearner(Learner):
         if self.restarted:
             log.warning("the learner was restarted after a crash: %s", "resuming from its newest checkpoint"
                         if saved else "no checkpoint yet, starting afresh")
-        super().__init__(settings, run_dir, redis_url, resume=resume or (self.restarted and saved))
+        super().__init__(settings, run_dir, ReplayClient(redis_url, **settings.replay.client_options()),
+                         resume=resume or (self.restarted and saved))
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "restarted": self.restarted}

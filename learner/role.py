@@ -32,6 +32,7 @@ from tqdm import tqdm
 from fleetloop.learner.driver import RemoteLearner, TrainingDriver
 from fleetloop.learner.learner import Learner
 from fleetloop.learner.settings import LearnerSettings
+from fleetloop.replay import ReplayClient
 
 if TYPE_CHECKING:
     from fleetloop.config import FleetloopConfig
@@ -82,7 +83,8 @@ def run_learner(cfg: "FleetloopConfig", run_dir: str, redis_url: str, *, steps: 
         The learner's status (step, version, resumed_from_step, ...) and the last chunk's loss.
     """
     stop = stop or _stop_on_signals()
-    learner = Learner(LearnerSettings.of(cfg), run_dir, redis_url, resume=resume)
+    learner = Learner(LearnerSettings.of(cfg), run_dir, ReplayClient(redis_url, **cfg.replay.client_options()),
+                      resume=resume)
     try:
         result = _drive(learner, cfg, steps, fresh=learner.resumed_from is None,
                         should_stop=lambda: learner.any_rank(stop.is_set()), show_progress=learner.rank == 0)

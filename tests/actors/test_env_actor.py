@@ -7,17 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from fleetloop.actors.env_actor import EnvActor
+from fleetloop.actors.env_actor import EnvActor, EnvActorRole
 from fleetloop.actors.settings import ActorSettings
+from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
+from fleetloop.replay import EmbeddedValkey, ReplayClient, ShardedReplayClient, shard_index
 from fleetloop.system import DualSystemPolicy, embodiment_id, model_preset
 from tests.actors.conftest import SMALL, counted, out_of_reach, policy_weights, scraped
 
 
 @pytest.fixture
 def actor(valkey, publisher, tmp_path):
-    actor = EnvActor(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, publisher[1],
-                     str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, publisher[1],
+                         str(tmp_path / "audit"))
     yield actor
     actor.close()
 
@@ -63,6 +65,30 @@ def test_rounds_write_versioned_rollouts_and_corrections(actor, publisher, clien
     assert 'fleetloop_actor_policy_lag_versions{actor="actor-0",embodiment="sim_arm",task="reach"} 0.0' in body
 
 
+def test_an_actor_runs_on_the_collaborators_it_is_given(publisher, tmp_path):
+    """EnvActor takes its replay client and weight subscriber built (here a replay sharded over two
+    Valkey servers): its episodes go where that client puts them, its policy follows that subscriber."""
+    with EmbeddedValkey(tmp_path / "a") as a, EmbeddedValkey(tmp_path / "b") as b:
+        settings = ActorSettings.of(load_config("smoke", SMALL))
+        actor = EnvActor(0, settings, ShardedReplayClient([a.url, b.url]), WeightSubscriber(publisher[1], "actor-0"),
+                         str(tmp_path / "audit"))
+        try:
+            assert actor.collect_demos(6) == 6
+            publisher[0].publish(policy_weights(0))
+            assert actor.wait_for_version(1, timeout_s=30) and actor.version == 1
+            written = actor.status()["written"]["pretrain"]
+            for index, server in enumerate((a, b)):
+                with ReplayClient(server.url) as shard:
+                    assert sorted(shard.episode_ids("pretrain")) == sorted(
+                        i for i in written if shard_index(i, 2) == index), f"shard {index} holds its share"
+        finally:
+            actor.close()
+        with pytest.raises(ValueError, match="actors.robot=bridge needs a robot client"):
+            EnvActor(0, ActorSettings.of(load_config("smoke", [*SMALL, "actors.robot=bridge",
+                                                               "actors.dagger.mode=hg-dagger"])),
+                     ReplayClient(a.url), WeightSubscriber(publisher[1], "actor-0"), str(tmp_path / "audit"))
+
+
 def test_a_demonstration_cut_to_an_expert_budget_keeps_its_first_steps(actor, client):
     actor.collect_demos(1, seeds=[5])
     actor.collect_demos(1, seeds=[5], max_steps=7)
@@ -80,7 +106,8 @@ def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publishe
     actor.collect_demos(2)
     first_seeds = actor.episode_count
     actor.close()
-    restarted = EnvActor(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, target, str(tmp_path / "audit"))
+    restarted = EnvActorRole(0, ActorSettings.of(load_config("smoke", SMALL)), valkey.url, target,
+                             str(tmp_path / "audit"))
     try:
         assert restarted.episode_count == first_seeds == 2, "seeds continue after the episodes written before"
         with pytest.raises(TimeoutError, match="weights version 1 not applied"):
@@ -112,7 +139,7 @@ def test_hg_dagger_round_writes_labelled_takeovers_and_the_decisions_before_them
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER, "actors.dagger.takeover.max_steps=8",
                                 "actors.dagger.takeover.hand_back=[]"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     skipped_before = counted("fleetloop_actor_skipped_segments_total", actor="actor-0", reason="takeover_cap")
     try:
         publisher.publish(policy_weights(0))  # an untrained policy: the operator has to step in
@@ -135,7 +162,7 @@ def test_failures_nobody_took_over_are_counted_as_unflagged(valkey, publisher, t
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, *HG_DAGGER, "actors.dagger_episodes_per_round=3",
                                 f"actors.dagger.gate={{kind: joint, default_threshold: {threshold}, patience: 1}}"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(0))  # untrained: it fails unless the operator steps in
         assert actor.wait_for_version(1, timeout_s=30)
@@ -156,7 +183,7 @@ def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, clien
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", *HG_DAGGER, "actors.dagger.pre_intervention_chunks=1",
                                 "actors.dagger.gate={kind: joint, default_threshold: 0.05, patience: 2}"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(0))
         result = actor.run_round(0, min_version=1, timeout_s=30)
@@ -185,7 +212,7 @@ def test_hg_dagger_corrections_carry_the_experts_chunks(valkey, publisher, clien
 def test_gr1_actor_fills_the_joints_its_policy_does_not_drive(valkey, publisher, client, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.env=gr1_pick_place", "actors.max_steps=24"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         actor.collect_demos(1)
         model = DualSystemPolicy(model_preset("tiny"))
@@ -227,7 +254,7 @@ def test_fixed_evaluation_seeds_replay_the_same_episodes_every_round(valkey, pub
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.dagger_episodes_per_round=0", "actors.eval_episodes_per_round=2",
                                 "actors.eval_seed_base=5000"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(3))
         actor.run_round(0, min_version=1, timeout_s=30)
@@ -248,7 +275,7 @@ def test_fixed_dagger_seeds_revisit_the_same_scenes_every_round(valkey, publishe
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.dagger_episodes_per_round=2", "actors.eval_episodes_per_round=1",
                                 "actors.dagger_seed_base=7000", "actors.eval_seed_base=5000"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         publisher.publish(policy_weights(3))
         for round_index in (0, 1):
@@ -269,7 +296,7 @@ def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, clien
     publisher, target = publisher
     cfg = load_config("smoke", ["actors.env=gr1_handover", "actors.max_steps=16", *HG_DAGGER,
                                 "actors.dagger_episodes_per_round=1", "actors.eval_episodes_per_round=1"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     try:
         actor.collect_demos(1)
         demos = [client.read_episode(i) for i in client.episode_ids("pretrain")]
@@ -291,7 +318,7 @@ def test_a_two_robot_scene_writes_one_episode_per_robot(valkey, publisher, clien
 def test_a_demonstration_the_expert_cannot_plan_is_discarded(valkey, publisher, client, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.env=gr1_pick_place", "actors.max_steps=16"])
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     before = counted("fleetloop_actor_discarded_episodes_total", actor="actor-0", reason="expert_unavailable")
     try:
         out_of_reach(actor.env)
@@ -312,7 +339,7 @@ def test_chunk_refresh_swaps_weights_mid_episode_and_every_step_keeps_its_versio
     publisher, target = publisher
     cfg = load_config("smoke", [*SMALL, "actors.max_steps=32", "actors.weights_refresh=chunk",
                                 "actors.dagger.mode=hg-dagger"])  # the policy plans every chunk
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     plan = actor.scene._plan
 
     def publish_after_the_first_plan(policy, image, state, instruction):

@@ -7,7 +7,7 @@ import pytest
 
 from fleetloop.actors.bridge import MujocoTwinBackend, RobotBridgeServer
 from fleetloop.actors.bridge.connection import BridgeMismatch
-from fleetloop.actors.env_actor import EnvActor
+from fleetloop.actors.env_actor import EnvActorRole
 from fleetloop.actors.settings import ActorSettings
 from fleetloop.config import load_config
 from tests.actors.conftest import SMALL, policy_weights
@@ -40,8 +40,8 @@ def test_a_bridge_actor_writes_the_operators_takeovers_as_corrections(valkey, pu
     cfg = load_config("smoke", BRIDGE)
     bridge = twin(cfg)
     acts = metric("fleetloop_bridge_requests_total", method="Act", code="OK")
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"),
-                     bridge_target=bridge.address)
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"),
+                         bridge_target=bridge.address)
     try:
         assert actor.collect_demos(1) == 1, "demonstrations come from the local sim"
         assert metric("fleetloop_bridge_requests_total", method="Act", code="OK") == acts
@@ -73,8 +73,8 @@ def test_a_lost_bridge_discards_the_episode_and_the_actor_carries_on(valkey, pub
     cfg = load_config("smoke", [*BRIDGE, "actors.dagger_episodes_per_round=2"])
     servers = [twin(cfg)]
     port = servers[0].port
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"),
-                     bridge_target=f"127.0.0.1:{port}")
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"),
+                         bridge_target=f"127.0.0.1:{port}")
     discarded = discarded_for_bridge()
     reconnects = metric("fleetloop_actor_bridge_reconnects_total", actor="actor-0")
     plan, plans = actor.scene._plan, []
@@ -119,8 +119,8 @@ def test_an_actor_refuses_a_bridge_of_another_robot(valkey, publisher, tmp_path)
     bridge.start()
     try:
         with pytest.raises(BridgeMismatch) as error:
-            EnvActor(0, ActorSettings.of(cfg), valkey.url, publisher[1], str(tmp_path / "audit"),
-                     bridge_target=bridge.address)
+            EnvActorRole(0, ActorSettings.of(cfg), valkey.url, publisher[1], str(tmp_path / "audit"),
+                         bridge_target=bridge.address)
     finally:
         bridge.stop(grace=None)
     assert "embodiment is 'gr1', the actor's model drives 'sim_arm'" in str(error.value)

@@ -5,7 +5,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from fleetloop.actors.env_actor import EnvActor
+from fleetloop.actors.env_actor import EnvActorRole
 from fleetloop.actors.envs import make_expert
 from fleetloop.actors.evaluator import EvaluationError, Evaluator, EvaluatorRole
 from fleetloop.actors.settings import ActorSettings, EvaluatorSettings
@@ -37,7 +37,7 @@ def recording(scene, chunks: list):
 def test_the_evaluator_plays_the_env_actors_evaluation_episodes(valkey, publisher, tmp_path):
     publisher, target = publisher
     cfg = load_config("smoke", EVAL)
-    actor = EnvActor(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
+    actor = EnvActorRole(0, ActorSettings.of(cfg), valkey.url, target, str(tmp_path / "audit"))
     evaluator = Evaluator(EvaluatorSettings.of(cfg))
     actor_chunks, evaluator_chunks = [], []
     try:

@@ -11,6 +11,7 @@ from fleetloop.actors.rollout import run_episodes
 from fleetloop.config import load_config
 from fleetloop.learner.learner import Learner
 from fleetloop.learner.settings import LearnerSettings
+from fleetloop.replay import ReplayClient
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def demos(client):
 def first_batch(redis_url: str, run_dir, overrides: list[str]) -> tuple[dict, list[dict]]:
     """The first collated batch and its windows of a smoke learner with ``overrides``, after the
     mixture's normalisation is fitted."""
-    learner = Learner(LearnerSettings.of(load_config("smoke", overrides)), str(run_dir), redis_url)
+    learner = Learner(LearnerSettings.of(load_config("smoke", overrides)), str(run_dir), ReplayClient(redis_url))
     try:
         learner.fit_mixture_normalization()
         batch, windows, _ = learner._next_item()

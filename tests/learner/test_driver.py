@@ -6,7 +6,8 @@ import pytest
 from fleetloop.config import load_config
 from fleetloop.learner.driver import RemoteLearner, TrainingDriver, chunk_steps
 from fleetloop.learner.settings import LearnerSettings
-from fleetloop.learner.learner import Learner
+from fleetloop.replay import ReplayClient
+from fleetloop.learner.learner import Learner, RestartableLearner
 from fleetloop.ray_calls import LaunchError, ray_call
 from fleetloop.system import embodiment_id
 from tests.tools import local_ray
@@ -28,7 +29,7 @@ def test_chunks_end_on_publish_boundaries_and_never_pass_the_target(step, target
 
 
 def test_a_fresh_start_fits_normalisation_and_checkpoints_step_0(valkey, demos, tmp_path):
-    learner = Learner(LearnerSettings.of(_config()), str(tmp_path), valkey.url)
+    learner = Learner(LearnerSettings.of(_config()), str(tmp_path), ReplayClient(valkey.url))
     try:
         driver = TrainingDriver(learner, learner.settings.learner)
         assert int(learner.model.action_dim[embodiment_id(demos)]) == 0, "no statistics before the start"
@@ -41,7 +42,7 @@ def test_a_fresh_start_fits_normalisation_and_checkpoints_step_0(valkey, demos, 
 
 
 def test_train_to_publishes_on_every_boundary_and_stops_when_asked(valkey, demos, tmp_path):
-    learner = Learner(LearnerSettings.of(_config()), str(tmp_path), valkey.url)
+    learner = Learner(LearnerSettings.of(_config()), str(tmp_path), ReplayClient(valkey.url))
     try:
         driver = TrainingDriver(learner, learner.settings.learner)
         driver.start(fresh=True)
@@ -61,13 +62,14 @@ def test_train_to_publishes_on_every_boundary_and_stops_when_asked(valkey, demos
 
 
 def test_init_from_skips_the_fit_but_still_checkpoints_step_0(valkey, demos, tmp_path):
-    first = Learner(LearnerSettings.of(_config()), str(tmp_path / "first"), valkey.url)
+    first = Learner(LearnerSettings.of(_config()), str(tmp_path / "first"), ReplayClient(valkey.url))
     try:
         first.fit_normalization("pretrain", demos)
         policy = first.save_checkpoint()
     finally:
         first.close()
-    learner = Learner(LearnerSettings.of(_config(f"learner.init_from={policy}")), str(tmp_path / "second"), valkey.url)
+    learner = Learner(LearnerSettings.of(_config(f"learner.init_from={policy}")), str(tmp_path / "second"),
+                      ReplayClient(valkey.url))
     try:
         assert TrainingDriver(learner, learner.settings.learner).start(fresh=True) == []
         assert _checkpoint_steps(tmp_path / "second") == ["step-0000000"]
@@ -84,7 +86,8 @@ def ray_local():
 
 
 def test_a_remote_learner_is_driven_alike_and_its_errors_name_the_call(ray_local, valkey, demos, tmp_path):
-    actor = ray_local.remote(num_cpus=1)(Learner).remote(LearnerSettings.of(_config()), str(tmp_path), valkey.url)
+    actor = ray_local.remote(num_cpus=1)(RestartableLearner).remote(LearnerSettings.of(_config()), str(tmp_path),
+                                                                    valkey.url)
     try:
         driver = TrainingDriver(RemoteLearner(actor, ray_call), _config().learner)
         assert driver.start(fresh=True) == [demos]

@@ -11,7 +11,7 @@ from fleetloop.actors.subscriber import WeightSubscriber
 from fleetloop.config import load_config
 from fleetloop.learner.learner import Learner, LearnerInitError
 from fleetloop.learner.settings import LearnerSettings
-from fleetloop.replay import EmptyReplayError
+from fleetloop.replay import EmptyReplayError, ReplayClient
 from fleetloop.system import DualSystemPolicy, embodiment_id, load_policy
 from tests.learner.conftest import first_batch
 
@@ -19,7 +19,7 @@ from tests.learner.conftest import first_batch
 @pytest.fixture
 def learner(valkey, demos, tmp_path):
     cfg = load_config("smoke", ["learner.batch_size=4", "learner.publish_every=2"])
-    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), valkey.url)
+    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), ReplayClient(valkey.url))
     learner.fit_normalization("pretrain", demos)
     yield learner
     learner.close()
@@ -73,7 +73,7 @@ def test_training_moves_the_weights_and_exports_metrics(learner):
 
 def test_gradient_accumulation_consumes_micro_batches(valkey, demos, tmp_path):
     cfg = load_config("smoke", ["learner.batch_size=2", "learner.grad_accum_steps=3", "learner.warmup_steps=2"])
-    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), valkey.url)
+    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), ReplayClient(valkey.url))
     try:
         learner.fit_normalization("pretrain", demos)
         result = learner.train(2)
@@ -87,7 +87,7 @@ def test_gradient_accumulation_consumes_micro_batches(valkey, demos, tmp_path):
 def test_freeze_flags_keep_frozen_parts_fixed(valkey, demos, tmp_path):
     cfg = load_config("smoke", ["learner.batch_size=4", "learner.tune_llm=false", "learner.tune_visual=false",
                                 "learner.gradient_checkpointing=true"])
-    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), valkey.url)
+    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), ReplayClient(valkey.url))
     try:
         learner.fit_normalization("pretrain", demos)
         before = {k: v.clone() for k, v in learner.model.state_dict().items()}
@@ -106,7 +106,7 @@ def test_normalisation_treats_dims_that_barely_move_as_constant(valkey, demos, c
     ranges = bounds["state_max"] - bounds["state_min"]
     cut = float(np.median(ranges))
     learner = Learner(LearnerSettings.of(load_config("smoke", [f"learner.min_stat_range={cut}"])), str(tmp_path),
-                      valkey.url)
+                      ReplayClient(valkey.url))
     try:
         learner.fit_normalization("pretrain", demos)
         slot = embodiment_id(demos)
@@ -133,7 +133,7 @@ def test_a_fresh_learner_starts_from_a_policy_file(learner, valkey, tmp_path):
     learner.train(2)
     path = learner.save_checkpoint()
     cfg = load_config("smoke", ["learner.batch_size=4", f"learner.init_from={path}"])
-    fresh = Learner(LearnerSettings.of(cfg), str(tmp_path / "fine-tune"), valkey.url)
+    fresh = Learner(LearnerSettings.of(cfg), str(tmp_path / "fine-tune"), ReplayClient(valkey.url))
     try:
         for name, tensor in learner.model.state_dict().items():
             assert torch.equal(fresh.model.state_dict()[name], tensor), name
@@ -144,7 +144,7 @@ def test_a_fresh_learner_starts_from_a_policy_file(learner, valkey, tmp_path):
                          (str(tmp_path / "checkpoints" / "published_version.json"), "not a fleetloop.system/1")):
         with pytest.raises(LearnerInitError, match=f"learner.init_from: .*{message}"):
             Learner(LearnerSettings.of(load_config("smoke", [f"learner.init_from={bad}"])), str(tmp_path / "bad"),
-                    valkey.url)
+                    ReplayClient(valkey.url))
 
 
 def test_mixture_normalisation_covers_every_table_and_label(valkey, demos, client, make_episode, tmp_path):
@@ -153,14 +153,14 @@ def test_mixture_normalisation_covers_every_table_and_label(valkey, demos, clien
     labelled.labels = np.full((2, 16, 2), 9.0, np.float32)
     client.write_episode("corrections", labelled)
     cfg = load_config("smoke", ["replay.mixture={pretrain: 0.5, corrections: 0.5}"])
-    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), valkey.url)
+    learner = Learner(LearnerSettings.of(cfg), str(tmp_path), ReplayClient(valkey.url))
     try:
         assert learner.fit_mixture_normalization() == [demos]
         assert learner.model.action_max[embodiment_id(demos), :2].tolist() == [9.0, 9.0]
     finally:
         learner.close()
     empty = Learner(LearnerSettings.of(load_config("smoke", ["replay.mixture={rollouts: 1.0}"])),
-                    str(tmp_path / "e"), valkey.url)
+                    str(tmp_path / "e"), ReplayClient(valkey.url))
     try:
         with pytest.raises(EmptyReplayError, match=r"replay tables \['rollouts'\].*ingest a dataset first"):
             empty.fit_mixture_normalization()

@@ -44,7 +44,7 @@ class FixedWindows:
 
 
 def _rank(config: dict) -> dict:
-    learner = Learner(LearnerSettings.of(config["cfg"]), config["run_dir"], config["redis_url"])
+    learner = Learner(LearnerSettings.of(config["cfg"]), config["run_dir"], ReplayClient(config["redis_url"]))
     try:
         learner.fit_normalization("pretrain", config["embodiment"])
         learner.sampler = FixedWindows(config["batches"], learner.rank, learner.world_size)

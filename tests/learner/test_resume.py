@@ -7,13 +7,14 @@ import pytest
 from fleetloop.config import load_config
 from fleetloop.learner.learner import PUBLISHED_RECORD, Learner, ResumeError
 from fleetloop.learner.settings import LearnerSettings
+from fleetloop.replay import ReplayClient
 
 OVERRIDES = ["learner.batch_size=4", "learner.publish_every=2", "learner.checkpoint_every=4",
              "learner.warmup_steps=2", "learner.keep_checkpoints=1"]
 
 
 def _learner(cfg, run_dir, url, demos, resume=False):
-    learner = Learner(LearnerSettings.of(cfg), str(run_dir), url, resume=resume)
+    learner = Learner(LearnerSettings.of(cfg), str(run_dir), ReplayClient(url), resume=resume)
     if not resume:
         learner.fit_normalization("pretrain", demos)
     return learner
@@ -64,4 +65,4 @@ def straight_lr_at(cfg, step):
 def test_resume_without_a_checkpoint_names_the_folder(valkey, demos, tmp_path):
     cfg = load_config("smoke", OVERRIDES)
     with pytest.raises(ResumeError, match=r"no checkpoint in .*checkpoints/deepspeed"):
-        Learner(LearnerSettings.of(cfg), str(tmp_path / "empty"), valkey.url, resume=True)
+        Learner(LearnerSettings.of(cfg), str(tmp_path / "empty"), ReplayClient(valkey.url), resume=True)

@@ -232,3 +232,21 @@ def test_invalid_arguments_are_named(kwargs, message):
     args = {"target": "127.0.0.1:1", "subscriber_id": "a", "on_version": lambda v, t: None} | kwargs
     with pytest.raises(ValueError, match=message):
         WeightSubscriber(**args)
+
+
+def test_a_subscriber_handed_to_a_component_gets_its_receiver_before_it_starts(publisher):
+    """Built without ``on_version`` (the component it is handed to binds its policy), a subscriber
+    refuses to start until something receives the versions, then delivers to what was bound."""
+    publisher.publish(_state_dict(1))
+    subscriber = WeightSubscriber(f"127.0.0.1:{publisher.port}", "handed-over")
+    with pytest.raises(RuntimeError, match="no on_version: set it"):
+        subscriber.start()
+    received = []
+    subscriber.on_version = lambda version, tensors: received.append((version, tensors))
+    subscriber.start()
+    try:
+        assert subscriber.wait_for_version(1, WAIT_S)
+        assert received[0][0] == 1
+        _assert_equal(received[0][1], _state_dict(1))
+    finally:
+        subscriber.stop()
