@@ -27,6 +27,7 @@ survives restarts and gives each new episode a fresh environment seed.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import replace
@@ -134,6 +135,8 @@ class EnvActor:
         if (robot is None) != (acfg.robot == "sim"):
             needs = "no robot client" if acfg.robot == "sim" else "a robot client"
             raise ValueError(f"actors.robot={acfg.robot} needs {needs}, got {robot!r}")
+        if acfg.niceness:
+            os.nice(acfg.niceness)  # the process runs nothing but this actor (a Ray worker)
         torch.set_num_threads(acfg.torch_threads)
         self.env = make_env(acfg.env, **env_options(acfg, settings.model))
         self.expert = make_expert(acfg.env, self.env)

@@ -6,12 +6,15 @@ budget and no step bound, so each mode does what it can in that time. For every 
 and the actors' busy fractions, episodes and learner steps per minute, the policy lag's p95 and the
 evaluator's success against the loop's wall-clock (the minute each evaluated version came out).
 ``wall_to_sync_final_success_ratio``: the minute async first reaches the sync run's final success,
-over the sync run's minutes (None: it never did within the budget).
+over the sync run's minutes (None: it never did within the budget); ``..._by_run`` the same for
+every configuration beside sync.
 
 Configurations: sync and async with ``--actors`` actors, and (not with ``--quick``) async with one
 actor fewer (what an actor adds), async with 2 learner ranks (``learner.ranks=2``, Ray Train
-workers inside the loop) and async with the promotion gate (``weights.promotion=evaluated``: the
-fleet runs only versions the evaluator scored no worse than its own, within the margin).
+workers inside the loop), async with the promotion gate (``weights.promotion=evaluated``: the
+fleet runs only versions the evaluator scored no worse than its own, within the margin) and async
+with the actors at the lowest CPU priority (``actors.niceness=19``: on shared cores the learner
+trains first, the actors take what it leaves). ``--runs`` picks some of them (sync and async always run).
 ``learner_ranks`` compares the async runs with 1 and 2 ranks: optimizer steps and training windows
 per minute (a rank draws learner.batch_size windows a step), busy fraction and the final success.
 ``promotion`` compares async with and without the gate: the share of the fleet's DAgger steps the
@@ -25,7 +28,7 @@ checkpoint of ``bench/improvement.py --keep DIR`` on GR-1 (trained with the same
 Logs go to stderr; the last stdout line is one JSON object.
 
     python bench/async_loop.py [--quick] [--task reach|gr1_pick_place] [--budget-s S] [--actors N]
-                               [--init-from FILE]
+                               [--init-from FILE] [--runs NAME,...]
 """
 
 from __future__ import annotations
@@ -56,6 +59,13 @@ TASKS = {
 }
 """Settings over the preset per task (the default preset is the reach task). GR-1 as in
 bench/improvement.py: the object's pose in the state, System 2 frozen."""
+EXTRA_RUNS = {
+    "async_fewer_actors": lambda base, actors: ["run.mode=async", f"actors.num_actors={actors - 1}"],
+    "async_two_ranks": lambda base, actors: [*base, "learner.ranks=2"],
+    "async_promoted": lambda base, actors: [*base, "weights.promotion=evaluated"],
+    "async_niced": lambda base, actors: [*base, "actors.niceness=19"],
+}
+"""The configurations beside sync and async (``--runs``): settings from async's (``base``) and ``--actors``."""
 
 
 def run_up(root: Path, name: str, settings: list[str], preset: str) -> dict[str, Any]:
@@ -78,6 +88,15 @@ def run_up(root: Path, name: str, settings: list[str], preset: str) -> dict[str,
 def minutes_to_reach(success_by_minute: list[list[float]], target: float) -> float | None:
     """The first minute at which the success reached ``target`` (None: never)."""
     return next((minute for minute, success in success_by_minute if success >= target), None)
+
+
+def wall_to_reach(sync: dict[str, Any], run: dict[str, Any]) -> float | None:
+    """The minute ``run`` first reached the sync run's final success, over the sync run's minutes
+    (None: sync has no final figure, or ``run`` never reached it)."""
+    if sync["final_success"] is None:
+        return None
+    reached = minutes_to_reach(run["success_by_minute"], sync["final_success"])
+    return None if reached is None else round(reached * 60 / sync["loop_seconds"], 3)
 
 
 def figures(run: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--actors", type=int, default=None, help=f"env actors (default {FULL['actors']})")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep the run directories")
     parser.add_argument("--init-from", type=Path, help="every run starts from this policy file (learner.init_from)")
+    parser.add_argument("--runs", default=",".join(EXTRA_RUNS),
+                        help=f"configurations beside sync and async, comma-separated (default all: "
+                             f"{','.join(EXTRA_RUNS)}; none with --quick)")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     args.budget_s = args.budget_s or defaults["budget_s"]
@@ -133,6 +155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--budget-s {args.budget_s} must be > 0 (seconds of each loop)")
     if args.actors < 2:
         parser.error(f"--actors {args.actors} must be >= 2: the bench also runs one actor fewer")
+    args.runs = [] if args.quick else [name for name in args.runs.split(",") if name]
+    unknown = sorted(set(args.runs) - set(EXTRA_RUNS))
+    if unknown:
+        parser.error(f"--runs {','.join(unknown)}: no such configuration; choose from {','.join(EXTRA_RUNS)}")
     if args.init_from is not None and not args.init_from.is_file():
         parser.error(f"--init-from {args.init_from} is not a file; give a policy .safetensors file (e.g. "
                      "bench/improvement.py --keep DIR's DIR/bc/learner/checkpoints/policy-step-*.safetensors)")
@@ -151,20 +177,16 @@ def main() -> None:
         common.append("run.rounds=1000")
     if args.init_from:
         common.append(f"learner.init_from={args.init_from.resolve()}")
-    runs = {"sync": ["run.mode=sync", f"actors.num_actors={args.actors}"],
-            "async": ["run.mode=async", f"actors.num_actors={args.actors}"]}
-    if not args.quick:
-        runs["async_fewer_actors"] = ["run.mode=async", f"actors.num_actors={args.actors - 1}"]
-        runs["async_two_ranks"] = ["run.mode=async", f"actors.num_actors={args.actors}", "learner.ranks=2"]
-        runs["async_promoted"] = ["run.mode=async", f"actors.num_actors={args.actors}", "weights.promotion=evaluated"]
+    base = ["run.mode=async", f"actors.num_actors={args.actors}"]
+    runs = {"sync": ["run.mode=sync", f"actors.num_actors={args.actors}"], "async": base}
+    runs |= {name: EXTRA_RUNS[name](base, args.actors) for name in args.runs}
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         results = {name: figures(run_up(root, name, [*common, *settings], preset)) for name, settings in runs.items()}
         batch_size = yaml.safe_load((root / "async" / "config.yaml").read_text())["learner"]["batch_size"]
     sync, fleet = results["sync"], results["async"]
-    reached = None if sync["final_success"] is None else minutes_to_reach(fleet["success_by_minute"],
-                                                                          sync["final_success"])
+    ratios = {name: wall_to_reach(sync, run) for name, run in results.items() if name != "sync"}
     report = {
         "task": args.task, "budget_s": args.budget_s, "actors": args.actors, "quick": args.quick,
         "init_from": None if args.init_from is None else str(args.init_from),
@@ -176,7 +198,8 @@ def main() -> None:
         "success_by_minute": {m: results[m]["success_by_minute"] for m in ("sync", "async")},
         "start_success": {m: results[m]["start_success"] for m in ("sync", "async")},
         "sync_final_success": sync["final_success"],
-        "wall_to_sync_final_success_ratio": None if reached is None else round(reached * 60 / sync["loop_seconds"], 3),
+        "wall_to_sync_final_success_ratio": ratios["async"],
+        "wall_to_sync_final_success_ratio_by_run": ratios,
         "learner_ranks": {name: rank_figures(results[name], batch_size) for name in ("async", "async_two_ranks")
                           if name in results},
         "promotion": {key: {name: results[name][key] for name in ("async", "async_promoted") if name in results}

@@ -487,6 +487,11 @@ class ActorsSection(_Section):
                                                      "instead of writing stale data.")
     demo_frame_every: int = Field(4, ge=1, description="Render a camera frame every N steps of a demonstration.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor process.")
+    niceness: int = Field(0, ge=0, le=19, description="Lowers each actor process's CPU priority by this much (a "
+                                                      "Linux nice increment, capped at 19). Where actors share "
+                                                      "cores with the learner (a local run), the learner then "
+                                                      "trains at its own pace and the actors take the cycles it "
+                                                      "leaves; on nodes of their own it changes nothing.")
     max_restarts: int = Field(3, ge=0, description="Times Ray restarts a crashed actor (and retries its interrupted call).")
     replay_retry_s: float = Field(300.0, gt=0, description="How long an actor retries an episode write the replay has not acknowledged (unreachable, paused, rate-limited) before its call fails; the episode stays held and is written first on the next try.")
     ray_resources: RayResources = Field(default_factory=dict, description="Custom Ray resources each env actor needs, e.g. {fleetloop_actor: 1} to place actors on the nodes that advertise them.")

@@ -1,5 +1,7 @@
 """EnvActor in-process on real parts: Valkey replay, gRPC weights, MuJoCo, /metrics."""
 
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -99,6 +101,30 @@ def test_a_demonstration_cut_to_an_expert_budget_keeps_its_first_steps(actor, cl
     np.testing.assert_array_equal(cut.actions, whole.actions[:7])
     with pytest.raises(ValueError, match="max_steps 0 must be >= 1"):
         actor.collect_demos(1, max_steps=0)
+
+
+NICE_ACTOR = """
+import os, sys
+from fleetloop.actors.env_actor import EnvActorRole
+from fleetloop.actors.settings import ActorSettings
+from fleetloop.config import load_config
+from tests.actors.conftest import SMALL
+before = os.getpriority(os.PRIO_PROCESS, 0)
+settings = ActorSettings.of(load_config("smoke", [*SMALL, "actors.niceness=5"]))
+actor = EnvActorRole(0, settings, sys.argv[1], sys.argv[2], sys.argv[3])
+print(before, os.getpriority(os.PRIO_PROCESS, 0))
+actor.close()
+"""
+
+
+def test_actors_niceness_lowers_the_actor_process_cpu_priority(valkey, publisher, tmp_path):
+    """In its own process (as in a Ray worker), an actor with actors.niceness=5 runs 5 nice levels
+    below where it started, capped at 19."""
+    done = subprocess.run([sys.executable, "-c", NICE_ACTOR, valkey.url, publisher[1], str(tmp_path / "audit")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split()[-2:])
+    assert after == min(before + 5, 19)
 
 
 def test_a_restarted_actor_keeps_its_audit_and_takes_fresh_seeds(actor, publisher, valkey, client, tmp_path):

@@ -1,8 +1,11 @@
 """bench/async_loop.py --quick: the sync-against-async benchmark's mechanics (not its goals)."""
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.bench.conftest import run_bench
+from tests.bench.conftest import BENCH_DIR, run_bench
 
 
 @pytest.mark.timeout(1000)  # two `fleetloop up` runs, each with its set-up
@@ -25,6 +28,7 @@ def test_quick_run_compares_both_modes_under_one_budget(tmp_path):
     assert result["policy_lag_p95_versions"] is not None
     ratio = result["wall_to_sync_final_success_ratio"]
     assert ratio is None or ratio >= 0
+    assert result["wall_to_sync_final_success_ratio_by_run"] == {"async": ratio}
     fleet = result["promotion"]["fleet_success_by_minute"]
     assert set(fleet) == {"async"}, "--quick leaves the gated run out"
     # ungated, the fleet runs every evaluated version: the starting one, then each one trained
@@ -32,3 +36,10 @@ def test_quick_run_compares_both_modes_under_one_budget(tmp_path):
     one_rank = result["learner_ranks"]["async"]  # --quick leaves the 2-rank run out
     assert set(result["learner_ranks"]) == {"async"} and one_rank["ranks"] == 1
     assert one_rank["windows_per_minute"] > one_rank["learner_steps_per_minute"] > 0
+
+
+def test_an_unknown_configuration_is_named_with_the_choices():
+    done = subprocess.run([sys.executable, str(BENCH_DIR / "async_loop.py"), "--runs", "async_niced,async_fast"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--runs async_fast: no such configuration; choose from async_fewer_actors," in done.stderr
