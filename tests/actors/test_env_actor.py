@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,7 +122,8 @@ def test_actors_niceness_lowers_the_actor_process_cpu_priority(valkey, publisher
     """In its own process (as in a Ray worker), an actor with actors.niceness=5 runs 5 nice levels
     below where it started, capped at 19."""
     done = subprocess.run([sys.executable, "-c", NICE_ACTOR, valkey.url, publisher[1], str(tmp_path / "audit")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])  # the script imports tests.actors.conftest
     assert done.returncode == 0, done.stderr
     before, after = map(int, done.stdout.split()[-2:])
     assert after == min(before + 5, 19)
